@@ -1,0 +1,74 @@
+//! Timer events (for the janitor) and lifecycle events (for clients).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::RunStatus;
+
+/// What a timer event asks the janitor to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// The run's deadline passed (fires from a message schedule set at dispatch).
+    Deadline,
+    /// The run's pod or process finished.
+    Finished,
+    /// Someone asked to cancel the run.
+    Cancel,
+    /// Periodic sweep for orphans and lost timers.
+    Sweep,
+}
+
+impl TimerKind {
+    /// Subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline",
+            Self::Finished => "finished",
+            Self::Cancel => "cancel",
+            Self::Sweep => "sweep",
+        }
+    }
+}
+
+/// A timer event on `airlock.timers.<kind>[.<run_id>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimerEvent {
+    /// Kind of timer.
+    pub kind: TimerKind,
+    /// Run the timer is about (absent for sweeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Attempt of the run the timer was set for; a timer for an older attempt is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Why (e.g. who cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A lifecycle event on `airlock.events.<run_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleEvent {
+    /// Run id.
+    pub run_id: String,
+    /// Status the run moved to.
+    pub status: RunStatus,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Exit code, for finished runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The request's `metadata`, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}

@@ -1,0 +1,50 @@
+//! Airlock's wire contract, version 1.
+//!
+//! Everything an upstream system, a job or an operator can observe of Airlock is defined here as Rust types:
+//! the NATS subjects and streams, the [`RunRequest`] a client publishes, the job environment, the result
+//! token, the timer and lifecycle events, and the Redis run record. JSON Schemas generated from these types
+//! are committed under `schemas/json/`.
+//!
+//! # Layout
+//! - [`subjects`]: subject names and stream names, all under a configurable prefix.
+//! - [`request`]: [`RunRequest`] and its validation against an operator [`Policy`].
+//! - [`quantity`]: Kubernetes resource quantities (`500m`, `256Mi`).
+//! - [`record`]: the Redis run record, [`RunStatus`] and its forward-only ordering.
+//! - [`event`]: [`TimerEvent`] for the janitor and [`LifecycleEvent`] for clients.
+//! - [`token`]: the HMAC run token that authenticates a job's result.
+//! - [`env`]: the environment every job receives.
+//! - [`labels`]: Kubernetes labels Airlock puts on what it creates.
+
+pub mod env;
+pub mod event;
+pub mod labels;
+pub mod quantity;
+pub mod record;
+pub mod request;
+pub mod subjects;
+pub mod token;
+
+pub use event::{LifecycleEvent, TimerEvent, TimerKind};
+pub use record::{RunStatus, TransitionError};
+pub use request::{
+    EgressDestination, EgressPort, FieldError, Policy, ResourceList, Resources, RunRequest,
+    ValidatedRun, decode_request, is_valid_name,
+};
+pub use subjects::Subjects;
+
+/// Version of the wire contract these types describe.
+pub const CONTRACT_VERSION: &str = "v1";
+
+/// Returns the JSON Schemas of every public wire type, keyed by file name under `schemas/json/`.
+pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(T)).unwrap_or(serde_json::Value::Null)
+    }
+    vec![
+        ("run-request.v1.json", schema::<RunRequest>()),
+        ("timer-event.v1.json", schema::<TimerEvent>()),
+        ("lifecycle-event.v1.json", schema::<LifecycleEvent>()),
+        ("run-record.v1.json", schema::<record::RunRecord>()),
+        ("policy.v1.json", schema::<Policy>()),
+    ]
+}

@@ -1,0 +1,381 @@
+//! [`RunRequest`] v1 and its validation against the operator [`Policy`].
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{env, labels, quantity};
+
+/// A request to run one container, published to `airlock.runs.<queue>`.
+///
+/// Publishers should set `Nats-Msg-Id` to `id` so a retried publish is deduplicated by the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Run id: 1-40 characters of `[a-z0-9-]`, starting and ending alphanumeric.
+    pub id: String,
+    /// Container image reference, e.g. `docker.io/library/python:3.12`.
+    pub image: String,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables; names under `AIRLOCK_` are reserved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// CPU and memory requests and limits; policy defaults fill what is missing.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Wall-clock deadline for the whole run, Pending included; policy default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<u64>,
+    /// Names of operator-defined egress destinations the job may reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
+    /// Labels put on the pod (the `airlock.dev/` prefix is reserved).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Opaque JSON echoed in lifecycle events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Requests and limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// What the job is guaranteed.
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub requests: ResourceList,
+    /// What the job may use at most.
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub limits: ResourceList,
+}
+
+impl Resources {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+}
+
+/// CPU and memory as Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceList {
+    /// CPU, e.g. `500m` or `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `256Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+impl ResourceList {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
+    }
+}
+
+/// An operator-defined egress destination a request may name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressDestination {
+    /// IP blocks (CIDR) the job may reach.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// Pods (by labels) the job may reach, in namespaces matching `namespace_labels`.
+    #[serde(default)]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Namespaces (by labels) for `pod_labels`; empty means the sandbox namespace.
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Ports; empty means all ports.
+    #[serde(default)]
+    pub ports: Vec<EgressPort>,
+}
+
+/// A port of an egress destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPort {
+    /// Port number.
+    pub port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "TCP".into()
+}
+
+/// Operator policy: the bounds every request must fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Deadline when the request sets none.
+    pub default_deadline_seconds: u64,
+    /// Largest deadline a request may ask for.
+    pub max_deadline_seconds: u64,
+    /// Requests and limits used where the request sets none.
+    pub default_resources: Resources,
+    /// Largest CPU request or limit, in millicores.
+    pub max_cpu_millis: u64,
+    /// Largest memory request or limit, in bytes.
+    pub max_memory_bytes: u64,
+    /// Largest encoded request, in bytes.
+    pub max_request_bytes: usize,
+    /// Egress destinations a request may name.
+    pub egress: BTreeMap<String, EgressDestination>,
+    /// Image prefixes allowed (`docker.io/library/` or an exact reference); empty allows any image.
+    pub image_allowlist: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            default_deadline_seconds: 600,
+            max_deadline_seconds: 6 * 3600,
+            default_resources: Resources {
+                requests: ResourceList { cpu: Some("100m".into()), memory: Some("128Mi".into()) },
+                limits: ResourceList { cpu: Some("1".into()), memory: Some("512Mi".into()) },
+            },
+            max_cpu_millis: 4000,
+            max_memory_bytes: 8 * 1024 * 1024 * 1024,
+            max_request_bytes: 64 * 1024,
+            egress: BTreeMap::new(),
+            image_allowlist: Vec::new(),
+        }
+    }
+}
+
+/// One problem with a request, with the path of the field (`env.AIRLOCK_X: reserved prefix`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FieldError {
+    /// Dotted path of the field (`.` for the whole document).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A request that passed validation, with policy defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedRun {
+    /// The request, with `resources` and `deadline_seconds` filled from policy.
+    pub request: RunRequest,
+    /// Queue it came from.
+    pub queue: String,
+    /// Effective deadline.
+    pub deadline_seconds: u64,
+}
+
+static NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$").expect("valid regex"));
+static ENV_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").expect("valid regex"));
+static LABEL_NAME_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$").expect("valid regex")
+});
+static LABEL_VALUE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$").expect("valid regex")
+});
+static DNS_SUBDOMAIN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("valid regex")
+});
+// The reference grammar of distribution/reference: [domain[:port]/]path[:tag][@digest].
+static IMAGE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let domain_component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+    let domain = format!(r"(?:{domain_component}(?:\.{domain_component})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?");
+    let path_component = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*";
+    let tag = r"[\w][\w.-]{0,127}";
+    let digest = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
+    Regex::new(&format!(
+        r"^(?:{domain}/)?{path_component}(?:/{path_component})*(?::{tag})?(?:@{digest})?$"
+    ))
+    .expect("valid regex")
+});
+
+/// Whether `s` is a valid run id or queue name: 1-40 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_valid_name(s: &str) -> bool {
+    NAME_RE.is_match(s)
+}
+
+/// Decodes a request, reporting every problem with its path: JSON syntax and type errors first (serde stops
+/// at the first one), otherwise every contract and policy violation.
+pub fn decode_request(
+    bytes: &[u8],
+    queue: &str,
+    policy: &Policy,
+) -> Result<ValidatedRun, Vec<FieldError>> {
+    if bytes.len() > policy.max_request_bytes {
+        return Err(vec![FieldError::new(
+            ".",
+            format!("request is {} bytes, the limit is {}", bytes.len(), policy.max_request_bytes),
+        )]);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let request: RunRequest = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let path = if path.is_empty() || path == "." { ".".to_string() } else { path };
+            return Err(vec![FieldError::new(path, inner.to_string())]);
+        }
+    };
+    request.validate(queue, policy)
+}
+
+impl RunRequest {
+    /// Checks the request against the contract and `policy`, returning every problem found.
+    pub fn validate(mut self, queue: &str, policy: &Policy) -> Result<ValidatedRun, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut err = |p: String, m: String| errs.push(FieldError::new(p, m));
+
+        if !is_valid_name(queue) {
+            err("queue".into(), "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into());
+        }
+        if !is_valid_name(&self.id) {
+            err("id".into(), "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into());
+        }
+        if self.image.is_empty() {
+            err("image".into(), "required".into());
+        } else if self.image.len() > 512 || !IMAGE_RE.is_match(&self.image) {
+            err("image".into(), "not a valid image reference".into());
+        } else if !policy.image_allowlist.is_empty()
+            && !policy
+                .image_allowlist
+                .iter()
+                .any(|allowed| self.image == *allowed || (allowed.ends_with('/') && self.image.starts_with(allowed.as_str())))
+        {
+            err("image".into(), "image not in the operator's allowlist".into());
+        }
+        for (name, list) in [("command", &self.command), ("args", &self.args)] {
+            for (i, a) in list.iter().enumerate() {
+                if a.contains('\0') {
+                    err(format!("{name}.{i}"), "contains a NUL byte".into());
+                }
+            }
+        }
+        for (k, v) in &self.env {
+            let path = format!("env.{k}");
+            if k.starts_with(env::RESERVED_PREFIX) {
+                err(path, "reserved prefix".into());
+            } else if !ENV_RE.is_match(k) {
+                err(path, "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
+            } else if v.contains('\0') {
+                err(path, "value contains a NUL byte".into());
+            }
+        }
+        for (k, v) in &self.labels {
+            let path = format!("labels.{k}");
+            if k.starts_with(labels::RESERVED_PREFIX) || k == labels::MANAGED_BY {
+                err(path.clone(), "reserved label".into());
+            } else if !valid_label_key(k) {
+                err(path.clone(), "not a valid label key".into());
+            }
+            if !LABEL_VALUE_RE.is_match(v) {
+                err(path, "not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)".into());
+            }
+        }
+        match self.deadline_seconds {
+            Some(0) => err("deadline_seconds".into(), "must be at least 1".into()),
+            Some(d) if d > policy.max_deadline_seconds => err(
+                "deadline_seconds".into(),
+                format!("exceeds the policy maximum of {}", policy.max_deadline_seconds),
+            ),
+            _ => {}
+        }
+        for (i, name) in self.egress.iter().enumerate() {
+            if !policy.egress.contains_key(name) {
+                err(format!("egress.{i}"), format!("unknown egress destination {name:?}"));
+            }
+        }
+        // Resources: fill defaults, then check bounds and that requests do not exceed limits.
+        let d = &policy.default_resources;
+        let r = &mut self.resources;
+        fill(&mut r.requests.cpu, &d.requests.cpu);
+        fill(&mut r.requests.memory, &d.requests.memory);
+        fill(&mut r.limits.cpu, &d.limits.cpu);
+        fill(&mut r.limits.memory, &d.limits.memory);
+        let mut cpu = [None, None];
+        let mut mem = [None, None];
+        for (i, (kind, list)) in [("requests", &r.requests), ("limits", &r.limits)].into_iter().enumerate() {
+            if let Some(q) = &list.cpu {
+                match quantity::cpu_millis(q) {
+                    None => err(format!("resources.{kind}.cpu"), format!("not a valid quantity: {q:?}")),
+                    Some(v) if v > policy.max_cpu_millis => err(
+                        format!("resources.{kind}.cpu"),
+                        format!("exceeds the policy maximum of {}m", policy.max_cpu_millis),
+                    ),
+                    Some(0) => err(format!("resources.{kind}.cpu"), "must be positive".into()),
+                    Some(v) => cpu[i] = Some(v),
+                }
+            }
+            if let Some(q) = &list.memory {
+                match quantity::bytes(q) {
+                    None => err(format!("resources.{kind}.memory"), format!("not a valid quantity: {q:?}")),
+                    Some(v) if v > policy.max_memory_bytes => err(
+                        format!("resources.{kind}.memory"),
+                        format!("exceeds the policy maximum of {} bytes", policy.max_memory_bytes),
+                    ),
+                    Some(0) => err(format!("resources.{kind}.memory"), "must be positive".into()),
+                    Some(v) => mem[i] = Some(v),
+                }
+            }
+        }
+        if let [Some(req), Some(lim)] = cpu
+            && req > lim
+        {
+            err("resources.requests.cpu".into(), "exceeds resources.limits.cpu".into());
+        }
+        if let [Some(req), Some(lim)] = mem
+            && req > lim
+        {
+            err("resources.requests.memory".into(), "exceeds resources.limits.memory".into());
+        }
+
+        if errs.is_empty() {
+            let deadline_seconds = self.deadline_seconds.unwrap_or(policy.default_deadline_seconds);
+            self.deadline_seconds = Some(deadline_seconds);
+            Ok(ValidatedRun { request: self, queue: queue.to_string(), deadline_seconds })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+fn fill(slot: &mut Option<String>, default: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(default);
+    }
+}
+
+fn valid_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => {
+            prefix.len() <= 253 && DNS_SUBDOMAIN_RE.is_match(prefix) && LABEL_NAME_RE.is_match(name)
+        }
+        None => LABEL_NAME_RE.is_match(k),
+    }
+}
