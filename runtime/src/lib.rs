@@ -1,1 +1,27 @@
-//! Airlock runtime.
+//! Shared runtime for Airlock's services: what the dispatcher, ingester and janitor all need, so that no
+//! service depends on another.
+//!
+//! # Layout
+//! - [`config`]: the common command-line/environment configuration ([`config::CommonArgs`]).
+//! - [`telemetry`]: tracing set-up (human or JSON logs).
+//! - [`shutdown`]: a [`tokio_util::sync::CancellationToken`] cancelled on SIGTERM/SIGINT.
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`nats`]: connecting, and idempotent set-up of the streams and durable consumers.
+//! - [`consume`]: the per-message [`consume::Outcome`] and the bounded pull loop every service runs.
+//! - [`store`]: the Redis run record with forward-only status transitions.
+//! - [`publish`]: lifecycle events, timer events and deadline schedules.
+//! - [`backend`]: where runs execute (Kubernetes or local sandboxes).
+//! - [`error`]: the crate's error type; [`Error::is_retryable`] decides between backoff and giving up.
+
+pub mod backend;
+pub mod config;
+pub mod consume;
+pub mod error;
+pub mod health;
+pub mod nats;
+pub mod publish;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use error::Error;

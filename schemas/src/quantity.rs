@@ -9,11 +9,19 @@ pub fn parse(q: &str) -> Option<f64> {
         return None;
     }
     let (num, mult) = split_suffix(q)?;
-    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '+') {
+    if num.is_empty()
+        || !num
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '+')
+    {
         return None;
     }
     let unsigned = num.strip_prefix('+').unwrap_or(num);
-    if unsigned.is_empty() || unsigned.matches('.').count() > 1 || unsigned == "." || unsigned.contains('+') {
+    if unsigned.is_empty()
+        || unsigned.matches('.').count() > 1
+        || unsigned == "."
+        || unsigned.contains('+')
+    {
         return None;
     }
     let v: f64 = unsigned.parse().ok()?;

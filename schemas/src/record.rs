@@ -198,7 +198,9 @@ impl RunRecord {
             status: h.get(field::STATUS).and_then(|s| RunStatus::parse(s)),
             reason: s(field::REASON),
             exit_code: h.get(field::EXIT_CODE).and_then(|v| v.parse().ok()),
-            result: h.get(field::RESULT).and_then(|v| serde_json::from_str(v).ok()),
+            result: h
+                .get(field::RESULT)
+                .and_then(|v| serde_json::from_str(v).ok()),
             result_at: s(field::RESULT_AT),
             result_rejections: h
                 .get(field::RESULT_REJECTIONS)

@@ -144,8 +144,14 @@ impl Default for Policy {
             default_deadline_seconds: 600,
             max_deadline_seconds: 6 * 3600,
             default_resources: Resources {
-                requests: ResourceList { cpu: Some("100m".into()), memory: Some("128Mi".into()) },
-                limits: ResourceList { cpu: Some("1".into()), memory: Some("512Mi".into()) },
+                requests: ResourceList {
+                    cpu: Some("100m".into()),
+                    memory: Some("128Mi".into()),
+                },
+                limits: ResourceList {
+                    cpu: Some("1".into()),
+                    memory: Some("512Mi".into()),
+                },
             },
             max_cpu_millis: 4000,
             max_memory_bytes: 8 * 1024 * 1024 * 1024,
@@ -168,7 +174,10 @@ pub struct FieldError {
 impl FieldError {
     /// A problem at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -200,12 +209,14 @@ static LABEL_VALUE_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$").expect("valid regex")
 });
 static DNS_SUBDOMAIN_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("valid regex")
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        .expect("valid regex")
 });
 // The reference grammar of distribution/reference: [domain[:port]/]path[:tag][@digest].
 static IMAGE_RE: LazyLock<Regex> = LazyLock::new(|| {
     let domain_component = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
-    let domain = format!(r"(?:{domain_component}(?:\.{domain_component})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?");
+    let domain =
+        format!(r"(?:{domain_component}(?:\.{domain_component})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?");
     let path_component = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*";
     let tag = r"[\w][\w.-]{0,127}";
     let digest = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
@@ -230,7 +241,11 @@ pub fn decode_request(
     if bytes.len() > policy.max_request_bytes {
         return Err(vec![FieldError::new(
             ".",
-            format!("request is {} bytes, the limit is {}", bytes.len(), policy.max_request_bytes),
+            format!(
+                "request is {} bytes, the limit is {}",
+                bytes.len(),
+                policy.max_request_bytes
+            ),
         )]);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -239,7 +254,11 @@ pub fn decode_request(
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let path = if path.is_empty() || path == "." { ".".to_string() } else { path };
+            let path = if path.is_empty() || path == "." {
+                ".".to_string()
+            } else {
+                path
+            };
             return Err(vec![FieldError::new(path, inner.to_string())]);
         }
     };
@@ -248,27 +267,40 @@ pub fn decode_request(
 
 impl RunRequest {
     /// Checks the request against the contract and `policy`, returning every problem found.
-    pub fn validate(mut self, queue: &str, policy: &Policy) -> Result<ValidatedRun, Vec<FieldError>> {
+    pub fn validate(
+        mut self,
+        queue: &str,
+        policy: &Policy,
+    ) -> Result<ValidatedRun, Vec<FieldError>> {
         let mut errs = Vec::new();
         let mut err = |p: String, m: String| errs.push(FieldError::new(p, m));
 
         if !is_valid_name(queue) {
-            err("queue".into(), "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into());
+            err(
+                "queue".into(),
+                "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into(),
+            );
         }
         if !is_valid_name(&self.id) {
-            err("id".into(), "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into());
+            err(
+                "id".into(),
+                "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into(),
+            );
         }
         if self.image.is_empty() {
             err("image".into(), "required".into());
         } else if self.image.len() > 512 || !IMAGE_RE.is_match(&self.image) {
             err("image".into(), "not a valid image reference".into());
         } else if !policy.image_allowlist.is_empty()
-            && !policy
-                .image_allowlist
-                .iter()
-                .any(|allowed| self.image == *allowed || (allowed.ends_with('/') && self.image.starts_with(allowed.as_str())))
+            && !policy.image_allowlist.iter().any(|allowed| {
+                self.image == *allowed
+                    || (allowed.ends_with('/') && self.image.starts_with(allowed.as_str()))
+            })
         {
-            err("image".into(), "image not in the operator's allowlist".into());
+            err(
+                "image".into(),
+                "image not in the operator's allowlist".into(),
+            );
         }
         for (name, list) in [("command", &self.command), ("args", &self.args)] {
             for (i, a) in list.iter().enumerate() {
@@ -282,7 +314,10 @@ impl RunRequest {
             if k.starts_with(env::RESERVED_PREFIX) {
                 err(path, "reserved prefix".into());
             } else if !ENV_RE.is_match(k) {
-                err(path, "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
+                err(
+                    path,
+                    "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
+                );
             } else if v.contains('\0') {
                 err(path, "value contains a NUL byte".into());
             }
@@ -302,13 +337,19 @@ impl RunRequest {
             Some(0) => err("deadline_seconds".into(), "must be at least 1".into()),
             Some(d) if d > policy.max_deadline_seconds => err(
                 "deadline_seconds".into(),
-                format!("exceeds the policy maximum of {}", policy.max_deadline_seconds),
+                format!(
+                    "exceeds the policy maximum of {}",
+                    policy.max_deadline_seconds
+                ),
             ),
             _ => {}
         }
         for (i, name) in self.egress.iter().enumerate() {
             if !policy.egress.contains_key(name) {
-                err(format!("egress.{i}"), format!("unknown egress destination {name:?}"));
+                err(
+                    format!("egress.{i}"),
+                    format!("unknown egress destination {name:?}"),
+                );
             }
         }
         // Resources: fill defaults, then check bounds and that requests do not exceed limits.
@@ -320,10 +361,16 @@ impl RunRequest {
         fill(&mut r.limits.memory, &d.limits.memory);
         let mut cpu = [None, None];
         let mut mem = [None, None];
-        for (i, (kind, list)) in [("requests", &r.requests), ("limits", &r.limits)].into_iter().enumerate() {
+        for (i, (kind, list)) in [("requests", &r.requests), ("limits", &r.limits)]
+            .into_iter()
+            .enumerate()
+        {
             if let Some(q) = &list.cpu {
                 match quantity::cpu_millis(q) {
-                    None => err(format!("resources.{kind}.cpu"), format!("not a valid quantity: {q:?}")),
+                    None => err(
+                        format!("resources.{kind}.cpu"),
+                        format!("not a valid quantity: {q:?}"),
+                    ),
                     Some(v) if v > policy.max_cpu_millis => err(
                         format!("resources.{kind}.cpu"),
                         format!("exceeds the policy maximum of {}m", policy.max_cpu_millis),
@@ -334,12 +381,21 @@ impl RunRequest {
             }
             if let Some(q) = &list.memory {
                 match quantity::bytes(q) {
-                    None => err(format!("resources.{kind}.memory"), format!("not a valid quantity: {q:?}")),
+                    None => err(
+                        format!("resources.{kind}.memory"),
+                        format!("not a valid quantity: {q:?}"),
+                    ),
                     Some(v) if v > policy.max_memory_bytes => err(
                         format!("resources.{kind}.memory"),
-                        format!("exceeds the policy maximum of {} bytes", policy.max_memory_bytes),
+                        format!(
+                            "exceeds the policy maximum of {} bytes",
+                            policy.max_memory_bytes
+                        ),
                     ),
-                    Some(0) => err(format!("resources.{kind}.memory"), "must be positive".into()),
+                    Some(0) => err(
+                        format!("resources.{kind}.memory"),
+                        "must be positive".into(),
+                    ),
                     Some(v) => mem[i] = Some(v),
                 }
             }
@@ -347,18 +403,30 @@ impl RunRequest {
         if let [Some(req), Some(lim)] = cpu
             && req > lim
         {
-            err("resources.requests.cpu".into(), "exceeds resources.limits.cpu".into());
+            err(
+                "resources.requests.cpu".into(),
+                "exceeds resources.limits.cpu".into(),
+            );
         }
         if let [Some(req), Some(lim)] = mem
             && req > lim
         {
-            err("resources.requests.memory".into(), "exceeds resources.limits.memory".into());
+            err(
+                "resources.requests.memory".into(),
+                "exceeds resources.limits.memory".into(),
+            );
         }
 
         if errs.is_empty() {
-            let deadline_seconds = self.deadline_seconds.unwrap_or(policy.default_deadline_seconds);
+            let deadline_seconds = self
+                .deadline_seconds
+                .unwrap_or(policy.default_deadline_seconds);
             self.deadline_seconds = Some(deadline_seconds);
-            Ok(ValidatedRun { request: self, queue: queue.to_string(), deadline_seconds })
+            Ok(ValidatedRun {
+                request: self,
+                queue: queue.to_string(),
+                deadline_seconds,
+            })
         } else {
             Err(errs)
         }

@@ -27,7 +27,9 @@ impl Default for Subjects {
 impl Subjects {
     /// Subjects under `prefix` (e.g. `airlock`).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     /// The prefix.
@@ -141,7 +143,10 @@ mod tests {
         assert_eq!(s.queue_of("acme.runs.a.b"), None);
         assert_eq!(s.run_of_result(&s.results("r-1")), Some("r-1"));
         assert_eq!(s.run_of_cancel(&s.cancel("r-1")), Some("r-1"));
-        assert_eq!(s.timer(crate::TimerKind::Deadline, Some("r")), "acme.timers.deadline.r");
+        assert_eq!(
+            s.timer(crate::TimerKind::Deadline, Some("r")),
+            "acme.timers.deadline.r"
+        );
         assert_eq!(s.timer(crate::TimerKind::Sweep, None), "acme.timers.sweep");
     }
 }

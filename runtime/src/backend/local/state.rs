@@ -1,0 +1,140 @@
+//! The on-disk state of local runs: `spec.json` and `status.json` under `<state_dir>/runs/<run_id>/`.
+//!
+//! Invariants: every file is written atomically (a temporary file in the same directory, then `rename`), so a
+//! reader in another process sees either the old or the new version, never a torn one. `status.json` only
+//! moves forward: Pending, Running, then a finished phase.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use airlock_schemas::RunRequest;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Observed, Phase};
+
+/// What was asked for; written once at launch (it holds the token, so it is readable by root only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SpecFile {
+    /// The validated request (policy defaults applied); `image` is recorded here, never pulled.
+    pub request: RunRequest,
+    /// Queue.
+    pub queue: String,
+    /// Effective deadline.
+    pub deadline_seconds: u64,
+    /// Attempt (1-based).
+    pub attempt: u32,
+    /// The job environment as given by the dispatcher.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Phase as stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum PhaseFile {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl From<PhaseFile> for Phase {
+    fn from(p: PhaseFile) -> Self {
+        match p {
+            PhaseFile::Pending => Phase::Pending,
+            PhaseFile::Running => Phase::Running,
+            PhaseFile::Succeeded => Phase::Succeeded,
+            PhaseFile::Failed => Phase::Failed,
+        }
+    }
+}
+
+/// The run's state as its supervisor last wrote it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StatusFile {
+    pub run_id: String,
+    pub queue: String,
+    pub attempt: u32,
+    pub image: String,
+    pub phase: PhaseFile,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Pid of the sandbox root (the `bwrap` process), once spawned.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Uid (and gid) the sandbox runs as.
+    pub uid: u32,
+    /// Slot the uid was taken from.
+    pub slot: u32,
+    /// Pid of the supervising (dispatcher) process.
+    pub supervisor_pid: u32,
+    /// Start time of the supervising process (clock ticks since boot), to tell a reused pid apart.
+    #[serde(default)]
+    pub supervisor_start: Option<u64>,
+}
+
+impl StatusFile {
+    /// The status as the backend reports it; `lost` is decided by the caller.
+    pub fn to_observed(&self, lost: bool) -> Observed {
+        Observed {
+            run_id: self.run_id.clone(),
+            queue: Some(self.queue.clone()),
+            attempt: self.attempt,
+            phase: self.phase.into(),
+            exit_code: self.exit_code,
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            lost,
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, PhaseFile::Succeeded | PhaseFile::Failed)
+    }
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Writes `value` as JSON to `path` atomically (root-only, 0600).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    write_atomic(path, &bytes, 0o600)
+}
+
+/// Reads JSON from `path`; `Ok(None)` when the file does not exist.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,177 @@
+//! Where runs execute: Kubernetes pods, or local bubblewrap sandboxes.
+//!
+//! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
+//! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps, [`Backend::list`].
+//! Every call is idempotent and keyed by run id, so redeliveries and replicas are harmless.
+//!
+//! # Layout
+//! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
+//! - `local`: bubblewrap process trees supervised by the dispatcher, state in a directory the janitor reads.
+
+use std::collections::BTreeMap;
+
+use airlock_schemas::ValidatedRun;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+pub mod kube;
+pub mod local;
+
+/// What a backend is asked to run.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The validated request (policy defaults applied) and its queue.
+    pub run: ValidatedRun,
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// The job environment: the request's `env` plus the reserved `AIRLOCK_*` variables.
+    pub env: BTreeMap<String, String>,
+}
+
+impl LaunchSpec {
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run.request.id
+    }
+}
+
+/// Phase of a run's pod or process, as Kubernetes names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Created, not started (scheduling, pulling, or stuck).
+    Pending,
+    /// Started.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed, or could not run.
+    Failed,
+}
+
+impl Phase {
+    /// Whether the job is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// What a backend observes of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Run id (from the `airlock.dev/run-id` label or the state directory).
+    pub run_id: String,
+    /// Queue (from the `airlock.dev/queue` label).
+    pub queue: Option<String>,
+    /// Attempt (from the `airlock.dev/attempt` label).
+    pub attempt: u32,
+    /// Phase.
+    pub phase: Phase,
+    /// Exit code of the job's main process, when it exited.
+    pub exit_code: Option<i32>,
+    /// Machine-readable reason: `DeadlineExceeded`, `OOMKilled`, `Unschedulable`, `ImagePullBackOff`,
+    /// `Evicted`, `Error`, `Completed`, `MemoryLimit`, `CpuLimit`, `Killed`...
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    pub message: Option<String>,
+    /// When the job started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the job finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The job was lost through no fault of its own (evicted, node lost, supervisor gone): it may be re-run.
+    pub lost: bool,
+}
+
+/// Result of [`Backend::launch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launched {
+    /// Objects were created now.
+    Created,
+    /// They already existed for this run (a redelivery); nothing changed.
+    AlreadyExisted,
+}
+
+/// Result of [`Backend::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Something was deleted now.
+    Deleted,
+    /// Nothing was there (already reaped).
+    Absent,
+}
+
+/// A backend failure; [`BackendError::is_retryable`] decides between backoff and giving up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// 429, 5xx, timeouts, connection errors: retry with backoff.
+    #[error("transient backend error: {0}")]
+    Transient(String),
+    /// An object with the run's name exists but is not this run's (labels differ).
+    #[error("object {name} exists but does not belong to run {run_id}")]
+    NotOurs {
+        /// Object name.
+        name: String,
+        /// Run id.
+        run_id: String,
+    },
+    /// The backend refused the request for good (400, 403, 422, invalid spec, image not allowed...).
+    #[error("backend refused: {0}")]
+    Permanent(String),
+}
+
+impl BackendError {
+    /// Whether retrying may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BackendError::Transient(_))
+    }
+}
+
+/// The configured backend. An enum rather than a trait object: two variants, static dispatch.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Kubernetes pods.
+    Kube(kube::KubeBackend),
+    /// Local bubblewrap sandboxes.
+    Local(local::LocalBackend),
+}
+
+macro_rules! delegate {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Backend::Kube($b) => $e,
+            Backend::Local($b) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// Creates what the run needs (idempotent: a second call for the same run is `AlreadyExisted`).
+    pub async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        delegate!(self, b => b.launch(spec).await)
+    }
+
+    /// The run's current state, or `None` when nothing exists for it.
+    pub async fn observe(&self, run_id: &str) -> Result<Option<Observed>, BackendError> {
+        delegate!(self, b => b.observe(run_id).await)
+    }
+
+    /// The last `max_bytes` of the run's logs (empty when there are none).
+    pub async fn logs_tail(&self, run_id: &str, max_bytes: usize) -> Result<String, BackendError> {
+        delegate!(self, b => b.logs_tail(run_id, max_bytes).await)
+    }
+
+    /// Stops the run if it is still going and deletes everything of it (idempotent).
+    pub async fn remove(&self, run_id: &str) -> Result<Removed, BackendError> {
+        delegate!(self, b => b.remove(run_id).await)
+    }
+
+    /// Every run the backend currently holds (for sweeps).
+    pub async fn list(&self) -> Result<Vec<Observed>, BackendError> {
+        delegate!(self, b => b.list().await)
+    }
+
+    /// Changes of runs as they happen, starting with the current state of each; never ends on its own
+    /// (errors are retried inside with backoff).
+    pub fn watch(&self) -> BoxStream<'static, Observed> {
+        delegate!(self, b => b.watch())
+    }
+}

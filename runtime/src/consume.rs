@@ -1,0 +1,148 @@
+//! The pull loop every service runs, and the per-message [`Outcome`].
+//!
+//! A handler turns one message into an [`Outcome`]; [`settle`] maps it onto JetStream:
+//! `Done` → ack, `Transient(d)` → nak with delay `d`, `Poison` → term (the handler has recorded why).
+//! Handlers ack only after their durable effect, so a crash between effect and ack means a redelivery,
+//! which every handler treats idempotently.
+//!
+//! Concurrency is bounded twice: by the consumer's `max_ack_pending` (across replicas) and by a local
+//! semaphore (per process). On shutdown the loop stops pulling, then waits up to the grace period for the
+//! in-flight handlers; what is left unacknowledged is redelivered to another replica.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// What to do with a message once handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The durable effect happened (or had already happened): ack.
+    Done,
+    /// Could not be handled now: nak, redeliver after the delay.
+    Transient(Duration),
+    /// Can never be handled; the handler recorded why: term, never redeliver.
+    Poison(String),
+}
+
+/// Acknowledges `msg` according to `outcome`. A failed ack is logged, not fatal: the message is redelivered
+/// and the handler is idempotent.
+pub async fn settle(msg: &jetstream::Message, outcome: &Outcome) {
+    let kind = match outcome {
+        Outcome::Done => AckKind::Ack,
+        Outcome::Transient(d) => AckKind::Nak(Some(*d)),
+        Outcome::Poison(reason) => {
+            tracing::warn!(subject = %msg.subject, reason = %reason, "Poison message terminated");
+            AckKind::Term
+        }
+    };
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(subject = %msg.subject, error = %e, "Ack failed; the message will be redelivered");
+    }
+}
+
+/// Delivery count of a message (1 on first delivery).
+pub fn delivered(msg: &jetstream::Message) -> i64 {
+    msg.info().map(|i| i.delivered).unwrap_or(1)
+}
+
+/// Loop settings.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Most handlers running at once in this process.
+    pub concurrency: usize,
+    /// How long in-flight handlers may run after shutdown.
+    pub grace: Duration,
+}
+
+/// Pulls from `consumer` until `shutdown`, running `handler` on each message with bounded concurrency and
+/// settling its outcome. Returns after in-flight handlers finished or the grace period passed.
+pub async fn run_loop<H, Fut>(
+    consumer: PullConsumer,
+    opts: LoopOptions,
+    shutdown: CancellationToken,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let concurrency = opts.concurrency.max(1);
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let handler = Arc::new(handler);
+    let mut tasks = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+
+    'outer: while !shutdown.is_cancelled() {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Pulling failed; will retry");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            // Take a permit before pulling the next message, so nothing waits in a local buffer while its
+            // ack_wait runs down.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                n = messages.next() => n,
+            };
+            while tasks.try_join_next().is_some() {}
+            match next {
+                Some(Ok(msg)) => {
+                    backoff = Duration::from_millis(100);
+                    let handler = handler.clone();
+                    tasks.spawn(async move {
+                        let outcome = handler(msg.clone()).await;
+                        settle(&msg, &outcome).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Consumer stream error; re-subscribing");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    // Shutdown: no more pulls; let in-flight handlers finish within the grace period.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(opts.grace, drain).await.is_err() {
+        tracing::warn!(
+            "In-flight handlers did not finish within the grace period; they will be redelivered"
+        );
+        tasks.abort_all();
+    }
+    Ok(())
+}

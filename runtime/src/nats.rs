@@ -1,0 +1,204 @@
+//! Connecting to NATS and setting up Airlock's streams and durable consumers, idempotently.
+//!
+//! Every service calls [`ensure_streams`] at start. Creation races between services starting together are
+//! resolved by retrying: whoever loses the race finds the stream and updates it to the same config.
+
+use std::time::Duration;
+
+use airlock_schemas::Subjects;
+use airlock_schemas::subjects::{STREAM_EVENTS, STREAM_RESULTS, STREAM_RUNS, STREAM_TIMERS};
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::Error;
+
+/// Connects with reconnects forever and a client name, so outages are ridden out.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(url)
+        .await
+        .map_err(Error::nats)
+}
+
+/// Stream settings that are deployment choices.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Replicas of every stream.
+    pub replicas: usize,
+    /// How long lifecycle events are kept.
+    pub events_max_age: Duration,
+    /// How long results are kept in their stream (the durable copy is in Redis).
+    pub results_max_age: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age: Duration::from_secs(24 * 3600),
+            results_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The configuration of each of Airlock's streams.
+pub fn stream_configs(subjects: &Subjects, opts: &StreamOptions) -> Vec<stream::Config> {
+    let prefixed = |name: &str| stream_name(subjects, name);
+    vec![
+        stream::Config {
+            name: prefixed(STREAM_RUNS),
+            description: Some("Airlock run requests; deduplicated by Nats-Msg-Id = run id".into()),
+            subjects: vec![subjects.runs_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(300),
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: prefixed(STREAM_RESULTS),
+            description: Some(
+                "Results published by jobs (untrusted until the ingester verifies them)".into(),
+            ),
+            subjects: vec![subjects.results_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: opts.results_max_age,
+            // A job can publish at most this much per message; the ingester enforces its own lower limit.
+            max_message_size: 8 * 1024 * 1024,
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: prefixed(STREAM_TIMERS),
+            description: Some(
+                "Timer events for the janitor, and the schedules that produce them".into(),
+            ),
+            subjects: vec![subjects.timers_all(), subjects.schedules_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            allow_message_schedules: true,
+            allow_rollup: true,
+            duplicate_window: Duration::from_secs(300),
+            max_age: Duration::from_secs(14 * 24 * 3600),
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: prefixed(STREAM_EVENTS),
+            description: Some("Lifecycle events of runs, for clients".into()),
+            subjects: vec![subjects.events_all()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: opts.events_max_age,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: opts.replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Name of a stream under the configured prefix: `AIRLOCK_RUNS` for the default prefix, `AIRLOCK_RUNS_ACME`
+/// for prefix `acme`, so several installations can share one NATS account.
+pub fn stream_name(subjects: &Subjects, base: &str) -> String {
+    if subjects.prefix() == airlock_schemas::subjects::DEFAULT_PREFIX {
+        base.to_string()
+    } else {
+        format!(
+            "{}_{}",
+            base,
+            subjects
+                .prefix()
+                .to_uppercase()
+                .replace(['.', '-', '*', '>'], "_")
+        )
+    }
+}
+
+/// Creates or updates every stream. Safe to run from many processes at once.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    opts: &StreamOptions,
+) -> Result<(), Error> {
+    for config in stream_configs(subjects, opts) {
+        ensure_stream(js, config).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
+    let mut last = None;
+    // Two creators racing: the loser's create fails (name in use), its next update succeeds.
+    for _ in 0..5 {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(stream = %config.name, error = %e, "Stream set-up raced; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Err(Error::Nats(format!(
+        "setting up stream {}: {}",
+        config.name,
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Settings of a durable pull consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Stream name.
+    pub stream: String,
+    /// Durable name shared by all replicas of a service.
+    pub durable: String,
+    /// Filter subject.
+    pub filter: String,
+    /// Most messages delivered and not yet acknowledged, across all replicas.
+    pub max_ack_pending: i64,
+    /// How long a delivered message may stay unacknowledged before redelivery.
+    pub ack_wait: Duration,
+    /// Most deliveries of one message; then the server sends the max-deliveries advisory.
+    pub max_deliver: i64,
+}
+
+/// Creates or updates a durable pull consumer (idempotent; concurrent calls are safe).
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<consumer::PullConsumer, Error> {
+    let config = consumer::pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let mut last = None;
+    for _ in 0..5 {
+        let attempt = async {
+            let stream = js.get_stream(&spec.stream).await.map_err(Error::nats)?;
+            stream
+                .create_consumer(config.clone())
+                .await
+                .map_err(Error::nats)
+        };
+        match attempt.await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::debug!(durable = %spec.durable, error = %e, "Consumer set-up raced; retrying");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Nats("consumer set-up failed".into())))
+}

@@ -1,0 +1,281 @@
+//! The Redis run record `<prefix>:run:<id>` with forward-only status transitions.
+//!
+//! Every write that must be atomic is a Lua script, so replicas racing on one run never interleave:
+//! a status moves only forward ([`RunStatus::rank`]); the first genuine result wins; rejections are bounded.
+//! Non-terminal runs are kept in the set `<prefix>:runs:active` for sweeps; a terminal record expires after
+//! the configured TTL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use airlock_schemas::RunStatus;
+use airlock_schemas::record::{self, RunRecord, field};
+use chrono::{SecondsFormat, Utc};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use crate::Error;
+
+/// Outcome of [`Store::transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The status moved.
+    Applied {
+        /// Status before (None for a new record).
+        previous: Option<RunStatus>,
+    },
+    /// The record already had this status or a later one; nothing changed.
+    Refused {
+        /// The current status.
+        current: RunStatus,
+    },
+}
+
+impl Transition {
+    /// Whether the status moved.
+    pub fn applied(&self) -> bool {
+        matches!(self, Transition::Applied { .. })
+    }
+}
+
+/// Outcome of [`Store::store_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultWrite {
+    /// Stored now.
+    Stored,
+    /// A result was already stored; nothing changed.
+    Duplicate,
+    /// No record for this run.
+    UnknownRun,
+}
+
+/// Now, as RFC 3339 with milliseconds in UTC (sortable as text).
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+const TRANSITION: &str = r#"
+local rank = { __RANKS__ }
+local new_rank = rank[ARGV[1]]
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur and rank[cur] ~= nil and rank[cur] >= new_rank then
+  return {0, cur}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if new_rank >= 3 then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+else
+  redis.call('SADD', KEYS[2], ARGV[3])
+end
+return {1, cur or ''}
+"#;
+
+const STORE_RESULT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 'duplicate' end
+redis.call('HSET', KEYS[1], 'result', ARGV[1], 'result_at', ARGV[2])
+return 'stored'
+"#;
+
+const ADD_REJECTION: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local raw = redis.call('HGET', KEYS[1], 'result_rejections')
+local list = {}
+if raw then
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then list = decoded end
+end
+table.insert(list, ARGV[1])
+local max = tonumber(ARGV[2])
+while #list > max do table.remove(list, 1) end
+redis.call('HSET', KEYS[1], 'result_rejections', cjson.encode(list))
+return #list
+"#;
+
+/// The run store.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+    record_ttl: Duration,
+    transition: Script,
+    store_result: Script,
+    add_rejection: Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects (retrying for up to `connect_timeout`) to Redis at `url`; keys go under `prefix`.
+    pub async fn connect(url: &str, prefix: &str, record_ttl: Duration) -> Result<Self, Error> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(6)
+            .set_max_delay(Duration::from_secs(2));
+        let mut last = None;
+        for _ in 0..30 {
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(conn) => return Ok(Self::with_connection(conn, prefix, record_ttl)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis not reachable yet; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Err(last
+            .map(Error::Redis)
+            .unwrap_or_else(|| Error::Config("redis connect".into())))
+    }
+
+    /// Wraps an existing connection.
+    pub fn with_connection(conn: ConnectionManager, prefix: &str, record_ttl: Duration) -> Self {
+        let ranks = RunStatus::ALL
+            .iter()
+            .map(|s| format!("{} = {}", s.as_str(), s.rank()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            conn,
+            prefix: prefix.to_string(),
+            record_ttl,
+            transition: Script::new(&TRANSITION.replace("__RANKS__", &ranks)),
+            store_result: Script::new(STORE_RESULT),
+            add_rejection: Script::new(ADD_REJECTION),
+        }
+    }
+
+    /// The underlying connection, for pipelines.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Key of a run's record.
+    pub fn key(&self, run_id: &str) -> String {
+        record::key(&self.prefix, run_id)
+    }
+
+    /// Moves `run_id` to `status` (creating the record if needed) and sets `fields`, unless the record
+    /// already has that status or a later one. Terminal statuses leave the active set and start the TTL.
+    pub async fn transition(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        fields: &[(&str, String)],
+    ) -> Result<Transition, Error> {
+        let mut inv = self.transition.key(self.key(run_id));
+        inv.key(record::active_key(&self.prefix))
+            .arg(status.as_str())
+            .arg(now_rfc3339())
+            .arg(run_id)
+            .arg(self.record_ttl.as_secs());
+        for (k, v) in fields {
+            inv.arg(*k).arg(v);
+        }
+        let (applied, prev): (i64, String) = inv.invoke_async(&mut self.conn.clone()).await?;
+        let prev = RunStatus::parse(&prev);
+        Ok(match (applied, prev) {
+            (1, previous) => Transition::Applied { previous },
+            (_, Some(current)) => Transition::Refused { current },
+            (_, None) => Transition::Applied { previous: None },
+        })
+    }
+
+    /// Sets fields without touching the status (e.g. `logs`, `reaped_at`, `attempt`).
+    pub async fn set_fields(&self, run_id: &str, fields: &[(&str, String)]) -> Result<(), Error> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let _: () = self
+            .conn
+            .clone()
+            .hset_multiple(self.key(run_id), &items)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a genuine result unless one is already stored (first result wins).
+    pub async fn store_result(
+        &self,
+        run_id: &str,
+        result_json: &str,
+    ) -> Result<ResultWrite, Error> {
+        let r: String = self
+            .store_result
+            .key(self.key(run_id))
+            .arg(result_json)
+            .arg(now_rfc3339())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match r.as_str() {
+            "stored" => ResultWrite::Stored,
+            "duplicate" => ResultWrite::Duplicate,
+            _ => ResultWrite::UnknownRun,
+        })
+    }
+
+    /// The script behind [`Store::store_result`], for callers that pipeline many writes.
+    pub fn store_result_script(&self) -> &Script {
+        &self.store_result
+    }
+
+    /// Records a rejected result submission on the run (keeps the last `max`); no-op for unknown runs.
+    pub async fn add_result_rejection(
+        &self,
+        run_id: &str,
+        reason: &str,
+        max: usize,
+    ) -> Result<(), Error> {
+        let _: i64 = self
+            .add_rejection
+            .key(self.key(run_id))
+            .arg(reason)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// All fields of a run's record (empty when there is none).
+    pub async fn get_raw(&self, run_id: &str) -> Result<HashMap<String, String>, Error> {
+        Ok(self.conn.clone().hgetall(self.key(run_id)).await?)
+    }
+
+    /// A run's record, or `None`.
+    pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
+        let h = self.get_raw(run_id).await?;
+        Ok((!h.is_empty()).then(|| RunRecord::from_hash(run_id, &h)))
+    }
+
+    /// A run's status, or `None`.
+    pub async fn status(&self, run_id: &str) -> Result<Option<RunStatus>, Error> {
+        let s: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.key(run_id), field::STATUS)
+            .await?;
+        Ok(s.as_deref().and_then(RunStatus::parse))
+    }
+
+    /// Ids of runs that are not terminal.
+    pub async fn active_runs(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .conn
+            .clone()
+            .smembers(record::active_key(&self.prefix))
+            .await?)
+    }
+}
