@@ -1,0 +1,143 @@
+//! Shared harness of the local sandbox tests: a backend on a throwaway state directory with a uid range of
+//! its own, a real nats-server, and helpers to launch a job and await its end on the watch stream.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use airlock_runtime::backend::local::{LocalBackend, LocalConfig};
+use airlock_runtime::backend::{LaunchSpec, Launched, Observed, Phase};
+use airlock_schemas::{Policy, RunRequest, Subjects, env, token};
+use airlock_test_support::NatsServer;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+/// Secret the tests sign run tokens with.
+pub const SECRET: &[u8] = b"test-secret";
+
+/// A backend, its NATS server and its state directory.
+pub struct Harness {
+    pub backend: LocalBackend,
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub dir: tempfile::TempDir,
+    pub uid_base: u32,
+    pub slots: u32,
+    pub watch: BoxStream<'static, Observed>,
+}
+
+impl Harness {
+    /// A backend with test-sized defaults, adjusted by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut LocalConfig)) -> Harness {
+        let nats = NatsServer::start().await.expect("nats-server starts");
+        let client = nats.client().await.expect("nats client");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Each test runs in its own process (nextest); give each a uid range of its own.
+        let slots = 8;
+        let uid_base = 1_500_000_000 + (std::process::id() % 1_000_000) * slots;
+        let mut config = LocalConfig::new(dir.path());
+        config.sandbox_uid_base = uid_base;
+        config.sandbox_slots = slots;
+        config.default_memory_bytes = 256 * 1024 * 1024;
+        config.max_processes = 64;
+        config.max_file_bytes = 8 * 1024 * 1024;
+        config.tmp_bytes = 16 * 1024 * 1024;
+        config.max_result_bytes = 64 * 1024;
+        config.cgroup_name = format!("airlock-test-{}", std::process::id());
+        tweak(&mut config);
+        let backend = LocalBackend::new(config, client.clone(), Subjects::default()).expect("backend");
+        let watch = backend.watch();
+        Harness { backend, nats, client, dir, uid_base, slots, watch }
+    }
+
+    /// Launches `command` as run `id` with `deadline` seconds and extra request fields.
+    pub async fn launch(&self, id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> LaunchSpec {
+        let spec = spec(id, command, deadline, extra);
+        assert_eq!(self.backend.launch(&spec).await.expect("launch"), Launched::Created);
+        spec
+    }
+
+    /// Awaits the finished state of `id` on the watch stream.
+    pub async fn finished(&mut self, id: &str, timeout: Duration) -> Observed {
+        let fut = async {
+            while let Some(o) = self.watch.next().await {
+                if o.run_id == id && o.phase.is_finished() {
+                    return o;
+                }
+            }
+            panic!("watch ended");
+        };
+        tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| panic!("{id} did not finish within {timeout:?}"))
+    }
+
+    /// Awaits the running state of `id` on the watch stream.
+    pub async fn running(&mut self, id: &str) -> Observed {
+        let fut = async {
+            while let Some(o) = self.watch.next().await {
+                if o.run_id == id && o.phase == Phase::Running {
+                    return o;
+                }
+            }
+            panic!("watch ended");
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut).await.expect("run started")
+    }
+
+    /// Launches, awaits the end, returns what was observed and the log.
+    pub async fn run(&mut self, id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> (Observed, String) {
+        self.launch(id, command, deadline, extra).await;
+        let o = self.finished(id, Duration::from_secs(deadline + 20)).await;
+        let log = self.backend.logs_tail(id, 64 * 1024).await.expect("logs");
+        (o, log)
+    }
+
+    /// Processes on the host running as any uid of this harness's range.
+    pub fn sandbox_processes(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+            if uid.is_some_and(|u| (self.uid_base..self.uid_base + self.slots).contains(&u)) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+/// A launch spec for `command`, with the contract's environment and a valid token.
+pub fn spec(id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> LaunchSpec {
+    let mut req = serde_json::json!({
+        "id": id,
+        "image": "docker.io/library/debian:12",
+        "command": command,
+        "deadline_seconds": deadline,
+    });
+    if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            r.insert(k.clone(), v.clone());
+        }
+    }
+    let req: RunRequest = serde_json::from_value(req).expect("request");
+    let run = req.validate("default", &Policy::default()).expect("valid request");
+    let mut envs: BTreeMap<String, String> = run.request.env.clone();
+    envs.insert(env::RUN_ID.into(), id.into());
+    envs.insert(env::RUN_TOKEN.into(), token::sign(SECRET, id));
+    envs.insert(env::NATS_URL.into(), "nats://127.0.0.1:4222".into());
+    envs.insert(env::RESULT_SUBJECT.into(), Subjects::default().results(id));
+    LaunchSpec { run, attempt: 1, env: envs }
+}
+
+/// Asserts phase, reason and exit code, showing the log on failure.
+pub fn assert_outcome(o: &Observed, log: &str, phase: Phase, reason: &str, exit_code: Option<i32>) {
+    assert_eq!(
+        (o.phase, o.reason.as_deref(), o.exit_code),
+        (phase, Some(reason), exit_code),
+        "observed {o:?}\n--- log ---\n{log}"
+    );
+    assert!(!o.lost, "{o:?}");
+}

@@ -1,0 +1,168 @@
+//! The v1 contract: serde round-trips, JSON Schemas (current and agreeing with the types), and validation
+//! that reports every problem with its field path.
+
+use std::path::Path;
+
+use airlock_schemas::{Policy, RunRequest, decode_request, json_schemas};
+use serde_json::json;
+
+fn full_request() -> serde_json::Value {
+    json!({
+        "id": "run-42",
+        "image": "docker.io/library/python:3.12@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "command": ["python3", "-c"],
+        "args": ["print(1)"],
+        "env": {"MODE": "fast", "_X1": ""},
+        "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+        "deadline_seconds": 120,
+        "egress": ["pypi"],
+        "labels": {"team": "ml", "example.com/tier": "batch"},
+        "metadata": {"ticket": 7, "nested": [1, 2, {"a": null}]}
+    })
+}
+
+fn policy() -> Policy {
+    let mut p = Policy::default();
+    p.egress.insert(
+        "pypi".into(),
+        airlock_schemas::EgressDestination {
+            cidrs: vec!["10.0.0.0/8".into()],
+            pod_labels: Default::default(),
+            namespace_labels: Default::default(),
+            ports: vec![airlock_schemas::EgressPort { port: 443, protocol: "TCP".into() }],
+        },
+    );
+    p
+}
+
+fn schema_validator(file: &str) -> jsonschema::Validator {
+    let schema = json_schemas().into_iter().find(|(f, _)| *f == file).map(|(_, s)| s).expect("schema exists");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+#[test]
+fn a_valid_request_round_trips_through_serde_and_its_json_schema() {
+    let value = full_request();
+    let req: RunRequest = serde_json::from_value(value.clone()).expect("decodes");
+    assert_eq!(serde_json::to_value(&req).expect("encodes"), value);
+    let v = schema_validator("run-request.v1.json");
+    assert!(v.is_valid(&value), "{:?}", v.iter_errors(&value).map(|e| e.to_string()).collect::<Vec<_>>());
+    let run = decode_request(&serde_json::to_vec(&value).expect("encodes"), "default", &policy()).expect("valid");
+    assert_eq!(run.deadline_seconds, 120);
+    assert_eq!(run.request, req);
+}
+
+#[test]
+fn the_json_schema_rejects_what_serde_rejects() {
+    let v = schema_validator("run-request.v1.json");
+    let mut unknown = full_request();
+    unknown["surprise"] = json!(1);
+    assert!(!v.is_valid(&unknown));
+    assert!(serde_json::from_value::<RunRequest>(unknown).is_err());
+    let missing_image = json!({"id": "a"});
+    assert!(!v.is_valid(&missing_image));
+    assert!(serde_json::from_value::<RunRequest>(missing_image).is_err());
+}
+
+#[test]
+fn policy_defaults_fill_missing_resources_and_deadline() {
+    let run = decode_request(br#"{"id":"a","image":"alpine"}"#, "q", &Policy::default()).expect("valid");
+    assert_eq!(run.deadline_seconds, Policy::default().default_deadline_seconds);
+    assert_eq!(run.request.resources, Policy::default().default_resources);
+}
+
+#[test]
+fn every_invalid_field_is_reported_with_its_path() {
+    let bad = json!({
+        "id": "Bad_ID-",
+        "image": "UPPER/case:tag!",
+        "command": ["ok", "nul\u{0}byte"],
+        "env": {"AIRLOCK_X": "1", "1BAD": "x"},
+        "resources": {"requests": {"cpu": "lots", "memory": "2Gi"}, "limits": {"cpu": "64", "memory": "1Gi"}},
+        "deadline_seconds": 999999,
+        "egress": ["pypi", "internet"],
+        "labels": {"airlock.dev/run-id": "x", "ok": "not a valid value"}
+    });
+    let errs = decode_request(&serde_json::to_vec(&bad).expect("encodes"), "Queue!", &policy()).expect_err("invalid");
+    let got: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let expected_paths = [
+        "queue",
+        "id",
+        "image",
+        "command.1",
+        "env.AIRLOCK_X: reserved prefix",
+        "env.1BAD",
+        "resources.requests.cpu",
+        "resources.limits.cpu",
+        "resources.requests.memory: exceeds resources.limits.memory",
+        "deadline_seconds",
+        "egress.1: unknown egress destination \"internet\"",
+        "labels.airlock.dev/run-id: reserved label",
+        "labels.ok",
+    ];
+    for p in expected_paths {
+        assert!(got.iter().any(|g| g.starts_with(p)), "no error for {p:?} in {got:#?}");
+    }
+    assert!(!got.iter().any(|g| g.starts_with("egress.0")), "a known egress name was rejected: {got:#?}");
+}
+
+#[test]
+fn type_errors_and_unknown_fields_name_their_path() {
+    let errs = decode_request(br#"{"id":"a","image":"alpine","resources":{"limits":{"gpu":"1"}}}"#, "q", &Policy::default())
+        .expect_err("unknown field");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "resources.limits.gpu");
+    assert!(errs[0].message.contains("unknown field `gpu`"), "{}", errs[0].message);
+
+    let errs = decode_request(br#"{"id":"a","image":"alpine","env":{"A":1}}"#, "q", &Policy::default()).expect_err("type");
+    assert_eq!(errs[0].path, "env.A");
+
+    let errs = decode_request(b"not json", "q", &Policy::default()).expect_err("syntax");
+    assert_eq!(errs[0].path, ".");
+}
+
+#[test]
+fn an_oversized_request_is_rejected_before_parsing() {
+    let p = Policy { max_request_bytes: 10, ..Policy::default() };
+    let errs = decode_request(br#"{"id":"a","image":"alpine"}"#, "q", &p).expect_err("too big");
+    assert!(errs[0].message.contains("limit is 10"));
+}
+
+#[test]
+fn an_image_outside_the_allowlist_is_rejected_with_that_reason() {
+    let p = Policy { image_allowlist: vec!["docker.io/library/".into(), "ghcr.io/acme/tool:1".into()], ..Policy::default() };
+    assert!(decode_request(br#"{"id":"a","image":"docker.io/library/alpine"}"#, "q", &p).is_ok());
+    assert!(decode_request(br#"{"id":"a","image":"ghcr.io/acme/tool:1"}"#, "q", &p).is_ok());
+    let errs = decode_request(br#"{"id":"a","image":"evil.example/miner"}"#, "q", &p).expect_err("refused");
+    assert_eq!(errs[0].to_string(), "image: image not in the operator's allowlist");
+}
+
+#[test]
+fn run_ids_fit_kubernetes_names_and_labels() {
+    for ok in ["a", "0", "run-1", &"a".repeat(40)] {
+        assert!(airlock_schemas::is_valid_name(ok), "{ok}");
+    }
+    for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(41)] {
+        assert!(!airlock_schemas::is_valid_name(bad), "{bad}");
+    }
+    assert!(airlock_schemas::labels::object_name(&"a".repeat(40)).len() <= 63);
+}
+
+/// Set `AIRLOCK_BLESS=1` to rewrite the committed schemas after changing the types.
+#[test]
+fn the_committed_json_schemas_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+    let bless = std::env::var_os("AIRLOCK_BLESS").is_some();
+    let mut stale = Vec::new();
+    for (file, schema) in json_schemas() {
+        let text = serde_json::to_string_pretty(&schema).expect("encodes") + "\n";
+        let path = dir.join(file);
+        if bless {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(&path, &text).expect("write");
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(file);
+        }
+    }
+    assert!(stale.is_empty(), "stale schemas {stale:?}: run `AIRLOCK_BLESS=1 cargo test -p airlock-schemas` and commit");
+}
