@@ -51,9 +51,18 @@ impl FaultRule {
 
     pub(crate) fn matches(&self, method: &str, path: &str, query: &str) -> bool {
         self.count > 0
-            && self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self.path_contains.as_deref().is_none_or(|p| path.contains(p))
-            && self.query_contains.as_deref().is_none_or(|q| query.contains(q))
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
+            && self
+                .query_contains
+                .as_deref()
+                .is_none_or(|q| query.contains(q))
     }
 }
 

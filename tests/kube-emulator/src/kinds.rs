@@ -90,9 +90,9 @@ impl Kind {
     /// Look a kind up by name (`Pod`), plural (`pods`) or singular, case-insensitively.
     pub fn parse(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
-        Kind::ALL.into_iter().find(|k| {
-            k.name().eq_ignore_ascii_case(&s) || k.plural() == s || k.singular() == s
-        })
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(&s) || k.plural() == s || k.singular() == s)
     }
 }
 

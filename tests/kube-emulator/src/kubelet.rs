@@ -79,6 +79,9 @@ impl PodLog {
     }
 }
 
+/// Running pod tasks: (namespace, name) -> (uid, control channel).
+type PodTasks = HashMap<(String, String), (String, watch::Sender<Control>)>;
+
 #[derive(Debug, Clone)]
 enum Control {
     Run,
@@ -103,10 +106,11 @@ pub struct KubeletConfig {
 pub struct Kubelet {
     store: Arc<Store>,
     cfg: KubeletConfig,
-    pods: Mutex<HashMap<(String, String), (String, watch::Sender<Control>)>>,
+    pods: Mutex<PodTasks>,
     logs: Mutex<HashMap<(String, String), Arc<PodLog>>>,
     holds: Mutex<Vec<LabelSelector>>,
     holds_changed: watch::Sender<u64>,
+    groups: Mutex<HashMap<String, rustix::process::Pid>>,
 }
 
 impl Kubelet {
@@ -119,6 +123,7 @@ impl Kubelet {
             logs: Mutex::new(HashMap::new()),
             holds: Mutex::new(Vec::new()),
             holds_changed: watch::channel(0).0,
+            groups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -138,7 +143,11 @@ impl Kubelet {
         let (pods, _) = self.store.list(Kind::Pod, None);
         for p in pods {
             let (ns, name, uid) = ids(&p);
-            let known = self.pods.lock().map(|m| m.contains_key(&(ns.clone(), name.clone()))).unwrap_or(true);
+            let known = self
+                .pods
+                .lock()
+                .map(|m| m.contains_key(&(ns.clone(), name.clone())))
+                .unwrap_or(true);
             if !known {
                 self.start_pod(ns, name, uid);
             }
@@ -150,7 +159,11 @@ impl Kubelet {
         match change.etype {
             EventType::Added => self.start_pod(ns, name, uid),
             EventType::Modified => {
-                if change.object.pointer("/metadata/deletionTimestamp").is_some() {
+                if change
+                    .object
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some()
+                {
                     let grace = change
                         .object
                         .pointer("/metadata/deletionGracePeriodSeconds")
@@ -160,7 +173,9 @@ impl Kubelet {
                     self.control(&ns, &name, &uid, Control::Terminate { grace });
                 }
             }
-            EventType::Deleted => self.control(&ns, &name, &uid, Control::Deleted),
+            EventType::Deleted => {
+                self.control(&ns, &name, &uid, Control::Deleted);
+            }
         }
     }
 
@@ -191,7 +206,11 @@ impl Kubelet {
         let uid = self
             .store
             .get(Kind::Pod, ns, name)
-            .and_then(|p| p.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+            .and_then(|p| {
+                p.pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .unwrap_or_default();
         self.control(ns, name, &uid, Control::Force(state))
     }
@@ -214,7 +233,11 @@ impl Kubelet {
 
     /// The log of a pod, if its container has started.
     pub fn log(&self, ns: &str, name: &str) -> Option<Arc<PodLog>> {
-        self.logs.lock().ok()?.get(&(ns.to_string(), name.to_string())).cloned()
+        self.logs
+            .lock()
+            .ok()?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     fn held(&self, pod: &Value) -> bool {
@@ -226,6 +249,11 @@ impl Kubelet {
 
     /// Kill every process the kubelet started.
     pub fn kill_all(&self) {
+        if let Ok(groups) = self.groups.lock() {
+            for pg in groups.values() {
+                let _ = rustix::process::kill_process_group(*pg, rustix::process::Signal::KILL);
+            }
+        }
         if let Ok(pods) = self.pods.lock() {
             for (_, tx) in pods.values() {
                 tx.send_replace(Control::Deleted);
@@ -245,7 +273,9 @@ impl Kubelet {
         tokio::spawn(async move {
             me.clone().pod_task(&ns, &name, &uid, rx).await;
             if let Ok(mut pods) = me.pods.lock()
-                && pods.get(&(ns.clone(), name.clone())).is_some_and(|(u, _)| *u == uid)
+                && pods
+                    .get(&(ns.clone(), name.clone()))
+                    .is_some_and(|(u, _)| *u == uid)
             {
                 pods.remove(&(ns, name));
             }
@@ -265,7 +295,13 @@ impl Kubelet {
             .is_ok()
     }
 
-    async fn pod_task(self: Arc<Self>, ns: &str, name: &str, uid: &str, mut ctl: watch::Receiver<Control>) {
+    async fn pod_task(
+        self: Arc<Self>,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        mut ctl: watch::Receiver<Control>,
+    ) {
         // Scheduling delay.
         tokio::select! {
             _ = tokio::time::sleep(self.cfg.schedule_delay) => {}
@@ -287,7 +323,9 @@ impl Kubelet {
                     return;
                 }
             }
-            let Some(pod) = self.store.get(Kind::Pod, ns, name) else { return };
+            let Some(pod) = self.store.get(Kind::Pod, ns, name) else {
+                return;
+            };
             if !self.held(&pod) {
                 break;
             }
@@ -314,10 +352,23 @@ impl Kubelet {
             }
         }
         // Bind and start.
-        let Some(pod) = self.store.get(Kind::Pod, ns, name) else { return };
-        let container = pod.pointer("/spec/containers/0").cloned().unwrap_or(json!({}));
-        let cname = container.get("name").and_then(Value::as_str).unwrap_or("main").to_string();
-        let image = container.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+        let Some(pod) = self.store.get(Kind::Pod, ns, name) else {
+            return;
+        };
+        let container = pod
+            .pointer("/spec/containers/0")
+            .cloned()
+            .unwrap_or(json!({}));
+        let cname = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("main")
+            .to_string();
+        let image = container
+            .get("image")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let node = self.cfg.node_name.clone();
         let start_time = now_rfc3339();
         let log = Arc::new(PodLog::new(cname.clone()));
@@ -330,8 +381,14 @@ impl Kubelet {
                 argv.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
             }
         }
-        let has_command = container.get("command").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-        let workdir = tempfile::Builder::new().prefix(&format!("airlock-pod-{name}-")).tempdir().ok();
+        let has_command = container
+            .get("command")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        let workdir = tempfile::Builder::new()
+            .prefix(&format!("airlock-pod-{name}-"))
+            .tempdir()
+            .ok();
         let mut spawn_err = None;
         let mut child = None;
         if !has_command {
@@ -339,9 +396,20 @@ impl Kubelet {
                 "emulator kubelet: container {cname:?} has no command; images are not run, so the pod's container must set `command`"
             ));
         } else {
-            match spawn(&argv, &container, name, workdir.as_ref().map(|d| d.path()), &log) {
+            match spawn(
+                &argv,
+                &container,
+                name,
+                workdir.as_ref().map(|d| d.path()),
+                &log,
+            ) {
                 Ok(c) => child = Some(c),
-                Err(e) => spawn_err = Some(format!("failed to create containerd task: failed to start {:?}: {e}", argv[0])),
+                Err(e) => {
+                    spawn_err = Some(format!(
+                        "failed to create containerd task: failed to start {:?}: {e}",
+                        argv[0]
+                    ))
+                }
             }
         }
         let pid = child.as_ref().and_then(|c| c.id());
@@ -402,6 +470,9 @@ impl Kubelet {
             .and_then(Value::as_u64)
             .map(|s| started + Duration::from_secs(s));
         let pgid = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32));
+        if let (Some(pg), Ok(mut groups)) = (pgid, self.groups.lock()) {
+            groups.insert(uid.to_string(), pg);
+        }
         let kill_group = |sig: rustix::process::Signal| {
             if let Some(pg) = pgid {
                 let _ = rustix::process::kill_process_group(pg, sig);
@@ -432,7 +503,8 @@ impl Kubelet {
                 _ = sleep_deadline => break End::Deadline,
                 r = ctl.changed() => {
                     if r.is_err() { break End::Deleted; }
-                    match ctl.borrow_and_update().clone() {
+                    let c = ctl.borrow_and_update().clone();
+                    match c {
                         Control::Run => continue,
                         Control::Deleted => break End::Deleted,
                         Control::Terminate { grace } => {
@@ -450,6 +522,9 @@ impl Kubelet {
         // Tear the container down: nothing in its process group outlives it.
         kill_group(rustix::process::Signal::KILL);
         let _ = child.wait().await;
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.remove(uid);
+        }
         let finished = now_rfc3339();
         match end {
             End::Exited(code) => {
@@ -470,7 +545,8 @@ impl Kubelet {
                 self.set_status(ns, name, uid, |p| {
                     p["status"]["phase"] = json!("Failed");
                     p["status"]["reason"] = json!("DeadlineExceeded");
-                    p["status"]["message"] = json!("Pod was active on the node longer than the specified deadline");
+                    p["status"]["message"] =
+                        json!("Pod was active on the node longer than the specified deadline");
                     set_not_ready(p);
                     p["status"]["containerStatuses"][0]["state"] = json!({"terminated": {
                         "exitCode": 137,
@@ -482,7 +558,14 @@ impl Kubelet {
                 });
             }
             End::Forced(state) => {
-                self.finish_forced(ns, name, uid, &state, Some(&start_time), Some(&container_id));
+                self.finish_forced(
+                    ns,
+                    name,
+                    uid,
+                    &state,
+                    Some(&start_time),
+                    Some(&container_id),
+                );
             }
             End::Terminated => {
                 self.store.remove(Kind::Pod, ns, name, true);
@@ -565,9 +648,15 @@ impl Kubelet {
 }
 
 fn set_not_ready(p: &mut Value) {
-    if let Some(conds) = p.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+    if let Some(conds) = p
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
         for c in conds.iter_mut() {
-            if matches!(c["type"].as_str(), Some("Ready" | "ContainersReady" | "PodReadyToStartContainers")) {
+            if matches!(
+                c["type"].as_str(),
+                Some("Ready" | "ContainersReady" | "PodReadyToStartContainers")
+            ) {
                 c["status"] = json!("False");
                 if c["type"] != "PodReadyToStartContainers" {
                     c["reason"] = json!("PodCompleted");
@@ -582,8 +671,17 @@ fn set_not_ready(p: &mut Value) {
 }
 
 fn ids(obj: &Value) -> (String, String, String) {
-    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
-    (s("/metadata/namespace"), s("/metadata/name"), s("/metadata/uid"))
+    let s = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (
+        s("/metadata/namespace"),
+        s("/metadata/name"),
+        s("/metadata/uid"),
+    )
 }
 
 fn spawn(
@@ -613,7 +711,10 @@ fn spawn(
     }
     if let Some(env) = container.get("env").and_then(Value::as_array) {
         for e in env {
-            if let (Some(k), Some(v)) = (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str)) {
+            if let (Some(k), Some(v)) = (
+                e.get("name").and_then(Value::as_str),
+                e.get("value").and_then(Value::as_str),
+            ) {
                 cmd.env(k, v);
             }
         }

@@ -1,1 +1,87 @@
-//! Kubernetes API emulator.
+//! A strict Kubernetes API server emulator with a process kubelet.
+//!
+//! It serves `pods` (with `status` and `log`), `networkpolicies`, `namespaces` and `events`
+//! over plain HTTP on 127.0.0.1, so the real `kube` client (via the kubeconfig the
+//! emulator writes) and `kubectl` talk to it unchanged. Its kubelet runs each pod's first
+//! container `command` + `args` as a local process group.
+//!
+//! # Layout
+//!
+//! - [`emulator`]: [`Emulator::start`], [`EmulatorConfig`] and the [`EmulatorHandle`]
+//!   tests use (kubeconfig, stored objects, faults, holds, waits, counters, validation).
+//! - [`api`]: routing, discovery, create/get/list/watch/update/patch/delete, logs, the
+//!   admin API under `/__emulator/`.
+//! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
+//!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
+//! - [`kubelet`]: scheduling, Unschedulable holds, processes, logs, phases, exit codes,
+//!   `activeDeadlineSeconds`, forced final states.
+//! - [`validation`]: strict decoding into k8s-openapi types (unknown fields → 400),
+//!   RFC 1123 names and other 422 checks, API-server defaults.
+//! - [`status`]: `metav1.Status` bodies. [`selector`]: label/field selectors.
+//! - [`faults`]: fault rules (429, 500, dropped connection) and the request log.
+//! - [`schema`]: validation against the official 1.33 OpenAPI-derived JSON schemas
+//!   shipped by the PyPI package `kubernetes-validate`.
+//!
+//! # Public API
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use airlock_kube_emulator::{Emulator, EmulatorConfig, FaultAction, Kind};
+//! use std::time::Duration;
+//! let emu = Emulator::start(EmulatorConfig::default().namespace("airlock-sandbox")).await?;
+//! let kubeconfig = emu.kubeconfig_path(); // for kube::Config / kubectl --kubeconfig
+//! emu.fail_next(Some("POST"), "/pods", FaultAction::InternalError, 1);
+//! emu.hold_pending("app=stuck")?;
+//! emu.wait_for_pod_phase("airlock-sandbox", "run-1", "Succeeded", Duration::from_secs(10)).await?;
+//! let pods = emu.objects(Kind::Pod);
+//! let deleted = emu.delete_count(Kind::NetworkPolicy);
+//! let report = emu.validate_stored_objects()?;
+//! assert!(report.is_ok(), "{report:?}");
+//! # let _ = (kubeconfig, pods, deleted); Ok(()) }
+//! ```
+//!
+//! # Semantics and limits
+//!
+//! - Field validation is `Strict` by default (unknown fields → 400); `fieldValidation=Warn`
+//!   or `Ignore` accept them (Warn adds `Warning` headers).
+//! - PATCH supports merge, JSON patch, and strategic merge (applied as a JSON merge patch:
+//!   lists are replaced, not merged by key); server-side apply is applied as a merge patch
+//!   and creates missing objects.
+//! - Watches: newline-delimited JSON events; no `resourceVersion` (or `0`) starts with
+//!   synthetic ADDED events; `sendInitialEvents=true` ends them with the
+//!   `k8s.io/initial-events-end` bookmark; too-old resourceVersions yield an `ERROR`
+//!   event with a 410 `Expired` Status (see [`EmulatorHandle::compact_history`]).
+//! - Deleting a scheduled running pod is graceful: `deletionTimestamp` is set, the
+//!   process group gets SIGTERM then SIGKILL after min(grace, `max_grace_period`), and
+//!   then the pod (and everything it owns, unless `propagationPolicy=Orphan`) is removed.
+//!   Deleting a pod that is unscheduled, finished or with grace 0 removes it at once.
+//! - The kubelet runs only the first container; it never restarts (`restartPolicy` is
+//!   treated as `Never`). A container without `command` fails at once: phase Failed,
+//!   terminated reason `StartError`, exit code 128. Env comes from `env[].value` only
+//!   (`valueFrom` is ignored) plus `PATH`, `HOME` (a per-pod temp dir, also the cwd) and
+//!   `HOSTNAME`.
+//! - Admin HTTP API (for service binaries run as separate processes):
+//!   `GET /__emulator/objects?kind=pods`, `GET /__emulator/accepted`,
+//!   `GET|DELETE /__emulator/requests`, `GET /__emulator/counters`,
+//!   `POST|DELETE /__emulator/faults` (body: a [`FaultRule`] as JSON, e.g.
+//!   `{"method":"POST","pathContains":"/pods","action":"internalError","count":1}`),
+//!   `POST|DELETE /__emulator/hold?labelSelector=..`,
+//!   `POST /__emulator/force?namespace=..&name=..&state=Evicted|OOMKilled|Exit:N`,
+//!   `POST /__emulator/compact`, `GET /__emulator/validate`.
+
+pub mod api;
+pub mod emulator;
+pub mod faults;
+pub mod kinds;
+pub mod kubelet;
+pub mod schema;
+pub mod selector;
+pub mod status;
+pub mod store;
+pub mod validation;
+
+pub use emulator::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle};
+pub use faults::{FaultAction, FaultRule, RequestRecord};
+pub use kinds::Kind;
+pub use kubelet::ForcedState;
+pub use schema::{SchemaError, ValidationFailure, ValidationReport};

@@ -137,15 +137,27 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{part}'; can't understand '{part}'"
+                ));
             };
             let k = k.trim();
             if !matches!(
                 k,
-                "metadata.name" | "metadata.namespace" | "status.phase" | "spec.nodeName"
-                    | "spec.restartPolicy" | "spec.schedulerName" | "spec.serviceAccountName"
-                    | "status.podIP" | "involvedObject.name" | "involvedObject.kind"
-                    | "involvedObject.uid" | "involvedObject.namespace" | "reason" | "type"
+                "metadata.name"
+                    | "metadata.namespace"
+                    | "status.phase"
+                    | "spec.nodeName"
+                    | "spec.restartPolicy"
+                    | "spec.schedulerName"
+                    | "spec.serviceAccountName"
+                    | "status.podIP"
+                    | "involvedObject.name"
+                    | "involvedObject.kind"
+                    | "involvedObject.uid"
+                    | "involvedObject.namespace"
+                    | "reason"
+                    | "type"
             ) {
                 return Err(format!("field label not supported: {k}"));
             }

@@ -51,7 +51,11 @@ impl ApiError {
 
     /// 404 NotFound for an unknown path.
     pub fn path_not_found() -> Self {
-        let mut e = Self::new(404, "NotFound", "the server could not find the requested resource");
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
         e.details = Some(json!({}));
         e
     }
@@ -91,7 +95,12 @@ impl ApiError {
         let message = if joined.len() == 1 {
             format!("{} \"{}\" is invalid: {}", kind.name(), name, joined[0])
         } else {
-            format!("{} \"{}\" is invalid: [{}]", kind.name(), name, joined.join(", "))
+            format!(
+                "{} \"{}\" is invalid: [{}]",
+                kind.name(),
+                name,
+                joined.join(", ")
+            )
         };
         let causes: Vec<Value> = causes
             .into_iter()
@@ -120,7 +129,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"
+            ),
         )
     }
 
@@ -146,7 +157,11 @@ impl ApiError {
 
     /// 429 TooManyRequests with a Retry-After.
     pub fn too_many_requests(retry_after: u64) -> Self {
-        let mut e = Self::new(429, "TooManyRequests", "Too many requests, please try again later.");
+        let mut e = Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
         e.details = Some(json!({"retryAfterSeconds": retry_after}));
         e.retry_after = Some(retry_after);
         e
@@ -180,8 +195,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (code, json_bytes(&self.body())).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -217,7 +234,9 @@ pub fn json_bytes(v: &Value) -> Vec<u8> {
 pub fn json_response(code: u16, v: &Value) -> Response {
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     let mut resp = (code, json_bytes(v)).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

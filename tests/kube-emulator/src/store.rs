@@ -64,6 +64,9 @@ struct Inner {
     seq: u64,
 }
 
+/// A watch backlog plus the live receiver that continues it.
+pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// The shared store.
 #[derive(Debug)]
 pub struct Store {
@@ -157,7 +160,9 @@ impl Store {
     pub fn random_suffix(&self) -> String {
         const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
         let uid = self.new_uid();
-        let mut h = mix(uid.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)));
+        let mut h = mix(uid
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)));
         (0..5)
             .map(|_| {
                 let c = ALPHA[(h % ALPHA.len() as u64) as usize] as char;
@@ -188,7 +193,13 @@ impl Store {
     }
 
     /// Create a new object; fills uid, resourceVersion, creationTimestamp, generation.
-    pub fn create(&self, kind: Kind, ns: &str, mut obj: Value, from_client: bool) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        kind: Kind,
+        ns: &str,
+        mut obj: Value,
+        from_client: bool,
+    ) -> Result<Value, ApiError> {
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -197,9 +208,15 @@ impl Store {
         let uid = self.new_uid();
         let mut g = self.lock();
         if kind.namespaced() {
-            match g.objects.get(&(Kind::Namespace, String::new(), ns.to_string())) {
+            match g
+                .objects
+                .get(&(Kind::Namespace, String::new(), ns.to_string()))
+            {
                 None => return Err(ApiError::not_found(Kind::Namespace, ns)),
-                Some(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
+                Some(n)
+                    if n.pointer("/status/phase").and_then(Value::as_str)
+                        == Some("Terminating") =>
+                {
                     let mut e = ApiError::new(
                         403,
                         "Forbidden",
@@ -267,14 +284,24 @@ impl Store {
         };
         if let Some(rv) = expected_rv
             && !rv.is_empty()
-            && current.pointer("/metadata/resourceVersion").and_then(Value::as_str) != Some(rv)
+            && current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                != Some(rv)
         {
             return Err(ApiError::conflict(kind, name));
         }
         let mut next = current.clone();
         f(&mut next)?;
         // Preserve system metadata.
-        for field in ["uid", "creationTimestamp", "resourceVersion", "generation", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             let cur = current.pointer(&format!("/metadata/{field}")).cloned();
             if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
                 match cur {
@@ -298,9 +325,9 @@ impl Store {
         }
         if next.get("spec") != current.get("spec")
             && let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut)
-            && let Some(gen) = meta.get("generation").and_then(Value::as_i64)
+            && let Some(generation) = meta.get("generation").and_then(Value::as_i64)
         {
-            meta.insert("generation".into(), json!(gen + 1));
+            meta.insert("generation".into(), json!(generation + 1));
         }
         g.rv += 1;
         let rv = g.rv;
@@ -354,7 +381,10 @@ impl Store {
             *g.deletes.entry(key.0).or_default() += 1;
             self.record(&mut g, key.0, &key.1, EventType::Deleted, obj.clone());
             if cascade {
-                let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+                let uid = obj
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let owned: Vec<Key> = g
                     .objects
                     .iter()
@@ -362,7 +392,8 @@ impl Store {
                         v.pointer("/metadata/ownerReferences")
                             .and_then(Value::as_array)
                             .is_some_and(|refs| {
-                                refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                                refs.iter()
+                                    .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
                             })
                     })
                     .map(|(k, _)| k.clone())
@@ -386,10 +417,7 @@ impl Store {
     /// Changes after `rv` for `kind` (optionally in one namespace), plus a live receiver.
     ///
     /// Errors with the resourceVersion the history starts at when `rv` is too old.
-    pub fn watch_from(
-        &self,
-        rv: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>), u64> {
+    pub fn watch_from(&self, rv: u64) -> Result<WatchStart, u64> {
         let g = self.lock();
         if rv < g.compacted {
             return Err(g.compacted + 1);

@@ -15,7 +15,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -96,7 +97,11 @@ fn unknown_fields(input: &Value, back: &Value, path: &str, out: &mut Vec<String>
     match (input, back) {
         (Value::Object(i), Value::Object(b)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(bv) => unknown_fields(v, bv, &p, out),
                     None if v.is_null() => {}
@@ -108,7 +113,11 @@ fn unknown_fields(input: &Value, back: &Value, path: &str, out: &mut Vec<String>
             // The typed value dropped the whole object: every non-null key is unknown.
             for (k, v) in i {
                 if !v.is_null() {
-                    out.push(if path.is_empty() { k.clone() } else { format!("{path}.{k}") });
+                    out.push(if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    });
                 }
             }
         }
@@ -171,9 +180,7 @@ fn json_type_name(v: &Value) -> &'static str {
 /// Parse a request body as JSON, with the API server's parse-error wording.
 pub fn parse_body(raw: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(raw).map_err(|e| {
-        ApiError::bad_request(format!(
-            "couldn't get version/kind; json parse error: {e}"
-        ))
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })
 }
 
@@ -192,7 +199,7 @@ pub fn decode_kind(kind: Kind, obj: &Value, strict: bool) -> Result<Vec<String>,
 /// Semantic validation beyond the schema, returning 422 causes.
 pub fn semantic_causes(kind: Kind, obj: &Value) -> Vec<(String, &'static str, String)> {
     let mut causes = Vec::new();
-    let mut req = |field: String, causes: &mut Vec<_>| {
+    let req = |field: String, causes: &mut Vec<_>| {
         causes.push((field, "FieldValueRequired", "Required value".to_string()));
     };
     if kind == Kind::Pod {
@@ -211,7 +218,10 @@ pub fn semantic_causes(kind: Kind, obj: &Value) -> Vec<(String, &'static str, St
                         )),
                         _ => {}
                     }
-                    if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    if c.get("image")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
                         req(format!("spec.containers[{i}].image"), &mut causes);
                     }
                 }
@@ -226,7 +236,9 @@ pub fn semantic_causes(kind: Kind, obj: &Value) -> Vec<(String, &'static str, St
                 format!("Unsupported value: \"{rp}\": supported values: \"Always\", \"OnFailure\", \"Never\""),
             ));
         }
-        if let Some(d) = obj.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_i64)
+        if let Some(d) = obj
+            .pointer("/spec/activeDeadlineSeconds")
+            .and_then(Value::as_i64)
             && d <= 0
         {
             causes.push((
@@ -240,13 +252,14 @@ pub fn semantic_causes(kind: Kind, obj: &Value) -> Vec<(String, &'static str, St
         for (k, v) in labels {
             let ok = v.as_str().is_some_and(|s| {
                 s.len() <= 63
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                     && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
                     && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
             });
             if !ok {
                 causes.push((
-                    format!("metadata.labels"),
+                    "metadata.labels".to_string(),
                     "FieldValueInvalid",
                     format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"),
                 ));
@@ -297,12 +310,14 @@ pub fn apply_defaults(kind: Kind, obj: &mut Value) {
     }
     if let Some(cs) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-            c.entry("terminationMessagePath").or_insert("/dev/termination-log".into());
+            c.entry("terminationMessagePath")
+                .or_insert("/dev/termination-log".into());
             c.entry("terminationMessagePolicy").or_insert("File".into());
             c.entry("resources").or_insert(serde_json::json!({}));
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
             let last = image.rsplit('/').next().unwrap_or("");
-            let pull = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+            let pull = if image.contains('@') || (last.contains(':') && !last.ends_with(":latest"))
+            {
                 "IfNotPresent"
             } else {
                 "Always"
