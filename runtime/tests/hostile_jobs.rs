@@ -192,10 +192,11 @@ async fn the_next_run_works_after_a_hostile_one() {
     let mut h = Harness::start(|c| c.sandbox_slots = 1).await;
     // One slot: the second run reuses the uid of the first.
     let limits = json!({"resources": {"limits": {"memory": "64Mi", "cpu": "1"}, "requests": {"memory": "64Mi", "cpu": "100m"}}});
-    let (o, log) = h
-        .run("hostile", &["/bin/sh", "-c", "b() { b | b & }; b; python3 -c 'x=[]\nwhile True: x.append(b\"x\"*(1<<20))'"], 3, limits)
-        .await;
-    assert_eq!(o.phase, Phase::Failed, "{o:?}\n{log}");
+    // Leaves a daemon behind, then eats memory.
+    let hostile = "setsid sleep 600 & exec python3 -c 'x=[]\nwhile True: x.append(b\"x\"*(1<<20))'";
+    let (o, log) = h.run("hostile", &["/bin/sh", "-c", hostile], 20, limits).await;
+    assert_outcome(&o, &log, Phase::Failed, "OOMKilled", Some(137));
+    assert!(h.sandbox_processes().is_empty(), "the daemon survived its sandbox");
     let (o, log) = h.run("friendly", &["/bin/sh", "-c", "echo hello from $AIRLOCK_RUN_ID"], 20, json!({})).await;
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
     assert!(log.contains("hello from friendly"), "{log}");

@@ -91,12 +91,15 @@ impl Harness {
         (o, log)
     }
 
-    /// Processes on the host running as any uid of this harness's range.
+    /// Live (not zombie) processes on the host running as any uid of this harness's range.
     pub fn sandbox_processes(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+            if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+                continue; // zombies run nothing; the host's init reaps them
+            }
             let uid = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
@@ -106,6 +109,16 @@ impl Harness {
             }
         }
         out
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // The per-run groups are gone with their runs; remove this test's (empty) parent groups too.
+        for ctl in ["memory", "pids", "cpu"] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/airlock-test-{}", std::process::id()));
+        }
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/airlock-test-{}", std::process::id()));
     }
 }
 

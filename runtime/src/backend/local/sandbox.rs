@@ -188,7 +188,7 @@ impl Cgroups {
             }
         };
         out.memory = prepare("memory", "memory.limit_in_bytes");
-        out.pids = prepare("pids", "pids.max");
+        out.pids = prepare("pids", "cgroup.procs");
         out.cpu = prepare("cpu", "cpu.cfs_quota_us");
         out
     }
@@ -268,7 +268,7 @@ impl Cgroups {
         let mut out = Vec::new();
         for d in self.run_dirs(run_id) {
             if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| !is_zombie(*p)));
             }
         }
         out.sort_unstable();
@@ -302,10 +302,11 @@ fn mkdir_fresh(d: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The real uid of a process, from `/proc/<pid>/status`.
-pub(crate) fn proc_uid(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// Whether `pid` is a zombie (or gone).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| s.lines().any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))))
+        .unwrap_or(true)
 }
 
 /// The start time of a process (clock ticks since boot), from `/proc/<pid>/stat`.
@@ -324,13 +325,24 @@ pub(crate) fn is_our_sandbox(pid: u32, marker: &Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == marker)
 }
 
-/// Every process whose real uid is `uid`.
+/// Every live (not zombie) process whose real uid is `uid`.
+///
+/// Zombies are skipped: they run nothing, and the sandbox's init is reparented to the host's pid 1, which
+/// reaps it when it gets to it.
 pub(crate) fn pids_of_uid(uid: u32) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| proc_uid(*pid) == Some(uid))
+        .filter(|pid| {
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+            let live = field("State:").is_some_and(|st| !st.starts_with('Z') && !st.starts_with('X'));
+            let real_uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+            live && real_uid == Some(uid)
+        })
         .collect()
 }
 
