@@ -227,6 +227,41 @@ impl Store {
         })
     }
 
+    /// Stores many genuine results in one round trip, each as [`Store::store_result`] would (first result
+    /// wins), returning one outcome per item in order.
+    ///
+    /// The pipeline loads the script itself first, so a Redis restarted with an empty script cache is
+    /// fine. On `Err` any prefix of the writes may have been applied; a retry is safe (duplicates).
+    pub async fn store_results(&self, items: &[(&str, &str)]) -> Result<Vec<ResultWrite>, Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_rfc3339();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.store_result).ignore();
+        for (run_id, result_json) in items {
+            let mut inv = self.store_result.prepare_invoke();
+            inv.key(self.key(run_id)).arg(*result_json).arg(&now);
+            pipe.invoke_script(&inv);
+        }
+        let replies: Vec<String> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != items.len() {
+            return Err(Error::Corrupt(format!(
+                "store_results: {} replies for {} writes",
+                replies.len(),
+                items.len()
+            )));
+        }
+        Ok(replies
+            .iter()
+            .map(|r| match r.as_str() {
+                "stored" => ResultWrite::Stored,
+                "duplicate" => ResultWrite::Duplicate,
+                _ => ResultWrite::UnknownRun,
+            })
+            .collect())
+    }
+
     /// The script behind [`Store::store_result`], for callers that pipeline many writes.
     pub fn store_result_script(&self) -> &Script {
         &self.store_result

@@ -72,3 +72,18 @@ pub struct LifecycleEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
 }
+
+/// A rejected result submission, on `airlock.events.<run_id>` next to the run's [`LifecycleEvent`]s.
+///
+/// Never carries the rejected body. Told apart from a lifecycle event by having no `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultRejected {
+    /// Run id, from the result's subject.
+    pub run_id: String,
+    /// Why: a stable prefix (`missing token`, `invalid token`, `unknown run`, `run already reaped`,
+    /// `invalid UTF-8`, `not a JSON object`, `body is N bytes`, `schema:`), then details.
+    pub reason: String,
+    /// When the ingester rejected it.
+    pub at: DateTime<Utc>,
+}

@@ -10,7 +10,7 @@
 //! - [`request`]: [`RunRequest`] and its validation against an operator [`Policy`].
 //! - [`quantity`]: Kubernetes resource quantities (`500m`, `256Mi`).
 //! - [`record`]: the Redis run record, [`RunStatus`] and its forward-only ordering.
-//! - [`event`]: [`TimerEvent`] for the janitor and [`LifecycleEvent`] for clients.
+//! - [`event`]: [`TimerEvent`] for the janitor, [`LifecycleEvent`] and [`ResultRejected`] for clients.
 //! - [`token`]: the HMAC run token that authenticates a job's result.
 //! - [`env`]: the environment every job receives.
 //! - [`labels`]: Kubernetes labels Airlock puts on what it creates.
@@ -24,7 +24,7 @@ pub mod request;
 pub mod subjects;
 pub mod token;
 
-pub use event::{LifecycleEvent, TimerEvent, TimerKind};
+pub use event::{LifecycleEvent, ResultRejected, TimerEvent, TimerKind};
 pub use record::{RunStatus, TransitionError};
 pub use request::{
     EgressDestination, EgressPort, FieldError, Policy, ResourceList, Resources, RunRequest,
@@ -44,6 +44,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("run-request.v1.json", schema::<RunRequest>()),
         ("timer-event.v1.json", schema::<TimerEvent>()),
         ("lifecycle-event.v1.json", schema::<LifecycleEvent>()),
+        ("result-rejected.v1.json", schema::<ResultRejected>()),
         ("run-record.v1.json", schema::<record::RunRecord>()),
         ("policy.v1.json", schema::<Policy>()),
     ]

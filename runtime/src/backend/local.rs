@@ -116,10 +116,22 @@ impl LocalConfig {
 }
 
 fn default_hide_paths() -> Vec<PathBuf> {
-    ["/root", "/home", "/mnt", "/media", "/srv", "/boot", "/var/lib", "/var/log", "/var/spool", "/var/mail", "/var/backups"]
-        .into_iter()
-        .map(PathBuf::from)
-        .collect()
+    [
+        "/root",
+        "/home",
+        "/mnt",
+        "/media",
+        "/srv",
+        "/boot",
+        "/var/lib",
+        "/var/log",
+        "/var/spool",
+        "/var/mail",
+        "/var/backups",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect()
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -130,10 +142,18 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalArgs {
     /// State directory shared by dispatcher and janitor on this machine.
-    #[arg(long = "local-dir", env = "AIRLOCK_LOCAL_DIR", default_value = "/var/lib/airlock-local")]
+    #[arg(
+        long = "local-dir",
+        env = "AIRLOCK_LOCAL_DIR",
+        default_value = "/var/lib/airlock-local"
+    )]
     pub local_dir: PathBuf,
     /// The bubblewrap binary.
-    #[arg(long = "local-bwrap", env = "AIRLOCK_LOCAL_BWRAP", default_value = "bwrap")]
+    #[arg(
+        long = "local-bwrap",
+        env = "AIRLOCK_LOCAL_BWRAP",
+        default_value = "bwrap"
+    )]
     pub local_bwrap: PathBuf,
     /// Memory limit when the request sets none.
     #[arg(long = "local-memory", env = "AIRLOCK_LOCAL_MEMORY", default_value = "512Mi", value_parser = parse_bytes)]
@@ -142,7 +162,11 @@ pub struct LocalArgs {
     #[arg(long = "local-max-cpu-seconds", env = "AIRLOCK_LOCAL_MAX_CPU_SECONDS", default_value_t = 6 * 3600)]
     pub local_max_cpu_seconds: u64,
     /// Largest number of processes per run.
-    #[arg(long = "local-max-processes", env = "AIRLOCK_LOCAL_MAX_PROCESSES", default_value_t = 256)]
+    #[arg(
+        long = "local-max-processes",
+        env = "AIRLOCK_LOCAL_MAX_PROCESSES",
+        default_value_t = 256
+    )]
     pub local_max_processes: u64,
     /// Largest file a job may write.
     #[arg(long = "local-max-file-size", env = "AIRLOCK_LOCAL_MAX_FILE_SIZE", default_value = "256Mi", value_parser = parse_bytes)]
@@ -151,10 +175,18 @@ pub struct LocalArgs {
     #[arg(long = "local-tmp-size", env = "AIRLOCK_LOCAL_TMP_SIZE", default_value = "256Mi", value_parser = parse_bytes)]
     pub local_tmp_size: u64,
     /// First sandbox uid/gid.
-    #[arg(long = "local-uid-base", env = "AIRLOCK_LOCAL_UID_BASE", default_value_t = 1_000_000_000)]
+    #[arg(
+        long = "local-uid-base",
+        env = "AIRLOCK_LOCAL_UID_BASE",
+        default_value_t = 1_000_000_000
+    )]
     pub local_uid_base: u32,
     /// Number of concurrent runs (uids from the base).
-    #[arg(long = "local-slots", env = "AIRLOCK_LOCAL_SLOTS", default_value_t = 256)]
+    #[arg(
+        long = "local-slots",
+        env = "AIRLOCK_LOCAL_SLOTS",
+        default_value_t = 256
+    )]
     pub local_slots: u32,
     /// Largest result file published, in bytes.
     #[arg(long = "local-max-result-bytes", env = "AIRLOCK_LOCAL_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
@@ -194,7 +226,9 @@ pub struct LocalBackend {
 
 impl std::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalBackend").field("state_dir", &self.inner.config.state_dir).finish_non_exhaustive()
+        f.debug_struct("LocalBackend")
+            .field("state_dir", &self.inner.config.state_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,26 +248,46 @@ fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 impl LocalBackend {
     /// Prepares the state directory (0711) and detects cgroups; the process must run as root.
-    pub fn new(config: LocalConfig, nats: async_nats::Client, subjects: Subjects) -> Result<Self, BackendError> {
+    pub fn new(
+        config: LocalConfig,
+        nats: async_nats::Client,
+        subjects: Subjects,
+    ) -> Result<Self, BackendError> {
         if !rustix::process::geteuid().is_root() {
             return Err(BackendError::Permanent(
-                "the local runtime must run as root (it runs each sandbox under a uid of its own)".into(),
+                "the local runtime must run as root (it runs each sandbox under a uid of its own)"
+                    .into(),
             ));
         }
-        if config.sandbox_slots == 0 || config.sandbox_uid_base.checked_add(config.sandbox_slots).is_none() {
-            return Err(BackendError::Permanent("sandbox uid range is empty or overflows".into()));
+        if config.sandbox_slots == 0
+            || config
+                .sandbox_uid_base
+                .checked_add(config.sandbox_slots)
+                .is_none()
+        {
+            return Err(BackendError::Permanent(
+                "sandbox uid range is empty or overflows".into(),
+            ));
         }
         let dir = &config.state_dir;
         for d in [dir.clone(), dir.join("runs"), dir.join("slots")] {
-            std::fs::create_dir_all(&d).map_err(|e| transient(&format!("creating {}", d.display()), e))?;
+            std::fs::create_dir_all(&d)
+                .map_err(|e| transient(&format!("creating {}", d.display()), e))?;
         }
-        for (d, mode) in [(dir.clone(), 0o711), (dir.join("runs"), 0o711), (dir.join("slots"), 0o700)] {
+        for (d, mode) in [
+            (dir.clone(), 0o711),
+            (dir.join("runs"), 0o711),
+            (dir.join("slots"), 0o700),
+        ] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| transient(&format!("chmod {}", d.display()), e))?;
         }
-        let abs = std::fs::canonicalize(dir).map_err(|e| transient("resolving the state directory", e))?;
+        let abs = std::fs::canonicalize(dir)
+            .map_err(|e| transient("resolving the state directory", e))?;
         for a in abs.ancestors().skip(1) {
-            let mode = std::fs::metadata(a).map(|m| m.permissions().mode()).unwrap_or(0);
+            let mode = std::fs::metadata(a)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
             if mode & 0o001 == 0 {
                 return Err(BackendError::Permanent(format!(
                     "{} is not traversable by other users (o+x); the sandbox uid must reach the state directory",
@@ -243,8 +297,11 @@ impl LocalBackend {
         }
         let mut config = config;
         config.state_dir = abs;
-        let cgroups =
-            if config.cgroups { Cgroups::detect(&config.cgroup_root, &config.cgroup_name) } else { Cgroups::default() };
+        let cgroups = if config.cgroups {
+            Cgroups::detect(&config.cgroup_root, &config.cgroup_name)
+        } else {
+            Cgroups::default()
+        };
         info!(state_dir = %config.state_dir.display(), cgroups = ?cgroups, "local sandbox runtime ready");
         let me = std::process::id();
         let (events, _) = broadcast::channel(1024);
@@ -266,14 +323,20 @@ impl LocalBackend {
     }
 
     fn slot_file(&self, slot: u32) -> PathBuf {
-        self.inner.config.state_dir.join("slots").join(slot.to_string())
+        self.inner
+            .config
+            .state_dir
+            .join("slots")
+            .join(slot.to_string())
     }
 
     /// Creates what the run needs and starts it (idempotent per run id and attempt).
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
         let run_id = spec.run_id().to_string();
         if !is_valid_name(&run_id) {
-            return Err(BackendError::Permanent(format!("invalid run id {run_id:?}")));
+            return Err(BackendError::Permanent(format!(
+                "invalid run id {run_id:?}"
+            )));
         }
         let req = &spec.run.request;
         let argv: Vec<String> = req.command.iter().chain(req.args.iter()).cloned().collect();
@@ -290,7 +353,10 @@ impl LocalBackend {
                 info!(run_id = %run_id, old = existing.attempt, new = spec.attempt, "replacing a previous attempt");
                 self.remove(&run_id).await?;
             } else {
-                return Err(BackendError::NotOurs { name: self.run_dir(&run_id).display().to_string(), run_id });
+                return Err(BackendError::NotOurs {
+                    name: self.run_dir(&run_id).display().to_string(),
+                    run_id,
+                });
             }
         }
         let limits = self.limits(spec);
@@ -324,10 +390,16 @@ impl LocalBackend {
     fn limits(&self, spec: &LaunchSpec) -> Limits {
         let c = &self.inner.config;
         let lim = &spec.run.request.resources.limits;
-        let memory_bytes = lim.memory.as_deref().and_then(quantity::bytes).unwrap_or(c.default_memory_bytes);
+        let memory_bytes = lim
+            .memory
+            .as_deref()
+            .and_then(quantity::bytes)
+            .unwrap_or(c.default_memory_bytes);
         let cpu_millis = lim.cpu.as_deref().and_then(quantity::cpu_millis);
         let deadline = spec.run.deadline_seconds.max(1);
-        let by_deadline = cpu_millis.map(|m| (deadline.saturating_mul(m)).div_ceil(1000)).unwrap_or(deadline);
+        let by_deadline = cpu_millis
+            .map(|m| (deadline.saturating_mul(m)).div_ceil(1000))
+            .unwrap_or(deadline);
         Limits {
             memory_bytes: memory_bytes.max(1024 * 1024),
             cpu_millis,
@@ -343,14 +415,20 @@ impl LocalBackend {
         let run_id = spec.run_id();
         let final_dir = self.run_dir(run_id);
         let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let tmp = self.inner.config.state_dir.join("runs").join(format!(".new-{run_id}-{nanos}"));
+        let tmp = self
+            .inner
+            .config
+            .state_dir
+            .join("runs")
+            .join(format!(".new-{run_id}-{nanos}"));
         let io = |what: &str| {
             let what = what.to_string();
             move |e: std::io::Error| transient(&what, e)
         };
         let build = || -> Result<(), BackendError> {
             std::fs::create_dir(&tmp).map_err(io("creating the run directory"))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).map_err(io("chmod"))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711))
+                .map_err(io("chmod"))?;
             let req = &spec.run.request;
             let spec_file = SpecFile {
                 request: req.clone(),
@@ -386,9 +464,11 @@ impl LocalBackend {
                 .mode(0o600)
                 .open(sb.join("result.json"))
                 .map_err(io("creating the result file"))?;
-            std::os::unix::fs::chown(sb.join("result.json"), Some(uid), Some(uid)).map_err(io("chown"))?;
+            std::os::unix::fs::chown(sb.join("result.json"), Some(uid), Some(uid))
+                .map_err(io("chown"))?;
             std::os::unix::fs::chown(&sb, Some(uid), Some(uid)).map_err(io("chown"))?;
-            std::fs::set_permissions(&sb, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
+            std::fs::set_permissions(&sb, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod"))?;
             Ok(())
         };
         if let Err(e) = build() {
@@ -399,7 +479,11 @@ impl LocalBackend {
             Ok(()) => Ok(true),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
-                if final_dir.exists() { Ok(false) } else { Err(transient("renaming the run directory", e)) }
+                if final_dir.exists() {
+                    Ok(false)
+                } else {
+                    Err(transient("renaming the run directory", e))
+                }
             }
         }
     }
@@ -424,9 +508,15 @@ impl LocalBackend {
                     }
                     let _ = std::fs::remove_file(&path);
                 }
-                match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
                     Ok(mut f) => {
-                        f.write_all(run_id.as_bytes()).map_err(|e| transient("writing the slot file", e))?;
+                        f.write_all(run_id.as_bytes())
+                            .map_err(|e| transient("writing the slot file", e))?;
                         // A leftover of a crashed run must not share the uid's process count or files.
                         let uid = self.inner.config.sandbox_uid_base + slot;
                         kill_uid(uid);
@@ -437,7 +527,9 @@ impl LocalBackend {
                 }
             }
         }
-        Err(BackendError::Transient(format!("all {n} sandbox slots are busy")))
+        Err(BackendError::Transient(format!(
+            "all {n} sandbox slots are busy"
+        )))
     }
 
     fn release_slot(&self, slot: u32, run_id: &str) {
@@ -462,7 +554,11 @@ impl LocalBackend {
         let c = &self.inner.config;
         let dir = self.run_dir(run_id);
         let result_file = dir.join("sandbox/result.json");
-        let cgroup_procs = self.inner.cgroups.create(run_id, &limits).map_err(|e| format!("creating cgroups: {e}"))?;
+        let cgroup_procs = self
+            .inner
+            .cgroups
+            .create(run_id, &limits)
+            .map_err(|e| format!("creating cgroups: {e}"))?;
         let mut hide = c.hide_paths.clone();
         hide.push(c.state_dir.clone());
         let cmd = SandboxCommand {
@@ -480,12 +576,18 @@ impl LocalBackend {
         };
         let (program, args) = cmd.build();
         debug!(run_id, ?program, ?args, "starting sandbox");
-        let (reader, writer) = std::io::pipe().map_err(|e| format!("creating the log pipe: {e}"))?;
-        let writer2 = writer.try_clone().map_err(|e| format!("creating the log pipe: {e}"))?;
+        let (reader, writer) =
+            std::io::pipe().map_err(|e| format!("creating the log pipe: {e}"))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| format!("creating the log pipe: {e}"))?;
         let child = tokio::process::Command::new(program)
             .args(args)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(writer2)
@@ -503,7 +605,11 @@ impl LocalBackend {
                 let _ = done.send(());
             })
             .map_err(|e| format!("starting the log thread: {e}"))?;
-        Ok(Spawned { child, pump, started_at: Utc::now() })
+        Ok(Spawned {
+            child,
+            pump,
+            started_at: Utc::now(),
+        })
     }
 
     async fn supervise(
@@ -523,7 +629,11 @@ impl LocalBackend {
             }
         };
         let result_file = dir.join("sandbox/result.json");
-        let Spawned { mut child, pump, started_at } = match spawned {
+        let Spawned {
+            mut child,
+            pump,
+            started_at,
+        } = match spawned {
             Ok(s) => s,
             Err(e) => {
                 warn!(run_id = %run_id, error = %e, "sandbox did not start");
@@ -580,7 +690,10 @@ impl LocalBackend {
             active().remove(&self.run_dir(&run_id));
             return;
         }
-        if let Some(note) = self.publish_result(&run_id, &result_file, token.as_deref()).await {
+        if let Some(note) = self
+            .publish_result(&run_id, &result_file, token.as_deref())
+            .await
+        {
             status.message = Some(match status.message.take() {
                 Some(m) => format!("{m}; {note}"),
                 None => note,
@@ -607,10 +720,16 @@ impl LocalBackend {
     }
 
     /// Publishes the result file; returns a note for the status message when nothing was published.
-    async fn publish_result(&self, run_id: &str, path: &Path, token: Option<&str>) -> Option<String> {
+    async fn publish_result(
+        &self,
+        run_id: &str,
+        path: &Path,
+        token: Option<&str>,
+    ) -> Option<String> {
         let max = self.inner.config.max_result_bytes;
         let mut buf = Vec::new();
-        let read = std::fs::File::open(path).and_then(|f| f.take(max as u64 + 1).read_to_end(&mut buf));
+        let read =
+            std::fs::File::open(path).and_then(|f| f.take(max as u64 + 1).read_to_end(&mut buf));
         match read {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => return Some(format!("result file unreadable: {e}")),
@@ -622,7 +741,10 @@ impl LocalBackend {
             Ok(_) => {}
         }
         let Some(token) = token else {
-            warn!(run_id, "no run token in the job environment; result not published");
+            warn!(
+                run_id,
+                "no run token in the job environment; result not published"
+            );
             return Some("no run token; result not published".into());
         };
         let mut headers = async_nats::HeaderMap::new();
@@ -679,11 +801,15 @@ impl LocalBackend {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        warn!(run_id, uid, "processes of the run are still there after SIGKILL");
+        warn!(
+            run_id,
+            uid, "processes of the run are still there after SIGKILL"
+        );
     }
 
     fn read_status(&self, run_id: &str) -> Result<Option<StatusFile>, BackendError> {
-        read_json(&self.run_dir(run_id).join("status.json")).map_err(|e| transient("reading status.json", e))
+        read_json(&self.run_dir(run_id).join("status.json"))
+            .map_err(|e| transient("reading status.json", e))
     }
 
     /// Whether the process that supervises the run is still there.
@@ -724,11 +850,17 @@ impl LocalBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
             Err(e) => return Err(transient("opening the log", e)),
         };
-        let len = f.metadata().map_err(|e| transient("reading the log", e))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| transient("reading the log", e))?
+            .len();
         let start = len.saturating_sub(max_bytes as u64);
-        f.seek(SeekFrom::Start(start)).map_err(|e| transient("reading the log", e))?;
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| transient("reading the log", e))?;
         let mut buf = Vec::with_capacity((len - start) as usize);
-        f.take(max_bytes as u64).read_to_end(&mut buf).map_err(|e| transient("reading the log", e))?;
+        f.take(max_bytes as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| transient("reading the log", e))?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
@@ -749,12 +881,18 @@ impl LocalBackend {
             return Ok(Removed::Absent);
         }
         if let Some(s) = &status {
-            let (this, rid, pid, uid, slot) = (self.clone(), run_id.to_string(), s.pid, s.uid, s.slot);
+            let (this, rid, pid, uid, slot) =
+                (self.clone(), run_id.to_string(), s.pid, s.uid, s.slot);
             let _ = tokio::task::spawn_blocking(move || this.kill_tree(&rid, pid, uid, slot)).await;
         }
         self.inner.cgroups.remove(run_id);
         let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let trash = self.inner.config.state_dir.join("runs").join(format!(".trash-{run_id}-{nanos}"));
+        let trash = self
+            .inner
+            .config
+            .state_dir
+            .join("runs")
+            .join(format!(".trash-{run_id}-{nanos}"));
         match std::fs::rename(&dir, &trash) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removed::Absent),
@@ -774,7 +912,9 @@ impl LocalBackend {
             .map_err(|e| transient("listing runs", e))?;
         let mut out = Vec::new();
         for entry in rd.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if name.starts_with('.') {
                 continue;
             }
@@ -791,7 +931,8 @@ impl LocalBackend {
     pub fn watch(&self) -> BoxStream<'static, Observed> {
         let rx = self.inner.events.subscribe();
         let this = self.clone();
-        let initial = futures::stream::once(async move { relist(&this).await }).flat_map(futures::stream::iter);
+        let initial = futures::stream::once(async move { relist(&this).await })
+            .flat_map(futures::stream::iter);
         let this = self.clone();
         let live = futures::stream::unfold((rx, this), |(mut rx, this)| async move {
             loop {
@@ -844,8 +985,10 @@ fn sandbox_env(given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = given.clone();
     env.remove(env::NATS_URL);
     env.insert(env::RESULT_FILE.into(), sandbox::SANDBOX_RESULT.into());
-    env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
-    env.entry("HOME".into()).or_insert_with(|| sandbox::SANDBOX_WORK.into());
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
+    env.entry("HOME".into())
+        .or_insert_with(|| sandbox::SANDBOX_WORK.into());
     env.entry("TMPDIR".into()).or_insert_with(|| "/tmp".into());
     env
 }
@@ -863,29 +1006,57 @@ fn classify(
         return (
             PhaseFile::Failed,
             "DeadlineExceeded",
-            Some(format!("killed after its deadline of {} s", deadline.as_secs())),
+            Some(format!(
+                "killed after its deadline of {} s",
+                deadline.as_secs()
+            )),
         );
     }
     if oom_kills > 0 {
-        return (PhaseFile::Failed, "OOMKilled", Some("killed by the kernel at its memory limit".into()));
+        return (
+            PhaseFile::Failed,
+            "OOMKilled",
+            Some("killed by the kernel at its memory limit".into()),
+        );
     }
     match exit_code {
         Some(0) => (PhaseFile::Succeeded, "Completed", None),
-        Some(c) if c == 128 + SIGXCPU => {
-            (PhaseFile::Failed, "CpuLimit", Some("killed by SIGXCPU at its CPU time limit".into()))
-        }
-        Some(c) if c == 128 + SIGXFSZ => {
-            (PhaseFile::Failed, "FileSizeLimit", Some("killed by SIGXFSZ at its file size limit".into()))
-        }
-        Some(c) if c > 128 => (PhaseFile::Failed, "Error", Some(format!("killed by signal {}", c - 128))),
-        Some(c) => (PhaseFile::Failed, "Error", Some(format!("exited with code {c}"))),
-        None => (PhaseFile::Failed, "Error", Some("exit status unknown".into())),
+        Some(c) if c == 128 + SIGXCPU => (
+            PhaseFile::Failed,
+            "CpuLimit",
+            Some("killed by SIGXCPU at its CPU time limit".into()),
+        ),
+        Some(c) if c == 128 + SIGXFSZ => (
+            PhaseFile::Failed,
+            "FileSizeLimit",
+            Some("killed by SIGXFSZ at its file size limit".into()),
+        ),
+        Some(c) if c > 128 => (
+            PhaseFile::Failed,
+            "Error",
+            Some(format!("killed by signal {}", c - 128)),
+        ),
+        Some(c) => (
+            PhaseFile::Failed,
+            "Error",
+            Some(format!("exited with code {c}")),
+        ),
+        None => (
+            PhaseFile::Failed,
+            "Error",
+            Some("exit status unknown".into()),
+        ),
     }
 }
 
 /// Copies the job's output into `path` up to `max` bytes, then drains and discards the rest.
 fn pump_log(mut reader: std::io::PipeReader, path: &Path, max: u64) {
-    let mut file = match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path) {
+    let mut file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => Some(f),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "cannot open the log file; discarding output");

@@ -10,12 +10,76 @@
 
 use std::collections::BTreeMap;
 
-use airlock_schemas::ValidatedRun;
+use airlock_schemas::{EgressDestination, Subjects, ValidatedRun};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 pub mod kube;
 pub mod local;
+
+/// Which backend runs the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Pods on Kubernetes, each behind its own NetworkPolicy.
+    #[default]
+    Kube,
+    /// Local bubblewrap sandboxes on this host.
+    Local,
+}
+
+/// Backend settings shared by the dispatcher and the janitor (`#[command(flatten)]` them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// Where runs execute: `kube` (Kubernetes pods) or `local` (bubblewrap sandboxes on this host).
+    #[arg(long = "runtime", env = "AIRLOCK_RUNTIME", value_enum, default_value_t = RuntimeKind::Kube)]
+    pub runtime: RuntimeKind,
+    /// Kubernetes settings (used with `--runtime kube`).
+    #[command(flatten)]
+    pub kube: kube::KubeArgs,
+    /// Local sandbox settings (used with `--runtime local`).
+    #[command(flatten)]
+    pub local: local::LocalArgs,
+}
+
+impl Backend {
+    /// Builds the configured backend. `nats` and `subjects` are used by the local runtime, which publishes
+    /// results itself; the Kubernetes backend connects to the cluster from `--kubeconfig`, `KUBECONFIG`,
+    /// `~/.kube/config` or the in-cluster service account, in that order.
+    pub async fn from_args(
+        args: &BackendArgs,
+        nats: &async_nats::Client,
+        subjects: &Subjects,
+    ) -> Result<Backend, crate::Error> {
+        match args.runtime {
+            RuntimeKind::Kube => Ok(Backend::Kube(
+                kube::KubeBackend::from_args(&args.kube).await?,
+            )),
+            RuntimeKind::Local => Ok(Backend::Local(local::LocalBackend::new(
+                args.local.config(),
+                nats.clone(),
+                subjects.clone(),
+            )?)),
+        }
+    }
+
+    /// Gives the backend the operator's named egress destinations (the policy's `egress`), which the
+    /// Kubernetes backend turns into NetworkPolicy rules; the local backend has no network and ignores them.
+    /// Only the dispatcher needs this.
+    pub fn with_egress_catalog(self, egress: BTreeMap<String, EgressDestination>) -> Self {
+        match self {
+            Backend::Kube(k) => Backend::Kube(k.with_egress_catalog(egress)),
+            other => other,
+        }
+    }
+
+    /// Which kind of backend this is.
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            Backend::Kube(_) => RuntimeKind::Kube,
+            Backend::Local(_) => RuntimeKind::Local,
+        }
+    }
+}
 
 /// What a backend is asked to run.
 #[derive(Debug, Clone)]

@@ -181,11 +181,18 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     binary: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server with extra `redis-server` arguments, which override the defaults (e.g.
+    /// `["--appendonly", "yes", "--appendfsync", "always"]` so data survives [`RedisServer::restart`]).
+    pub async fn start_with_args(extra_args: &[&str]) -> Result<Self> {
         let binary = find_binary("AIRLOCK_REDIS_SERVER", "redis-server")?;
         let dir = tempfile::Builder::new()
             .prefix("airlock-redis-")
@@ -195,6 +202,7 @@ impl RedisServer {
             dir,
             child: None,
             binary,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn().await?;
         Ok(s)
@@ -214,6 +222,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -240,7 +249,7 @@ impl RedisServer {
         Ok(c.get_multiplexed_async_connection().await?)
     }
 
-    /// Kills the server (its data is lost, as nothing is persisted).
+    /// Kills the server (its data is lost unless persistence was turned on with extra arguments).
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill().await?;

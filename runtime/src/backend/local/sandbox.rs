@@ -90,14 +90,31 @@ impl SandboxCommand<'_> {
         push("--");
         args.push(self.bwrap.as_os_str().to_owned());
         let mut push = |s: &str| args.push(OsString::from(s));
-        for a in ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"] {
+        for a in [
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ] {
             push(a);
         }
-        for a in ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/sys"] {
+        for a in [
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/sys",
+        ] {
             push(a);
         }
         for p in &self.hide {
-            let kind = std::fs::symlink_metadata(p).map(|m| (m.is_dir(), m.file_type().is_symlink()));
+            let kind =
+                std::fs::symlink_metadata(p).map(|m| (m.is_dir(), m.file_type().is_symlink()));
             let p = p.as_os_str().to_owned();
             match kind {
                 Ok((true, false)) => {
@@ -164,7 +181,8 @@ impl Cgroups {
         if root.join("cgroup.controllers").exists() {
             let dir = root.join(name);
             let ok = std::fs::create_dir_all(&dir).is_ok()
-                && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids +cpu").is_ok()
+                && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids +cpu")
+                    .is_ok()
                 && std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu").is_ok();
             if ok {
                 out.v2 = Some(dir);
@@ -226,7 +244,10 @@ impl Cgroups {
             let d = base.join(run_id);
             mkdir_fresh(&d)?;
             std::fs::write(d.join("memory.limit_in_bytes"), l.memory_bytes.to_string())?;
-            let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), l.memory_bytes.to_string());
+            let _ = std::fs::write(
+                d.join("memory.memsw.limit_in_bytes"),
+                l.memory_bytes.to_string(),
+            );
             procs.push(d.join("cgroup.procs"));
         }
         if let Some(base) = &self.pids {
@@ -257,8 +278,10 @@ impl Cgroups {
         std::fs::read_to_string(file)
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
             })
             .unwrap_or(0)
     }
@@ -268,7 +291,11 @@ impl Cgroups {
         let mut out = Vec::new();
         for d in self.run_dirs(run_id) {
             if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| !is_zombie(*p)));
+                out.extend(
+                    s.lines()
+                        .filter_map(|l| l.trim().parse::<u32>().ok())
+                        .filter(|p| !is_zombie(*p)),
+                );
             }
         }
         out.sort_unstable();
@@ -285,7 +312,9 @@ impl Cgroups {
             match std::fs::remove_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(run_id, dir = %d.display(), error = %e, "could not remove the run's cgroup"),
+                Err(e) => {
+                    warn!(run_id, dir = %d.display(), error = %e, "could not remove the run's cgroup")
+                }
             }
         }
     }
@@ -305,7 +334,10 @@ fn mkdir_fresh(d: &Path) -> std::io::Result<()> {
 /// Whether `pid` is a zombie (or gone).
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map(|s| s.lines().any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X')))
+        })
         .unwrap_or(true)
 }
 
@@ -339,8 +371,10 @@ pub(crate) fn pids_of_uid(uid: u32) -> Vec<u32> {
                 return false;
             };
             let field = |name: &str| s.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-            let live = field("State:").is_some_and(|st| !st.starts_with('Z') && !st.starts_with('X'));
-            let real_uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+            let live =
+                field("State:").is_some_and(|st| !st.starts_with('Z') && !st.starts_with('X'));
+            let real_uid =
+                field("Uid:").and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
             live && real_uid == Some(uid)
         })
         .collect()
@@ -348,7 +382,10 @@ pub(crate) fn pids_of_uid(uid: u32) -> Vec<u32> {
 
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.
 pub(crate) fn sigkill(pid: u32) {
-    let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL)

@@ -1,0 +1,530 @@
+//! Handling one timer event: decide, save logs, record the terminal status, delete the objects, publish the
+//! event; or re-dispatch a run that was lost through no fault of its own.
+//!
+//! Order of effects for a run that ends (each step idempotent, so a redelivery after a crash finishes the
+//! job):
+//! 1. read the logs tail while the pod still exists;
+//! 2. `transition` to the terminal status with `reason`, `exit_code`, `finished_at`, `logs` (atomic and
+//!    forward-only: when another replica got there first it is refused, and we only finish the reap);
+//! 3. remove the Pod and NetworkPolicy (absent is success);
+//! 4. publish the lifecycle event (deduplicated by the stream per run, status and attempt);
+//! 5. set `reaped_at`: from here on any timer for the run is a no-op.
+//!
+//! A terminal run without `reaped_at` (a crash between 2 and 5, or another service ended it) is finished
+//! from step 3 by the next timer or sweep that sees it. All of this happens under a per-run claim
+//! ([`crate::claim`]), so duplicated timers on several replicas delete a run's objects once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_runtime::backend::{Backend, BackendError, Observed, Removed};
+use airlock_runtime::consume::{self, Outcome};
+use airlock_runtime::error::redelivery_delay;
+use airlock_runtime::publish::Publisher;
+use airlock_runtime::store::{Store, Transition, now_rfc3339};
+use airlock_schemas::record::{RunRecord, field};
+use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, is_valid_name};
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, SecondsFormat, Utc};
+use tracing::{debug, info, warn};
+
+use crate::claim::Claims;
+use crate::decide::{Decision, Verdict, decide};
+use crate::metrics::Metrics;
+use crate::{Config, Error};
+
+/// Header telling the dispatcher which attempt a re-dispatched request is.
+pub const ATTEMPT_HEADER: &str = "Airlock-Attempt";
+
+/// Settings the reaper needs from [`Config`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub logs_max_bytes: usize,
+    pub max_attempts: u32,
+    pub sweep_interval: Duration,
+    pub ack_wait: Duration,
+    pub orphan_grace: Duration,
+    pub lost_timer_grace: Duration,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Self {
+            logs_max_bytes: c.logs_max_bytes,
+            max_attempts: c.max_attempts,
+            sweep_interval: c.sweep_interval,
+            ack_wait: c.ack_wait,
+            orphan_grace: c.orphan_grace,
+            lost_timer_grace: c.lost_timer_grace,
+        }
+    }
+}
+
+/// A run's record plus the raw fields the typed record leaves out.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    pub rec: RunRecord,
+    /// The accepted request, as JSON text.
+    pub request: Option<String>,
+}
+
+impl Run {
+    pub(crate) fn id(&self) -> &str {
+        &self.rec.id
+    }
+
+    pub(crate) fn attempt(&self) -> u32 {
+        self.rec.attempt.unwrap_or(1).max(1)
+    }
+
+    pub(crate) fn is_terminal(&self) -> bool {
+        self.rec.status.is_some_and(RunStatus::is_terminal)
+    }
+
+    fn request_json(&self) -> Option<serde_json::Value> {
+        self.request
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+    }
+
+    /// The request's `metadata`, echoed in lifecycle events.
+    fn metadata(&self) -> Option<serde_json::Value> {
+        self.request_json()
+            .and_then(|mut v| v.get_mut("metadata").map(serde_json::Value::take))
+            .filter(|m| !m.is_null())
+    }
+
+    /// When the run's deadline passes: `submitted_at + deadline_seconds`, when both are known.
+    pub(crate) fn deadline(&self) -> Option<DateTime<Utc>> {
+        let submitted = parse_time(self.rec.submitted_at.as_deref()?)?;
+        let secs = self.request_json()?.get("deadline_seconds")?.as_u64()?;
+        Some(submitted + chrono::Duration::seconds(i64::try_from(secs).ok()?))
+    }
+}
+
+pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Everything a handler needs; shared by the consumer loop, the cancel server and sweeps.
+#[derive(Debug)]
+pub(crate) struct Janitor {
+    pub settings: Settings,
+    pub store: Store,
+    pub backend: Backend,
+    pub publisher: Publisher,
+    pub subjects: Subjects,
+    pub claims: Claims,
+    pub metrics: Arc<Metrics>,
+    pub client: async_nats::Client,
+}
+
+impl Janitor {
+    /// Handles one timer message and says how to settle it.
+    pub(crate) async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        Metrics::inc(&self.metrics.timers);
+        let delivered = consume::delivered(msg);
+        let ev: TimerEvent = match serde_json::from_slice(&msg.payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                Metrics::inc(&self.metrics.poison);
+                return Outcome::Poison(format!("undecodable timer event: {e}"));
+            }
+        };
+        let result = match (ev.kind, ev.run_id.as_deref()) {
+            (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
+            (_, Some(id)) if is_valid_name(id) => self.reap(&ev, id, delivered).await,
+            (kind, id) => {
+                Metrics::inc(&self.metrics.poison);
+                return Outcome::Poison(format!(
+                    "{} timer with an invalid run id {id:?}",
+                    kind.as_str()
+                ));
+            }
+        };
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(Error::Busy(id)) => {
+                debug!(run_id = %id, "Run is being reaped by another replica; will look again");
+                Outcome::Transient(Duration::from_millis(250))
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.reap_errors);
+                let run_id = ev.run_id.as_deref().unwrap_or("-");
+                warn!(run_id = %run_id, kind = ev.kind.as_str(), delivered, error = %e, "Timer handling failed; will retry");
+                let cap = if e.is_retryable() {
+                    Duration::from_secs(30)
+                } else {
+                    Duration::from_secs(300)
+                };
+                Outcome::Transient(redelivery_delay(delivered, cap))
+            }
+        }
+    }
+
+    /// Retries a backend call a few times with short backoff, logging each failure.
+    pub(crate) async fn k8s<T, F, Fut>(
+        &self,
+        what: &'static str,
+        run_id: &str,
+        f: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        f.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(1))
+                .with_max_times(3)
+                .with_jitter(),
+        )
+        .when(BackendError::is_retryable)
+        .notify(|e, d| {
+            warn!(run_id = %run_id, error = %e, retry_in = ?d, "{what} failed; will retry");
+        })
+        .await
+    }
+
+    /// The run's record, or `None`.
+    pub(crate) async fn load(&self, run_id: &str) -> Result<Option<Run>, Error> {
+        let h = self.store.get_raw(run_id).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Run {
+            rec: RunRecord::from_hash(run_id, &h),
+            request: h.get(field::REQUEST).cloned(),
+        }))
+    }
+
+    pub(crate) async fn observe(&self, run_id: &str) -> Result<Option<Observed>, Error> {
+        Ok(self
+            .k8s("Observing the run", run_id, || self.backend.observe(run_id))
+            .await?)
+    }
+
+    pub(crate) async fn remove(&self, run_id: &str) -> Result<Removed, Error> {
+        let removed = self
+            .k8s("Deleting the run's objects", run_id, || {
+                self.backend.remove(run_id)
+            })
+            .await?;
+        if removed == Removed::Deleted {
+            Metrics::inc(&self.metrics.removed);
+        }
+        Ok(removed)
+    }
+
+    /// Runs `f` holding the run's claim; [`Error::Busy`] when another replica holds it.
+    pub(crate) async fn claimed<T, Fut>(&self, run_id: &str, f: Fut) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let token = self.client.new_inbox();
+        let claim = self
+            .claims
+            .acquire(run_id, token)
+            .await?
+            .ok_or_else(|| Error::Busy(run_id.to_string()))?;
+        let result = f.await;
+        if let Err(e) = self.claims.release(claim).await {
+            debug!(run_id = %run_id, error = %e, "Releasing the reap claim failed; it expires on its own");
+        }
+        result
+    }
+
+    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`.
+    async fn reap(&self, ev: &TimerEvent, run_id: &str, delivered: i64) -> Result<(), Error> {
+        // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
+        let (status, reaped_at, attempt): (Option<String>, Option<String>, Option<u32>) =
+            redis::cmd("HMGET")
+                .arg(self.store.key(run_id))
+                .arg(field::STATUS)
+                .arg(field::REAPED_AT)
+                .arg(field::ATTEMPT)
+                .query_async(&mut self.store.connection())
+                .await?;
+        let terminal = status
+            .as_deref()
+            .and_then(RunStatus::parse)
+            .is_some_and(RunStatus::is_terminal);
+        if (terminal && reaped_at.is_some()) || is_stale(ev, attempt.unwrap_or(1)) {
+            Metrics::inc(&self.metrics.late_timers);
+            debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
+            return Ok(());
+        }
+        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered))
+            .await
+    }
+
+    async fn reap_claimed(
+        &self,
+        ev: &TimerEvent,
+        run_id: &str,
+        delivered: i64,
+    ) -> Result<(), Error> {
+        let Some(run) = self.load(run_id).await? else {
+            // No record (never written, or expired): whatever exists for it is an orphan.
+            if self.remove(run_id).await? == Removed::Deleted {
+                Metrics::inc(&self.metrics.orphans_removed);
+                info!(run_id = %run_id, kind = ev.kind.as_str(), "Removed the objects of a run with no record");
+            }
+            return Ok(());
+        };
+        if run.is_terminal() {
+            return self.finish(&run).await;
+        }
+        if is_stale(ev, run.attempt()) {
+            Metrics::inc(&self.metrics.late_timers);
+            return Ok(());
+        }
+        let obs = self.observe(run_id).await?;
+        let mut attempt = run.attempt();
+        if let Some(o) = &obs {
+            if ev.kind == TimerKind::Finished && ev.attempt.is_some_and(|a| a < o.attempt) {
+                // The run was re-dispatched already: this timer is about the attempt before.
+                if o.attempt > attempt {
+                    self.store
+                        .set_fields(run_id, &[(field::ATTEMPT, o.attempt.to_string())])
+                        .await?;
+                }
+                Metrics::inc(&self.metrics.late_timers);
+                return Ok(());
+            }
+            attempt = attempt.max(o.attempt);
+        }
+        let decision = decide(
+            ev.kind,
+            ev.reason.as_deref(),
+            run.rec.status,
+            attempt,
+            obs.as_ref(),
+            self.settings.max_attempts,
+        );
+        match decision {
+            Decision::Ignore(why) => {
+                debug!(run_id = %run_id, kind = ev.kind.as_str(), why, "Nothing to do");
+                Ok(())
+            }
+            Decision::Redispatch { why } => {
+                self.redispatch(&run, attempt, obs.as_ref(), why, delivered)
+                    .await
+            }
+            Decision::End(v) => self.end(&run, obs.as_ref(), v, delivered).await,
+        }
+    }
+
+    /// Reads the logs tail; a transient failure is retried by redelivery twice before reaping without logs.
+    async fn logs(&self, run_id: &str, delivered: i64) -> Result<Option<String>, Error> {
+        let max = self.settings.logs_max_bytes;
+        match self
+            .k8s("Reading the run's logs", run_id, || {
+                self.backend.logs_tail(run_id, max)
+            })
+            .await
+        {
+            Ok(logs) => Ok(Some(logs)),
+            Err(e) if e.is_retryable() && delivered < 3 => Err(e.into()),
+            Err(e) => {
+                warn!(run_id = %run_id, error = %e, "Could not read the run's logs; reaping without them");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records the terminal status, then finishes the reap.
+    pub(crate) async fn end(
+        &self,
+        run: &Run,
+        obs: Option<&Observed>,
+        v: Verdict,
+        delivered: i64,
+    ) -> Result<(), Error> {
+        let run_id = run.id();
+        let logs = match obs {
+            Some(_) => self.logs(run_id, delivered).await?,
+            None => None,
+        };
+        let finished_at = v.finished_at.unwrap_or_else(Utc::now);
+        let mut fields = vec![(field::FINISHED_AT, rfc3339(finished_at))];
+        if let Some(reason) = &v.reason {
+            fields.push((field::REASON, reason.clone()));
+        }
+        if let Some(code) = v.exit_code {
+            fields.push((field::EXIT_CODE, code.to_string()));
+        }
+        if let Some(logs) = logs {
+            fields.push((field::LOGS, logs));
+        }
+        if run.rec.started_at.is_none()
+            && let Some(started) = obs.and_then(|o| o.started_at)
+        {
+            fields.push((field::STARTED_AT, rfc3339(started)));
+        }
+        match self.store.transition(run_id, v.status, &fields).await? {
+            Transition::Applied { previous } => {
+                self.metrics.ended(v.status);
+                info!(
+                    run_id = %run_id,
+                    status = v.status.as_str(),
+                    previous = previous.map_or("none", RunStatus::as_str),
+                    reason = v.reason.as_deref().unwrap_or(""),
+                    exit_code = ?v.exit_code,
+                    "Run ended"
+                );
+            }
+            Transition::Refused { current } => {
+                info!(run_id = %run_id, current = current.as_str(), wanted = v.status.as_str(), "Run had already ended; finishing its reap");
+            }
+        }
+        let run = self.load(run_id).await?.unwrap_or_else(|| run.clone());
+        self.finish(&run).await
+    }
+
+    /// Steps 3-5 for a terminal run: remove its objects, publish its event, set `reaped_at`.
+    pub(crate) async fn finish(&self, run: &Run) -> Result<(), Error> {
+        if run.rec.reaped_at.is_some() {
+            return Ok(());
+        }
+        let run_id = run.id();
+        if run.rec.logs.is_none() {
+            // Ended elsewhere (or logs could not be read): save them now if the pod is still there.
+            match self
+                .backend
+                .logs_tail(run_id, self.settings.logs_max_bytes)
+                .await
+            {
+                Ok(logs) if !logs.is_empty() => {
+                    self.store
+                        .set_fields(run_id, &[(field::LOGS, logs)])
+                        .await?;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(run_id = %run_id, error = %e, "No logs to save"),
+            }
+        }
+        let removed = self.remove(run_id).await?;
+        self.publish_end(run).await?;
+        self.store
+            .set_fields(run_id, &[(field::REAPED_AT, now_rfc3339())])
+            .await?;
+        info!(
+            run_id = %run_id,
+            status = run.rec.status.map_or("none", RunStatus::as_str),
+            objects = if removed == Removed::Deleted { "deleted" } else { "absent" },
+            "Run reaped"
+        );
+        Ok(())
+    }
+
+    async fn publish_end(&self, run: &Run) -> Result<(), Error> {
+        let Some(status) = run.rec.status else {
+            return Ok(());
+        };
+        let ev = LifecycleEvent {
+            run_id: run.id().to_string(),
+            status,
+            at: run
+                .rec
+                .finished_at
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or_else(Utc::now),
+            reason: run.rec.reason.clone(),
+            exit_code: run.rec.exit_code,
+            queue: run.rec.queue.clone(),
+            metadata: run.metadata(),
+        };
+        self.publisher.event(&ev, run.attempt()).await?;
+        Ok(())
+    }
+
+    /// Runs a lost run again as `attempt + 1`: remove what is left of it, republish its request (deduplicated
+    /// per attempt), record the attempt, tell clients. The status does not move; the deadline still covers
+    /// the whole run.
+    async fn redispatch(
+        &self,
+        run: &Run,
+        attempt: u32,
+        obs: Option<&Observed>,
+        why: String,
+        delivered: i64,
+    ) -> Result<(), Error> {
+        let run_id = run.id();
+        let next = attempt + 1;
+        let (Some(request), Some(queue)) = (run.request.as_deref(), run.rec.queue.as_deref())
+        else {
+            let v = Verdict {
+                status: RunStatus::Failed,
+                reason: Some(format!(
+                    "{why}; cannot re-dispatch: the request is not stored"
+                )),
+                exit_code: None,
+                finished_at: obs.and_then(|o| o.finished_at),
+            };
+            return self.end(run, obs, v, delivered).await;
+        };
+        self.remove(run_id).await?;
+
+        let js = self.publisher.jetstream();
+        let mut h = HeaderMap::new();
+        h.insert(ATTEMPT_HEADER, next.to_string().as_str());
+        h.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{run_id}-attempt-{next}").as_str(),
+        );
+        js.publish_with_headers(self.subjects.runs(queue), h, request.to_owned().into())
+            .await
+            .map_err(Error::nats)?
+            .await
+            .map_err(Error::nats)?;
+        self.store
+            .set_fields(run_id, &[(field::ATTEMPT, next.to_string())])
+            .await?;
+
+        if let Some(status) = run.rec.status {
+            let ev = LifecycleEvent {
+                run_id: run_id.to_string(),
+                status,
+                at: Utc::now(),
+                reason: Some(format!("{why}; re-dispatched as attempt {next}")),
+                exit_code: obs.and_then(|o| o.exit_code).map(i64::from),
+                queue: run.rec.queue.clone(),
+                metadata: run.metadata(),
+            };
+            // Our own message id: the `<status>-<attempt>` id of `Publisher::event` belongs to the dispatcher's
+            // events of the new attempt.
+            let mut h = HeaderMap::new();
+            h.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("event-{run_id}-redispatch-{next}").as_str(),
+            );
+            let body = serde_json::to_vec(&ev).map_err(Error::nats)?;
+            js.publish_with_headers(self.subjects.events(run_id), h, body.into())
+                .await
+                .map_err(Error::nats)?
+                .await
+                .map_err(Error::nats)?;
+        }
+        Metrics::inc(&self.metrics.redispatched);
+        info!(run_id = %run_id, why = %why, attempt = next, "Run lost through no fault of its own; re-dispatched");
+        Ok(())
+    }
+}
+
+/// A `finished` timer for an attempt before the run's current one is stale (deadline and cancel timers
+/// cover the whole run, whatever its attempt).
+fn is_stale(ev: &TimerEvent, attempt: u32) -> bool {
+    ev.kind == TimerKind::Finished && ev.attempt.is_some_and(|a| a < attempt)
+}
