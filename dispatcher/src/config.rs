@@ -1,0 +1,189 @@
+//! The dispatcher's configuration, from flags or environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_runtime::backend::BackendArgs;
+use airlock_runtime::config::CommonArgs;
+use airlock_schemas::{Policy, is_valid_name};
+use clap::Parser;
+
+use crate::Error;
+
+/// A queue to consume and the most runs it may have at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCap {
+    /// Queue name (`airlock.runs.<name>`).
+    pub name: String,
+    /// Most runs of this queue holding a slot (being launched, pending or running) at once.
+    pub cap: u32,
+}
+
+fn parse_queue(s: &str) -> Result<QueueCap, String> {
+    let (name, cap) = match s.split_once('=') {
+        Some((n, c)) => (
+            n.trim(),
+            c.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("cap of queue {n:?}: {e}"))?,
+        ),
+        None => (s.trim(), 100),
+    };
+    if !is_valid_name(name) {
+        return Err(format!(
+            "queue name {name:?} must be 1-40 of [a-z0-9-], alphanumeric at both ends"
+        ));
+    }
+    if cap == 0 {
+        return Err(format!("the cap of queue {name:?} must be at least 1"));
+    }
+    Ok(QueueCap {
+        name: name.to_string(),
+        cap,
+    })
+}
+
+/// Configuration of `airlock-dispatcher`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "airlock-dispatcher",
+    version,
+    about = "Turns Airlock run requests into isolated pods (or local sandboxes), exactly once."
+)]
+pub struct Config {
+    /// Settings shared by every service.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Where runs execute.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Queues to consume, with the most runs each may have at once: `name=cap`, comma-separated. Requests on
+    /// queues not listed here are not consumed.
+    #[arg(long = "queues", env = "AIRLOCK_QUEUES", value_delimiter = ',', value_parser = parse_queue, default_value = "default=100")]
+    pub queues: Vec<QueueCap>,
+
+    /// Most runs at once across all queues.
+    #[arg(long, env = "AIRLOCK_MAX_RUNNING", default_value_t = 1000)]
+    pub max_running: u32,
+
+    /// Operator policy (JSON, the `Policy` schema); built-in defaults when absent.
+    #[arg(long, env = "AIRLOCK_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// NATS URL as jobs see it (given to pods as `AIRLOCK_NATS_URL`); the service's own URL when absent.
+    #[arg(long, env = "AIRLOCK_JOB_NATS_URL")]
+    pub job_nats_url: Option<String>,
+
+    /// Most requests of one queue handled at once by this process.
+    #[arg(long, env = "AIRLOCK_DISPATCH_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// How long a delivered request may stay unacknowledged before JetStream redelivers it (handlers send
+    /// progress while they work).
+    #[arg(long, env = "AIRLOCK_ACK_WAIT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub ack_wait: Duration,
+
+    /// Most deliveries of one request; the last failing one records the run `failed`.
+    #[arg(long, env = "AIRLOCK_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+
+    /// Longest delay before a request that failed transiently is redelivered.
+    #[arg(long, env = "AIRLOCK_REDELIVERY_CAP", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub redelivery_cap: Duration,
+
+    /// In-handler retries of a transient backend failure before the request is handed back to JetStream.
+    #[arg(long, env = "AIRLOCK_RETRY_TIMES", default_value_t = 4)]
+    pub retry_times: usize,
+
+    /// First in-handler retry delay (doubles, with jitter).
+    #[arg(long, env = "AIRLOCK_RETRY_MIN_DELAY", value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub retry_min_delay: Duration,
+
+    /// Longest in-handler retry delay.
+    #[arg(long, env = "AIRLOCK_RETRY_MAX_DELAY", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub retry_max_delay: Duration,
+
+    /// Added to the run's deadline before the janitor's deadline timer fires.
+    #[arg(long, env = "AIRLOCK_DEADLINE_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub deadline_grace: Duration,
+
+    /// A slot held this long by a run with nothing live in the backend is reclaimed (a crashed handler's).
+    #[arg(long, env = "AIRLOCK_SLOT_LEASE", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub slot_lease: Duration,
+
+    /// How often slots are reconciled with what the backend holds.
+    #[arg(long, env = "AIRLOCK_RECONCILE_EVERY", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub reconcile_every: Duration,
+}
+
+impl Config {
+    /// The operator policy: the file's, or the defaults.
+    pub fn policy(&self) -> Result<Policy, Error> {
+        match &self.policy_file {
+            None => Ok(Policy::default()),
+            Some(p) => {
+                let bytes = std::fs::read(p)
+                    .map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))?;
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Config(format!("policy {}: {e}", p.display())))
+            }
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.queues.is_empty() {
+            return Err(Error::Config("at least one queue is required".into()));
+        }
+        let mut names: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Config("a queue is listed twice".into()));
+        }
+        if self.max_deliver < 1 {
+            return Err(Error::Config("--max-deliver must be at least 1".into()));
+        }
+        if self.max_running == 0 {
+            return Err(Error::Config("--max-running must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The NATS URL given to jobs.
+    pub fn job_nats_url(&self) -> String {
+        self.job_nats_url
+            .clone()
+            .unwrap_or_else(|| self.common.nats_url.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_parse_with_and_without_caps() {
+        assert_eq!(
+            parse_queue("gpu=4"),
+            Ok(QueueCap {
+                name: "gpu".into(),
+                cap: 4
+            })
+        );
+        assert_eq!(parse_queue("default").map(|q| q.cap), Ok(100));
+        assert!(parse_queue("Bad=1").is_err());
+        assert!(parse_queue("a=0").is_err());
+        assert!(parse_queue("a=x").is_err());
+    }
+
+    #[test]
+    fn the_dispatcher_runs_with_environment_configuration_only() {
+        let c =
+            Config::try_parse_from(["airlock-dispatcher", "--queues", "a=1,b=2"]).expect("parses");
+        assert_eq!(c.queues.len(), 2);
+        assert_eq!(c.backend.kube.namespace, "airlock-sandbox");
+        assert!(c.validate().is_ok());
+    }
+}
