@@ -15,10 +15,18 @@ use futures::StreamExt;
 #[derive(Debug, Clone, Args)]
 pub struct Endpoints {
     /// NATS URL.
-    #[arg(long, env = "AIRLOCK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "AIRLOCK_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Redis URL (for reading run records).
-    #[arg(long, env = "AIRLOCK_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "AIRLOCK_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Subject prefix.
     #[arg(long, env = "AIRLOCK_SUBJECT_PREFIX", default_value = "airlock")]
@@ -60,7 +68,9 @@ pub struct SubmitArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
 /// A fresh run id: `run-` and 12 hex characters.
@@ -73,19 +83,36 @@ pub fn new_run_id() -> String {
 }
 
 /// Publishes `request` to `airlock.runs.<queue>` (deduplicated by run id) and waits for the stream's ack.
-pub async fn publish_request(js: &jetstream::Context, subjects: &Subjects, queue: &str, request: &RunRequest) -> anyhow::Result<()> {
+pub async fn publish_request(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    queue: &str,
+    request: &RunRequest,
+) -> anyhow::Result<()> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(async_nats::header::NATS_MESSAGE_ID, request.id.as_str());
     js.publish_with_headers(subjects.runs(queue), h, serde_json::to_vec(request)?.into())
         .await?
         .await
-        .context("the run request was not stored (are the services running? they create the streams)")?;
+        .context(
+            "the run request was not stored (are the services running? they create the streams)",
+        )?;
     Ok(())
 }
 
 /// Waits for a terminal lifecycle event of `run_id`.
-pub async fn wait_terminal(js: &jetstream::Context, subjects: &Subjects, run_id: &str, timeout: Duration) -> anyhow::Result<LifecycleEvent> {
-    let stream = js.get_stream(airlock_runtime::nats::stream_name(subjects, airlock_schemas::subjects::STREAM_EVENTS)).await?;
+pub async fn wait_terminal(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    run_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<LifecycleEvent> {
+    let stream = js
+        .get_stream(airlock_runtime::nats::stream_name(
+            subjects,
+            airlock_schemas::subjects::STREAM_EVENTS,
+        ))
+        .await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: subjects.events(run_id),
@@ -97,7 +124,15 @@ pub async fn wait_terminal(js: &jetstream::Context, subjects: &Subjects, run_id:
         while let Some(msg) = messages.next().await {
             let msg = msg?;
             if let Ok(ev) = serde_json::from_slice::<LifecycleEvent>(&msg.payload) {
-                eprintln!("  {} {}{}", ev.at.format("%H:%M:%S%.3f"), ev.status, ev.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default());
+                eprintln!(
+                    "  {} {}{}",
+                    ev.at.format("%H:%M:%S%.3f"),
+                    ev.status,
+                    ev.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
                 if ev.status.is_terminal() {
                     return Ok(ev);
                 }
@@ -105,11 +140,17 @@ pub async fn wait_terminal(js: &jetstream::Context, subjects: &Subjects, run_id:
         }
         bail!("the event stream ended")
     };
-    tokio::time::timeout(timeout, wait).await.with_context(|| format!("run {run_id} did not end within {timeout:?}"))?
+    tokio::time::timeout(timeout, wait)
+        .await
+        .with_context(|| format!("run {run_id} did not end within {timeout:?}"))?
 }
 
 /// Prints a run's record as JSON.
-pub async fn print_record(redis_url: &str, prefix: &str, run_id: &str) -> anyhow::Result<Option<airlock_schemas::record::RunRecord>> {
+pub async fn print_record(
+    redis_url: &str,
+    prefix: &str,
+    run_id: &str,
+) -> anyhow::Result<Option<airlock_schemas::record::RunRecord>> {
     let store = Store::connect(redis_url, prefix, Duration::from_secs(0)).await?;
     let rec = store.get(run_id).await?;
     match &rec {
@@ -123,7 +164,8 @@ pub async fn print_record(redis_url: &str, prefix: &str, run_id: &str) -> anyhow
 pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let subjects = Subjects::new(&a.endpoints.subject_prefix);
     let request: RunRequest = match &a.file {
-        Some(p) => serde_json::from_slice(&std::fs::read(p)?).with_context(|| format!("{} is not a run request", p.display()))?,
+        Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+            .with_context(|| format!("{} is not a run request", p.display()))?,
         None => RunRequest {
             id: a.id.clone().unwrap_or_else(new_run_id),
             image: a.image.clone(),
@@ -142,8 +184,19 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     publish_request(&js, &subjects, &a.queue, &request).await?;
     println!("{}", request.id);
     if a.wait {
-        let ev = wait_terminal(&js, &subjects, &request.id, Duration::from_secs(a.wait_seconds)).await?;
-        print_record(&a.endpoints.redis_url, &a.endpoints.subject_prefix, &request.id).await?;
+        let ev = wait_terminal(
+            &js,
+            &subjects,
+            &request.id,
+            Duration::from_secs(a.wait_seconds),
+        )
+        .await?;
+        print_record(
+            &a.endpoints.redis_url,
+            &a.endpoints.subject_prefix,
+            &request.id,
+        )
+        .await?;
         if ev.status != airlock_schemas::RunStatus::Succeeded {
             bail!("run {} ended {}", request.id, ev.status);
         }
@@ -162,7 +215,14 @@ pub struct StatusArgs {
 
 /// `airlock status`.
 pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
-    if print_record(&a.endpoints.redis_url, &a.endpoints.subject_prefix, &a.run_id).await?.is_none() {
+    if print_record(
+        &a.endpoints.redis_url,
+        &a.endpoints.subject_prefix,
+        &a.run_id,
+    )
+    .await?
+    .is_none()
+    {
         bail!("no run {}", a.run_id);
     }
     Ok(())
@@ -181,7 +241,10 @@ pub struct CancelArgs {
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
     let subjects = Subjects::new(&a.endpoints.subject_prefix);
     let client = async_nats::connect(&a.endpoints.nats_url).await?;
-    let reply = client.request(subjects.cancel(&a.run_id), "".into()).await.context("no janitor answered")?;
+    let reply = client
+        .request(subjects.cancel(&a.run_id), "".into())
+        .await
+        .context("no janitor answered")?;
     let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
     println!("{v}");
     if v.get("ok") != Some(&serde_json::Value::Bool(true)) {

@@ -53,7 +53,12 @@ fn find(explicit: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
             candidates.push(dir.join(".venv/bin").join(name));
         }
     }
-    candidates.extend(std::env::var("PATH").unwrap_or_default().split(':').map(|d| Path::new(d).join(name)));
+    candidates.extend(
+        std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| Path::new(d).join(name)),
+    );
     candidates
         .into_iter()
         .find(|p| p.is_file())
@@ -67,12 +72,17 @@ fn pick_port(wanted: u16) -> anyhow::Result<u16> {
     if wanted != 0 {
         eprintln!("port {wanted} is busy; picking a free one");
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if let Some(s) = child.try_wait()? {
@@ -88,18 +98,37 @@ fn token_secret_file(dir: &Path) -> anyhow::Result<PathBuf> {
     if !path.exists() {
         let mut bytes = [0u8; 32];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
         f.write_all(hex::encode(bytes).as_bytes())?;
     }
     Ok(path)
 }
 
+fn init_logs(demo: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if demo { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// `airlock dev`.
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
-    airlock_runtime::telemetry::init(airlock_runtime::config::LogFormat::Human);
+    // The demo prints its own story; the services' info logs are for a long-running `airlock dev`.
+    init_logs(a.demo);
     std::fs::create_dir_all(&a.data_dir)?;
     let data_dir = std::fs::canonicalize(&a.data_dir)?;
-    std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // 0711: other users may traverse (the sandbox uid must reach sandbox/), not list; secrets inside are 0600.
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
     let nats_bin = find(&a.nats_server, "nats-server")?;
     let redis_bin = find(&a.redis_server, "redis-server")?;
     let nats_port = pick_port(a.nats_port)?;
@@ -107,7 +136,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(data_dir.join("redis"))?;
     let mut nats = Command::new(&nats_bin)
-        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-js",
+            "-sd",
+        ])
         .arg(data_dir.join("nats"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,7 +151,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", nats_bin.display()))?;
     let mut redis = Command::new(&redis_bin)
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(data_dir.join("redis"))
         .stdout(Stdio::null())
@@ -144,31 +189,57 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         ]
     };
     let backend = |mut v: Vec<String>| -> Vec<String> {
-        v.extend(["--runtime".into(), "local".into(), "--local-dir".into(), sandbox_dir.display().to_string()]);
+        v.extend([
+            "--runtime".into(),
+            "local".into(),
+            "--local-dir".into(),
+            sandbox_dir.display().to_string(),
+        ]);
         v
     };
 
     // Listen for Ctrl-C/SIGTERM before anything runs, so an early signal still stops everything cleanly.
     let signals = airlock_runtime::shutdown::on_signals();
     let shutdown = CancellationToken::new();
-    let dispatcher_cfg = airlock_dispatcher::Config::try_parse_from(backend(common("airlock-dispatcher")))?;
+    let dispatcher_cfg =
+        airlock_dispatcher::Config::try_parse_from(backend(common("airlock-dispatcher")))?;
     let ingester_cfg = airlock_ingester::Config::try_parse_from(common("airlock-ingester"))?;
     let janitor_cfg = airlock_janitor::Config::try_parse_from(backend(common("airlock-janitor")))?;
     let mut services = tokio::task::JoinSet::new();
     let s = shutdown.clone();
-    services.spawn(async move { airlock_dispatcher::run(dispatcher_cfg, s).await.map_err(anyhow::Error::from).context("dispatcher") });
+    services.spawn(async move {
+        airlock_dispatcher::run(dispatcher_cfg, s)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("dispatcher")
+    });
     let s = shutdown.clone();
-    services.spawn(async move { airlock_ingester::run(ingester_cfg, s).await.map_err(anyhow::Error::from).context("ingester") });
+    services.spawn(async move {
+        airlock_ingester::run(ingester_cfg, s)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("ingester")
+    });
     let s = shutdown.clone();
-    services.spawn(async move { airlock_janitor::run(janitor_cfg, s).await.map_err(anyhow::Error::from).context("janitor") });
+    services.spawn(async move {
+        airlock_janitor::run(janitor_cfg, s)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("janitor")
+    });
 
     eprintln!();
-    eprintln!("Airlock is running (local sandbox runtime). State: {}", data_dir.display());
+    eprintln!(
+        "Airlock is running (local sandbox runtime). State: {}",
+        data_dir.display()
+    );
     eprintln!("  NATS  {nats_url}");
     eprintln!("  Redis {redis_url}");
     eprintln!("Submit a run from another terminal:");
     eprintln!("  export AIRLOCK_NATS_URL={nats_url} AIRLOCK_REDIS_URL={redis_url}");
-    eprintln!("  cargo run -p airlock-cli -- submit --wait -- sh -c 'echo {{\\\"hello\\\": 1}} > $AIRLOCK_RESULT_FILE'");
+    eprintln!(
+        "  cargo run -p airlock-cli -- submit --wait -- sh -c 'echo {{\\\"hello\\\": 1}} > $AIRLOCK_RESULT_FILE'"
+    );
     eprintln!("Stop with Ctrl-C.");
     eprintln!();
 
@@ -201,7 +272,12 @@ async fn demo(nats_url: &str, redis_url: &str) -> anyhow::Result<()> {
     // The services create the streams as they start; wait for the runs stream.
     let runs = airlock_schemas::subjects::STREAM_RUNS;
     for _ in 0..500 {
-        if js.get_stream(runs).await.is_ok() && js.get_stream(airlock_schemas::subjects::STREAM_EVENTS).await.is_ok() {
+        if js.get_stream(runs).await.is_ok()
+            && js
+                .get_stream(airlock_schemas::subjects::STREAM_EVENTS)
+                .await
+                .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,13 +296,23 @@ async fn demo(nats_url: &str, redis_url: &str) -> anyhow::Result<()> {
         labels: Default::default(),
         metadata: Some(serde_json::json!({"submitted_by": "airlock dev --demo"})),
     };
-    eprintln!("demo: submitting run {} to {}", request.id, subjects.runs("default"));
+    eprintln!(
+        "demo: submitting run {} to {}",
+        request.id,
+        subjects.runs("default")
+    );
     client::publish_request(&js, &subjects, "default", &request).await?;
     let ev = client::wait_terminal(&js, &subjects, &request.id, Duration::from_secs(60)).await?;
     // The result may land a moment after the terminal event when the ingester is behind; wait briefly for it.
-    let store = airlock_runtime::store::Store::connect(redis_url, "airlock", Duration::from_secs(0)).await?;
+    let store =
+        airlock_runtime::store::Store::connect(redis_url, "airlock", Duration::from_secs(0))
+            .await?;
     for _ in 0..250 {
-        if store.get(&request.id).await?.is_some_and(|r| r.result.is_some()) {
+        if store
+            .get(&request.id)
+            .await?
+            .is_some_and(|r| r.result.is_some())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

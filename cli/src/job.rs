@@ -34,10 +34,15 @@ pub async fn result(a: ResultArgs) -> anyhow::Result<()> {
             b
         }
     };
-    if !matches!(serde_json::from_slice::<serde_json::Value>(&body), Ok(serde_json::Value::Object(_))) {
+    if !matches!(
+        serde_json::from_slice::<serde_json::Value>(&body),
+        Ok(serde_json::Value::Object(_))
+    ) {
         bail!("the result must be a JSON object");
     }
-    let client = async_nats::connect(&a.nats_url).await.context("connecting to NATS")?;
+    let client = async_nats::connect(&a.nats_url)
+        .await
+        .context("connecting to NATS")?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(env::RUN_TOKEN_HEADER, a.token.as_str());
     // A request on the stream's subject gets the JetStream publish ack as its reply: stored, not just sent.

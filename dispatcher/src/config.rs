@@ -60,7 +60,8 @@ pub struct Config {
     pub backend: BackendArgs,
 
     /// Queues to consume, with the most runs each may have at once: `name=cap`, comma-separated. Requests on
-    /// queues not listed here are not consumed.
+    /// any other `airlock.runs.*` subject are recorded `rejected` (unknown queue), unless another dispatcher
+    /// consumes that queue.
     #[arg(long = "queues", env = "AIRLOCK_QUEUES", value_delimiter = ',', value_parser = parse_queue, default_value = "default=100")]
     pub queues: Vec<QueueCap>,
 
@@ -116,6 +117,10 @@ pub struct Config {
     /// How often slots are reconciled with what the backend holds.
     #[arg(long, env = "AIRLOCK_RECONCILE_EVERY", value_parser = humantime::parse_duration, default_value = "30s")]
     pub reconcile_every: Duration,
+
+    /// How often the runs stream is scanned for requests on queues not configured here (they are rejected).
+    #[arg(long, env = "AIRLOCK_UNKNOWN_QUEUE_SCAN_EVERY", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub unknown_queue_scan_every: Duration,
 }
 
 impl Config {
@@ -185,5 +190,31 @@ mod tests {
         assert_eq!(c.queues.len(), 2);
         assert_eq!(c.backend.kube.namespace, "airlock-sandbox");
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_runtime_is_kubernetes_by_default_with_kube_as_an_alias_and_local() {
+        use airlock_runtime::backend::RuntimeKind;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["airlock-dispatcher"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).map(|c| c.backend.runtime)
+        };
+        assert_eq!(parse(&[]).ok(), Some(RuntimeKind::Kube));
+        assert_eq!(
+            parse(&["--runtime", "kubernetes"]).ok(),
+            Some(RuntimeKind::Kube)
+        );
+        assert_eq!(parse(&["--runtime", "kube"]).ok(), Some(RuntimeKind::Kube));
+        assert_eq!(
+            parse(&["--runtime", "local"]).ok(),
+            Some(RuntimeKind::Local)
+        );
+        assert!(parse(&["--runtime", "docker"]).is_err());
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: kubernetes]"), "{help}");
+        assert!(help.contains("kubernetes:"), "{help}");
     }
 }

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::config::Config;
 use crate::slots::{Reservation, Slots};
+use crate::unknown::UnknownQueueStats;
 
 /// Header the janitor sets on a re-dispatched request.
 pub const ATTEMPT_HEADER: &str = "Airlock-Attempt";
@@ -44,6 +45,7 @@ pub struct Ctx {
     pub(crate) publisher: Publisher,
     pub(crate) backend: Backend,
     pub(crate) slots: Slots,
+    pub(crate) unknown_queue_stats: UnknownQueueStats,
 }
 
 /// Converts async-nats' message timestamp, whichever datetime backend it was built with.
@@ -71,6 +73,14 @@ pub fn attempt_of(msg: &jetstream::Message) -> u32 {
         .and_then(|v| v.as_str().trim().parse::<u32>().ok())
         .filter(|a| *a >= 1)
         .unwrap_or(1)
+}
+
+/// When the message was stored in the stream (now, if unknown).
+pub(crate) fn published_at(msg: &jetstream::Message) -> DateTime<Utc> {
+    msg.info()
+        .ok()
+        .and_then(|i| i.published.to_chrono())
+        .unwrap_or_else(Utc::now)
 }
 
 impl Ctx {
@@ -119,11 +129,7 @@ pub async fn handle(
         return Outcome::Poison(format!("{} is not a run request subject", msg.subject));
     };
     let attempt = attempt_of(msg);
-    let submitted_at = msg
-        .info()
-        .ok()
-        .and_then(|i| i.published.to_chrono())
-        .unwrap_or_else(Utc::now);
+    let submitted_at = published_at(msg);
     let result = match decode_request(&msg.payload, &queue, &ctx.policy) {
         Err(errors) => {
             reservation.settle();
@@ -179,16 +185,44 @@ async fn reject(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
+    match record_rejection(ctx, msg, queue, submitted_at, reason.clone()).await? {
+        Rejection::Recorded(_) | Rejection::IdInUse(_) => {}
+        Rejection::NoId => {
+            warn!(subject = %msg.subject, reason = %reason, "Invalid request without a usable id; dropped");
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// What [`record_rejection`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The run was recorded `rejected` (or already was) and the event published.
+    Recorded(String),
+    /// The id belongs to a run past `queued`; left untouched (logged).
+    IdInUse(String),
+    /// Neither the body's `id` nor the `Nats-Msg-Id` is a valid run id: nothing could be recorded.
+    NoId,
+}
+
+/// Records the request in `msg` `rejected` with `reason` under its id (see [`rejected_id`]) and publishes the
+/// event. `queue` is the queue the request was sent to.
+pub(crate) async fn record_rejection(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    queue: &str,
+    submitted_at: DateTime<Utc>,
+    reason: String,
+) -> Result<Rejection, Error> {
     let Some(id) = rejected_id(msg) else {
-        warn!(subject = %msg.subject, reason = %reason, "Invalid request without a usable id; dropped");
-        return Ok(Outcome::Done);
+        return Ok(Rejection::NoId);
     };
     match ctx.store.status(&id).await? {
         None | Some(RunStatus::Queued | RunStatus::Rejected) => {}
         Some(current) => {
             warn!(run_id = %id, status = %current, reason = %reason,
                 "Invalid request reuses the id of an existing run; ignored");
-            return Ok(Outcome::Done);
+            return Ok(Rejection::IdInUse(id));
         }
     }
     let mut fields = vec![
@@ -213,7 +247,7 @@ async fn reject(
     let mut ev = ctx.event(&id, RunStatus::Rejected, queue);
     ev.reason = Some(reason);
     ctx.publisher.event(&ev, 1).await?;
-    Ok(Outcome::Done)
+    Ok(Rejection::Recorded(id))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -8,6 +8,10 @@
 //! is `failed` and the message dead-lettered); record `pending`; schedule the deadline timer; acknowledge.
 //! A watcher records `running` and hands finished runs to the janitor with a `finished` timer.
 //!
+//! Requests published to a queue that is not configured (`--queues`), or to a subject that is not a valid
+//! queue (`airlock.runs.a.b`), are not silently left in the stream: a periodic scan finds them and records
+//! each `rejected` with `queue: unknown queue "<name>" (configured: a, b)` (see [`unknown`]).
+//!
 //! [`run`] holds no process-global state besides tracing, so `airlock dev` runs it in-process next to the
 //! ingester and janitor.
 //!
@@ -17,12 +21,14 @@
 //! - [`slots`]: running caps per queue and globally, shared by replicas through Redis, and why a full queue
 //!   is not pulled.
 //! - [`watcher`]: backend changes → `running`, `finished` timers, slots back; slot reconciliation.
+//! - [`unknown`]: requests on queues not configured here → `rejected`, through short-lived consumers.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
 pub mod error;
 pub mod handler;
 pub mod slots;
+pub mod unknown;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -118,7 +124,10 @@ pub async fn run_with(
             ack_wait: config.ack_wait,
             max_deliver: config.max_deliver,
         };
-        consumers.push((q.name.clone(), nats::ensure_consumer(&js, &spec).await?));
+        consumers.push((
+            q.name.clone(),
+            ensure_queue_consumer(&js, &spec, &shutdown).await?,
+        ));
     }
 
     let ctx = Arc::new(Ctx {
@@ -130,10 +139,12 @@ pub async fn run_with(
         store,
         backend,
         slots,
+        unknown_queue_stats: Default::default(),
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(watcher::watch(ctx.clone(), shutdown.clone()));
     tasks.spawn(watcher::reconcile(ctx.clone(), shutdown.clone()));
+    tasks.spawn(unknown::scan_loop(ctx.clone(), shutdown.clone()));
     for (queue, consumer) in consumers {
         tasks.spawn(queue_loop(ctx.clone(), queue, consumer, shutdown.clone()));
     }
@@ -144,6 +155,34 @@ pub async fn run_with(
     readiness.set(false);
     info!("Dispatcher stopped");
     Ok(())
+}
+
+/// Creates (or finds) a queue's durable consumer. While another replica is draining that subject as an
+/// unknown queue (its short-lived consumer overlaps ours, which a work-queue stream refuses), waits for it to
+/// finish or expire instead of failing.
+async fn ensure_queue_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    shutdown: &CancellationToken,
+) -> Result<PullConsumer, Error> {
+    let give_up = tokio::time::Instant::now() + unknown::DRAIN_INACTIVE * 2;
+    loop {
+        match nats::ensure_consumer(js, spec).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if unknown::is_overlap_text(&e.to_string())
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                info!(durable = %spec.durable, filter = %spec.filter,
+                    "Another consumer holds the queue's subject (a drain of it as an unknown queue); waiting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e.into()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Pulls one queue: only as many messages as there are free slots and local handler permits (see [`slots`]).

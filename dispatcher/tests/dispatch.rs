@@ -465,3 +465,149 @@ async fn a_queue_at_its_cap_is_not_pulled_while_another_queue_keeps_flowing() ->
     task.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_request_for_an_unconfigured_queue_is_rejected_with_that_reason() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    env.emu
+        .hold_pending("app.kubernetes.io/managed-by=airlock")?;
+    // Published before any dispatcher runs: the scan at start finds it.
+    env.publish("nope", &request("stray-1", &["true"]), Some("stray-1"))
+        .await?;
+    let mut events = env
+        .messages("AIRLOCK_EVENTS", "airlock.events.stray-1")
+        .await?;
+    // Two replicas scanning (and racing to drain) concurrently.
+    let args = [
+        "--queues",
+        "a=50,b=50",
+        "--unknown-queue-scan-every",
+        "200ms",
+    ];
+    let (task1, stop1) = env.spawn(env.config(&args));
+    let (task2, stop2) = env.spawn(env.config(&args));
+    // Strays interleaved with requests for configured queues, which keep flowing.
+    for i in 0..20 {
+        env.publish("nope", &request(&format!("stray-n{i}"), &["true"]), None)
+            .await?;
+        env.publish("a", &request(&format!("good-a{i}"), &["true"]), None)
+            .await?;
+    }
+    env.publish("x.y", &request("stray-2", &["true"]), None)
+        .await?;
+    env.publish("Bad", &request("stray-3", &["true"]), None)
+        .await?;
+    // No usable run id: cannot be recorded, so it is terminated (and logged, counted).
+    env.publish_raw("nope", b"{".to_vec(), None).await?;
+    env.publish("b", &request("good-b", &["true"]), None)
+        .await?;
+
+    let rec = env.wait_status("stray-1", "rejected", T).await?;
+    assert_eq!(
+        rec["reason"],
+        r#"queue: unknown queue "nope" (configured: a, b)"#
+    );
+    assert_eq!(rec["queue"], "nope");
+    assert!(rec.contains_key("submitted_at") && rec.contains_key("request"));
+    let ev: LifecycleEvent = Env::next_json(&mut events, T).await?;
+    assert_eq!(ev.status, RunStatus::Rejected);
+    assert_eq!(ev.reason.as_deref(), Some(rec["reason"].as_str()));
+    for (id, queue) in [("stray-2", "x.y"), ("stray-3", "Bad")] {
+        let rec = env.wait_status(id, "rejected", T).await?;
+        assert_eq!(
+            rec["reason"],
+            format!("queue: unknown queue \"{queue}\" (configured: a, b)")
+        );
+    }
+    for i in 0..20 {
+        env.wait_status(&format!("stray-n{i}"), "rejected", T)
+            .await?;
+        env.wait_status(&format!("good-a{i}"), "pending", T).await?;
+    }
+    env.wait_status("good-b", "pending", T).await?;
+
+    // Everything settled, nothing left in the stream, no consumer left behind on a stray subject.
+    let runs = env.js.get_stream("AIRLOCK_RUNS").await?;
+    airlock_test_support::wait_until(T, "the runs stream to be empty", || async {
+        let info = runs.get_info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await?;
+    airlock_test_support::wait_until(T, "only the configured queues' consumers", || async {
+        let mut names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(runs.consumer_names())
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .ok()?;
+        names.sort();
+        (names == ["airlock-dispatcher-a", "airlock-dispatcher-b"]).then_some(())
+    })
+    .await?;
+    assert!(
+        env.object_names(Kind::Pod)
+            .iter()
+            .all(|n| n.starts_with("airlock-run-good-")),
+        "{:?}",
+        env.object_names(Kind::Pod)
+    );
+    stop2.cancel();
+    task2.await?;
+
+    // The operator adds the queue later: its durable is creatable, and it flows while replica 1 keeps scanning.
+    let (task3, stop3) =
+        env.spawn(env.config(&["--queues", "nope=5", "--unknown-queue-scan-every", "200ms"]));
+    airlock_test_support::wait_until(T, "the new queue's durable", || async {
+        env.consumer_info("nope").await.ok()
+    })
+    .await?;
+    env.publish("nope", &request("late-1", &["true"]), None)
+        .await?;
+    env.wait_status("late-1", "pending", T).await?;
+    stop3.cancel();
+    stop1.cancel();
+    task3.await?;
+    task1.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stray_subject_drained_elsewhere_is_left_alone_and_a_newly_configured_queue_waits_for_it()
+-> anyhow::Result<()> {
+    let env = Env::start().await?;
+    env.emu
+        .hold_pending("app.kubernetes.io/managed-by=airlock")?;
+    // Another replica's drain consumer holds `airlock.runs.later` (ephemeral, exactly that subject).
+    let runs = env.js.get_stream("AIRLOCK_RUNS").await?;
+    let foreign = runs
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: "airlock.runs.later".into(),
+            inactive_threshold: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await?;
+    let foreign_name = foreign.cached_info().name.clone();
+    env.publish("later", &request("late-1", &["true"]), None)
+        .await?;
+
+    let (task1, stop1) = env.spawn(env.config(&["--unknown-queue-scan-every", "100ms"]));
+    env.publish("default", &request("d-1", &["true"]), None)
+        .await?;
+    env.wait_status("d-1", "pending", T).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.record("late-1").await.is_empty(),
+        "not ours to reject while held elsewhere"
+    );
+    stop1.cancel();
+    task1.await?;
+
+    // A dispatcher now configured with that queue cannot create its durable yet: it waits, then consumes.
+    let (task2, stop2) = env.spawn(env.config(&["--queues", "later=1"]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(env.record("late-1").await.is_empty());
+    runs.delete_consumer(&foreign_name).await?;
+    env.wait_status("late-1", "pending", T).await?;
+    stop2.cancel();
+    task2.await?;
+    Ok(())
+}

@@ -22,7 +22,9 @@ async fn a_job_cannot_connect_to_the_hosts_loopback_services() {
     let mut h = Harness::start(|_| {}).await;
     // The ports really are open on the host's loopback.
     for port in [h.nats.port(), redis.port()] {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("host reaches its own services");
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("host reaches its own services");
     }
     let script = r#"
 import os, socket, sys
@@ -41,8 +43,14 @@ sys.exit(0 if ok else 1)
     let env = json!({"env": {"NATS_PORT": h.nats.port().to_string(), "REDIS_PORT": redis.port().to_string()}});
     let (o, log) = h.run("loopback", &["python3", "-c", script], 20, env).await;
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
-    assert!(log.contains("NATS_PORT failed ConnectionRefusedError"), "{log}");
-    assert!(log.contains("REDIS_PORT failed ConnectionRefusedError"), "{log}");
+    assert!(
+        log.contains("NATS_PORT failed ConnectionRefusedError"),
+        "{log}"
+    );
+    assert!(
+        log.contains("REDIS_PORT failed ConnectionRefusedError"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,19 +60,30 @@ async fn the_sandbox_has_only_a_loopback_interface_and_no_route() {
                   echo LINK; ip -o link | cut -d: -f2 | tr -d ' '; \
                   echo ROUTE4; tail -n +2 /proc/net/route; ip -4 route show table all | grep -v ' dev lo ' || true; \
                   echo ROUTE6; ip -6 route show table all | grep -v ' dev lo ' || true; echo END";
-    let (o, log) = h.run("netns", &["/bin/sh", "-c", script], 20, json!({})).await;
+    let (o, log) = h
+        .run("netns", &["/bin/sh", "-c", script], 20, json!({}))
+        .await;
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
     let section = |name: &str| -> Vec<String> {
         log.split_once(&format!("{name}\n"))
             .map(|(_, rest)| {
-                rest.lines().take_while(|l| !["DEV", "LINK", "ROUTE4", "ROUTE6", "END"].contains(l)).map(String::from).collect()
+                rest.lines()
+                    .take_while(|l| !["DEV", "LINK", "ROUTE4", "ROUTE6", "END"].contains(l))
+                    .map(String::from)
+                    .collect()
             })
             .unwrap_or_else(|| panic!("no {name} section in {log}"))
     };
     assert_eq!(section("DEV"), vec!["lo"], "{log}");
     assert_eq!(section("LINK"), vec!["lo"], "{log}");
-    assert!(section("ROUTE4").is_empty(), "IPv4 routes other than loopback: {log}");
-    assert!(section("ROUTE6").is_empty(), "IPv6 routes other than loopback: {log}");
+    assert!(
+        section("ROUTE4").is_empty(),
+        "IPv4 routes other than loopback: {log}"
+    );
+    assert!(
+        section("ROUTE6").is_empty(),
+        "IPv6 routes other than loopback: {log}"
+    );
     assert!(!log.contains("default"), "{log}");
 }
 
@@ -72,9 +91,11 @@ async fn the_sandbox_has_only_a_loopback_interface_and_no_route() {
 async fn a_fork_bomb_is_contained_and_the_host_stays_healthy() {
     let mut h = Harness::start(|c| c.max_processes = 64).await;
     // Every process forks for ever, failures included, so the bomb stays at its ceiling until the deadline.
-    let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let bomb =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
     let limits = json!({"resources": {"limits": {"memory": "2Gi", "cpu": "1"}, "requests": {"memory": "64Mi", "cpu": "100m"}}});
-    h.launch("forkbomb", &["python3", "-c", bomb], 3, limits).await;
+    h.launch("forkbomb", &["python3", "-c", bomb], 3, limits)
+        .await;
     h.running("forkbomb").await;
     // While the bomb runs, it hits its ceiling and the host can still start processes.
     let peak = wait_until(Duration::from_secs(3), "bomb to grow", || async {
@@ -83,7 +104,10 @@ async fn a_fork_bomb_is_contained_and_the_host_stays_healthy() {
     })
     .await
     .unwrap();
-    let ok = tokio::process::Command::new("/bin/true").status().await.expect("host can fork");
+    let ok = tokio::process::Command::new("/bin/true")
+        .status()
+        .await
+        .expect("host can fork");
     assert!(ok.success());
     for _ in 0..20 {
         let n = h.sandbox_processes().len();
@@ -93,7 +117,10 @@ async fn a_fork_bomb_is_contained_and_the_host_stays_healthy() {
     let log = h.backend.logs_tail("forkbomb", 4096).await.unwrap();
     assert_outcome(&o, &log, Phase::Failed, "DeadlineExceeded", Some(137));
     assert!(peak >= 32);
-    assert!(h.sandbox_processes().is_empty(), "processes of the sandbox survived it");
+    assert!(
+        h.sandbox_processes().is_empty(),
+        "processes of the sandbox survived it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +128,9 @@ async fn a_memory_hog_is_killed_and_recorded_as_oom_killed() {
     let mut h = Harness::start(|_| {}).await;
     let script = "x = []\nwhile True: x.append(b'x' * (1 << 20))";
     let limits = json!({"resources": {"limits": {"memory": "64Mi", "cpu": "1"}, "requests": {"memory": "64Mi", "cpu": "100m"}}});
-    let (o, log) = h.run("memhog", &["python3", "-c", script], 30, limits).await;
+    let (o, log) = h
+        .run("memhog", &["python3", "-c", script], 30, limits)
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "OOMKilled", Some(137));
 }
 
@@ -109,7 +138,14 @@ async fn a_memory_hog_is_killed_and_recorded_as_oom_killed() {
 async fn an_infinite_loop_is_killed_at_its_deadline() {
     let mut h = Harness::start(|_| {}).await;
     let t0 = Instant::now();
-    let (o, log) = h.run("spin", &["/bin/sh", "-c", "while :; do :; done"], 1, json!({})).await;
+    let (o, log) = h
+        .run(
+            "spin",
+            &["/bin/sh", "-c", "while :; do :; done"],
+            1,
+            json!({}),
+        )
+        .await;
     let took = t0.elapsed();
     assert_outcome(&o, &log, Phase::Failed, "DeadlineExceeded", Some(137));
     assert!(took < Duration::from_secs(5), "took {took:?}");
@@ -119,7 +155,14 @@ async fn an_infinite_loop_is_killed_at_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_hog_is_killed_at_its_cpu_time_limit() {
     let mut h = Harness::start(|c| c.max_cpu_seconds = 1).await;
-    let (o, log) = h.run("cpuhog", &["python3", "-c", "while True: pass"], 30, json!({})).await;
+    let (o, log) = h
+        .run(
+            "cpuhog",
+            &["python3", "-c", "while True: pass"],
+            30,
+            json!({}),
+        )
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "CpuLimit", Some(128 + 24));
 }
 
@@ -139,11 +182,20 @@ except OSError as e:
     print("write failed:", errno.errorcode.get(e.errno), "size", os.path.getsize("big"))
     sys.exit(3)
 "#;
-    let (o, log) = h.run("bigfile", &["python3", "-c", script], 20, json!({})).await;
+    let (o, log) = h
+        .run("bigfile", &["python3", "-c", script], 20, json!({}))
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "Error", Some(3));
     assert!(log.contains("write failed: EFBIG size 1048576"), "{log}");
     // A shell writer is killed by SIGXFSZ, and that is recorded.
-    let (o, log) = h.run("bigfile-sh", &["/bin/sh", "-c", "exec head -c 4194304 /dev/zero > /tmp/big"], 20, json!({})).await;
+    let (o, log) = h
+        .run(
+            "bigfile-sh",
+            &["/bin/sh", "-c", "exec head -c 4194304 /dev/zero > /tmp/big"],
+            20,
+            json!({}),
+        )
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "FileSizeLimit", Some(128 + 25));
 }
 
@@ -151,13 +203,30 @@ except OSError as e:
 async fn a_job_cannot_read_the_token_secret_or_another_runs_files() {
     let mut h = Harness::start(|_| {}).await;
     // The services' secret: a root-only file in a world-readable directory of the host.
-    let secret_dir = tempfile::Builder::new().prefix("airlock-secret-").tempdir_in("/var/tmp").unwrap();
-    std::fs::set_permissions(secret_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let secret_dir = tempfile::Builder::new()
+        .prefix("airlock-secret-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        secret_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let secret = secret_dir.path().join("token-secret");
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     // Another run, still going, with a result file of its own.
-    h.launch("victim", &["/bin/sh", "-c", "echo precious > \"$AIRLOCK_RESULT_FILE\"; exec sleep 60"], 60, json!({})).await;
+    h.launch(
+        "victim",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo precious > \"$AIRLOCK_RESULT_FILE\"; exec sleep 60",
+        ],
+        60,
+        json!({}),
+    )
+    .await;
     h.running("victim").await;
     let state = h.dir.path().canonicalize().unwrap();
     let script = r#"
@@ -178,11 +247,16 @@ exit $status
     // The victim is untouched and can be removed.
     let v = h.backend.observe("victim").await.unwrap().unwrap();
     assert_eq!(v.phase, Phase::Running);
-    assert_eq!(h.backend.remove("victim").await.unwrap(), airlock_runtime::backend::Removed::Deleted);
+    assert_eq!(
+        h.backend.remove("victim").await.unwrap(),
+        airlock_runtime::backend::Removed::Deleted
+    );
     assert!(h.backend.observe("victim").await.unwrap().is_none());
-    wait_until(Duration::from_secs(5), "victim's processes to die", || async {
-        h.sandbox_processes().is_empty().then_some(())
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "victim's processes to die",
+        || async { h.sandbox_processes().is_empty().then_some(()) },
+    )
     .await
     .unwrap();
 }
@@ -194,10 +268,22 @@ async fn the_next_run_works_after_a_hostile_one() {
     let limits = json!({"resources": {"limits": {"memory": "64Mi", "cpu": "1"}, "requests": {"memory": "64Mi", "cpu": "100m"}}});
     // Leaves a daemon behind, then eats memory.
     let hostile = "setsid sleep 600 & exec python3 -c 'x=[]\nwhile True: x.append(b\"x\"*(1<<20))'";
-    let (o, log) = h.run("hostile", &["/bin/sh", "-c", hostile], 20, limits).await;
+    let (o, log) = h
+        .run("hostile", &["/bin/sh", "-c", hostile], 20, limits)
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "OOMKilled", Some(137));
-    assert!(h.sandbox_processes().is_empty(), "the daemon survived its sandbox");
-    let (o, log) = h.run("friendly", &["/bin/sh", "-c", "echo hello from $AIRLOCK_RUN_ID"], 20, json!({})).await;
+    assert!(
+        h.sandbox_processes().is_empty(),
+        "the daemon survived its sandbox"
+    );
+    let (o, log) = h
+        .run(
+            "friendly",
+            &["/bin/sh", "-c", "echo hello from $AIRLOCK_RUN_ID"],
+            20,
+            json!({}),
+        )
+        .await;
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
     assert!(log.contains("hello from friendly"), "{log}");
     assert!(h.sandbox_processes().is_empty());
@@ -210,11 +296,20 @@ async fn a_job_result_file_is_published_with_its_token() {
     let mut sub = h.client.subscribe(subject.clone()).await.unwrap();
     h.client.flush().await.unwrap();
     let script = "test -z \"$AIRLOCK_NATS_URL\" || exit 9; printf '{\"answer\":42}' > \"$AIRLOCK_RESULT_FILE\"";
-    let (o, log) = h.run("answer", &["/bin/sh", "-c", script], 20, json!({})).await;
+    let (o, log) = h
+        .run("answer", &["/bin/sh", "-c", script], 20, json!({}))
+        .await;
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
-    let msg = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("result published").unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("result published")
+        .unwrap();
     assert_eq!(msg.subject.as_str(), subject);
     assert_eq!(&msg.payload[..], br#"{"answer":42}"#);
-    let tok = msg.headers.as_ref().and_then(|hs| hs.get(env::RUN_TOKEN_HEADER)).expect("token header");
+    let tok = msg
+        .headers
+        .as_ref()
+        .and_then(|hs| hs.get(env::RUN_TOKEN_HEADER))
+        .expect("token header");
     assert!(token::verify(SECRET, "answer", tok.as_str()));
 }

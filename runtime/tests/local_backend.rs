@@ -14,22 +14,40 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_launch_of_the_same_run_is_already_existed_and_changes_nothing() {
     let mut h = Harness::start(|_| {}).await;
-    let s = h.launch("twice", &["/bin/sh", "-c", "echo once"], 20, json!({})).await;
-    assert_eq!(h.backend.launch(&s).await.unwrap(), Launched::AlreadyExisted);
+    let s = h
+        .launch("twice", &["/bin/sh", "-c", "echo once"], 20, json!({}))
+        .await;
+    assert_eq!(
+        h.backend.launch(&s).await.unwrap(),
+        Launched::AlreadyExisted
+    );
     let o = h.finished("twice", Duration::from_secs(20)).await;
     let log = h.backend.logs_tail("twice", 1024).await.unwrap();
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
     assert_eq!(log.matches("once").count(), 1, "{log}");
-    assert_eq!(h.backend.launch(&s).await.unwrap(), Launched::AlreadyExisted);
+    assert_eq!(
+        h.backend.launch(&s).await.unwrap(),
+        Launched::AlreadyExisted
+    );
     let listed = h.backend.list().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].run_id.as_str(), listed[0].phase), ("twice", Phase::Succeeded));
+    assert_eq!(
+        (listed[0].run_id.as_str(), listed[0].phase),
+        ("twice", Phase::Succeeded)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_exit_code_is_reported_and_remove_is_idempotent() {
     let mut h = Harness::start(|_| {}).await;
-    let (o, log) = h.run("exit7", &["/bin/sh", "-c", "echo to-stderr >&2; exit 7"], 20, json!({})).await;
+    let (o, log) = h
+        .run(
+            "exit7",
+            &["/bin/sh", "-c", "echo to-stderr >&2; exit 7"],
+            20,
+            json!({}),
+        )
+        .await;
     assert_outcome(&o, &log, Phase::Failed, "Error", Some(7));
     assert!(log.contains("to-stderr"), "{log}");
     assert!(o.started_at.is_some() && o.finished_at.is_some());
@@ -52,7 +70,8 @@ async fn a_request_without_command_is_refused_permanently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_supervisor_is_gone_is_observed_as_lost() {
     let mut h = Harness::start(|_| {}).await;
-    h.launch("orphan", &["/bin/sh", "-c", "exec sleep 60"], 60, json!({})).await;
+    h.launch("orphan", &["/bin/sh", "-c", "exec sleep 60"], 60, json!({}))
+        .await;
     h.running("orphan").await;
     // Another process (the janitor) sees it running while this supervisor lives.
     let mut config = LocalConfig::new(h.dir.path());
@@ -64,14 +83,21 @@ async fn a_run_whose_supervisor_is_gone_is_observed_as_lost() {
     assert_eq!((seen.phase, seen.lost), (Phase::Running, false));
     // Forge a status whose supervisor pid is not alive: as after a dispatcher crash.
     let path = h.dir.path().join("runs/orphan/status.json");
-    let mut status: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     status["supervisor_pid"] = json!(u32::MAX - 1);
     std::fs::write(&path, serde_json::to_vec(&status).unwrap()).unwrap();
     let lost = other.observe("orphan").await.unwrap().unwrap();
-    assert_eq!((lost.phase, lost.lost, lost.reason.as_deref()), (Phase::Failed, true, Some("SupervisorLost")));
+    assert_eq!(
+        (lost.phase, lost.lost, lost.reason.as_deref()),
+        (Phase::Failed, true, Some("SupervisorLost"))
+    );
     // The janitor's remove kills the sandbox (pid checked against the run) and deletes everything of it.
     assert_eq!(other.remove("orphan").await.unwrap(), Removed::Deleted);
-    assert!(h.sandbox_processes().is_empty(), "the sandbox survived remove");
+    assert!(
+        h.sandbox_processes().is_empty(),
+        "the sandbox survived remove"
+    );
     assert!(h.backend.observe("orphan").await.unwrap().is_none());
     assert!(h.backend.list().await.unwrap().is_empty());
 }

@@ -14,16 +14,39 @@ async fn store(redis: &RedisServer) -> anyhow::Result<Store> {
 async fn a_status_only_moves_forward_and_a_late_event_changes_nothing() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let s = store(&redis).await?;
-    assert!(s.transition("r1", RunStatus::Queued, &[("queue", "q".into())]).await?.applied());
+    assert!(
+        s.transition("r1", RunStatus::Queued, &[("queue", "q".into())])
+            .await?
+            .applied()
+    );
     assert!(s.transition("r1", RunStatus::Running, &[]).await?.applied());
-    assert!(s.transition("r1", RunStatus::Succeeded, &[("exit_code", "0".into())]).await?.applied());
-    let late = s.transition("r1", RunStatus::Running, &[("started_at", "late".into())]).await?;
-    assert_eq!(late, Transition::Refused { current: RunStatus::Succeeded });
+    assert!(
+        s.transition("r1", RunStatus::Succeeded, &[("exit_code", "0".into())])
+            .await?
+            .applied()
+    );
+    let late = s
+        .transition("r1", RunStatus::Running, &[("started_at", "late".into())])
+        .await?;
+    assert_eq!(
+        late,
+        Transition::Refused {
+            current: RunStatus::Succeeded
+        }
+    );
     let other_terminal = s.transition("r1", RunStatus::Failed, &[]).await?;
-    assert_eq!(other_terminal, Transition::Refused { current: RunStatus::Succeeded });
+    assert_eq!(
+        other_terminal,
+        Transition::Refused {
+            current: RunStatus::Succeeded
+        }
+    );
     let rec = s.get("r1").await?.expect("record");
     assert_eq!(rec.status, Some(RunStatus::Succeeded));
-    assert_eq!(rec.started_at, None, "a refused transition wrote its fields");
+    assert_eq!(
+        rec.started_at, None,
+        "a refused transition wrote its fields"
+    );
     assert_eq!(rec.exit_code, Some(0));
     Ok(())
 }
@@ -38,9 +61,15 @@ async fn terminal_runs_leave_the_active_set_and_expire_after_the_ttl() -> anyhow
     s.transition("r1", RunStatus::TimedOut, &[]).await?;
     assert_eq!(s.active_runs().await?, ["r2"]);
     let mut conn = redis.connection().await?;
-    let ttl: i64 = redis::cmd("TTL").arg("airlock:run:r1").query_async(&mut conn).await?;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("airlock:run:r1")
+        .query_async(&mut conn)
+        .await?;
     assert!((3590..=3600).contains(&ttl), "ttl {ttl}");
-    let ttl2: i64 = redis::cmd("TTL").arg("airlock:run:r2").query_async(&mut conn).await?;
+    let ttl2: i64 = redis::cmd("TTL")
+        .arg("airlock:run:r2")
+        .query_async(&mut conn)
+        .await?;
     assert_eq!(ttl2, -1, "an active run must not expire");
     Ok(())
 }
@@ -56,9 +85,18 @@ async fn the_first_result_wins_and_unknown_runs_are_refused() -> anyhow::Result<
     let s = store(&redis).await?;
     assert_eq!(s.store_result("nope", "{}").await?, ResultWrite::UnknownRun);
     s.transition("r1", RunStatus::Queued, &[]).await?;
-    assert_eq!(s.store_result("r1", r#"{"a":1}"#).await?, ResultWrite::Stored);
-    assert_eq!(s.store_result("r1", r#"{"a":2}"#).await?, ResultWrite::Duplicate);
-    assert_eq!(s.get("r1").await?.and_then(|r| r.result), Some(serde_json::json!({"a": 1})));
+    assert_eq!(
+        s.store_result("r1", r#"{"a":1}"#).await?,
+        ResultWrite::Stored
+    );
+    assert_eq!(
+        s.store_result("r1", r#"{"a":2}"#).await?,
+        ResultWrite::Duplicate
+    );
+    assert_eq!(
+        s.get("r1").await?.and_then(|r| r.result),
+        Some(serde_json::json!({"a": 1}))
+    );
     Ok(())
 }
 
@@ -68,27 +106,36 @@ async fn result_rejections_are_recorded_and_bounded() -> anyhow::Result<()> {
     let s = store(&redis).await?;
     s.transition("r1", RunStatus::Queued, &[]).await?;
     for i in 0..25 {
-        s.add_result_rejection("r1", &format!("invalid token #{i}"), 20).await?;
+        s.add_result_rejection("r1", &format!("invalid token #{i}"), 20)
+            .await?;
     }
     let rec = s.get("r1").await?.expect("record");
     assert_eq!(rec.result_rejections.len(), 20);
-    assert_eq!(rec.result_rejections.last().map(String::as_str), Some("invalid token #24"));
+    assert_eq!(
+        rec.result_rejections.last().map(String::as_str),
+        Some("invalid token #24")
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn a_stopped_redis_is_an_observable_retryable_error_and_a_restart_recovers() -> anyhow::Result<()> {
+async fn a_stopped_redis_is_an_observable_retryable_error_and_a_restart_recovers()
+-> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
     let s = store(&redis).await?;
     s.transition("r1", RunStatus::Queued, &[]).await?;
     redis.stop().await?;
-    let err = s.transition("r1", RunStatus::Pending, &[]).await.expect_err("redis is down");
+    let err = s
+        .transition("r1", RunStatus::Pending, &[])
+        .await
+        .expect_err("redis is down");
     assert!(err.is_retryable(), "{err}");
     redis.restart().await?;
-    let ok = airlock_test_support::wait_until(Duration::from_secs(20), "redis to come back", || async {
-        s.transition("r1", RunStatus::Pending, &[]).await.ok()
-    })
-    .await?;
+    let ok =
+        airlock_test_support::wait_until(Duration::from_secs(20), "redis to come back", || async {
+            s.transition("r1", RunStatus::Pending, &[]).await.ok()
+        })
+        .await?;
     // Nothing is persisted by the harness's redis: the record starts afresh.
     assert_eq!(ok, Transition::Applied { previous: None });
     Ok(())

@@ -29,14 +29,21 @@ fn policy() -> Policy {
             cidrs: vec!["10.0.0.0/8".into()],
             pod_labels: Default::default(),
             namespace_labels: Default::default(),
-            ports: vec![airlock_schemas::EgressPort { port: 443, protocol: "TCP".into() }],
+            ports: vec![airlock_schemas::EgressPort {
+                port: 443,
+                protocol: "TCP".into(),
+            }],
         },
     );
     p
 }
 
 fn schema_validator(file: &str) -> jsonschema::Validator {
-    let schema = json_schemas().into_iter().find(|(f, _)| *f == file).map(|(_, s)| s).expect("schema exists");
+    let schema = json_schemas()
+        .into_iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, s)| s)
+        .expect("schema exists");
     jsonschema::validator_for(&schema).expect("schema compiles")
 }
 
@@ -46,8 +53,19 @@ fn a_valid_request_round_trips_through_serde_and_its_json_schema() {
     let req: RunRequest = serde_json::from_value(value.clone()).expect("decodes");
     assert_eq!(serde_json::to_value(&req).expect("encodes"), value);
     let v = schema_validator("run-request.v1.json");
-    assert!(v.is_valid(&value), "{:?}", v.iter_errors(&value).map(|e| e.to_string()).collect::<Vec<_>>());
-    let run = decode_request(&serde_json::to_vec(&value).expect("encodes"), "default", &policy()).expect("valid");
+    assert!(
+        v.is_valid(&value),
+        "{:?}",
+        v.iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+    let run = decode_request(
+        &serde_json::to_vec(&value).expect("encodes"),
+        "default",
+        &policy(),
+    )
+    .expect("valid");
     assert_eq!(run.deadline_seconds, 120);
     assert_eq!(run.request, req);
 }
@@ -66,8 +84,12 @@ fn the_json_schema_rejects_what_serde_rejects() {
 
 #[test]
 fn policy_defaults_fill_missing_resources_and_deadline() {
-    let run = decode_request(br#"{"id":"a","image":"alpine"}"#, "q", &Policy::default()).expect("valid");
-    assert_eq!(run.deadline_seconds, Policy::default().default_deadline_seconds);
+    let run =
+        decode_request(br#"{"id":"a","image":"alpine"}"#, "q", &Policy::default()).expect("valid");
+    assert_eq!(
+        run.deadline_seconds,
+        Policy::default().default_deadline_seconds
+    );
     assert_eq!(run.request.resources, Policy::default().default_resources);
 }
 
@@ -83,7 +105,12 @@ fn every_invalid_field_is_reported_with_its_path() {
         "egress": ["pypi", "internet"],
         "labels": {"airlock.dev/run-id": "x", "ok": "not a valid value"}
     });
-    let errs = decode_request(&serde_json::to_vec(&bad).expect("encodes"), "Queue!", &policy()).expect_err("invalid");
+    let errs = decode_request(
+        &serde_json::to_vec(&bad).expect("encodes"),
+        "Queue!",
+        &policy(),
+    )
+    .expect_err("invalid");
     let got: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let expected_paths = [
         "queue",
@@ -101,20 +128,39 @@ fn every_invalid_field_is_reported_with_its_path() {
         "labels.ok",
     ];
     for p in expected_paths {
-        assert!(got.iter().any(|g| g.starts_with(p)), "no error for {p:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(p)),
+            "no error for {p:?} in {got:#?}"
+        );
     }
-    assert!(!got.iter().any(|g| g.starts_with("egress.0")), "a known egress name was rejected: {got:#?}");
+    assert!(
+        !got.iter().any(|g| g.starts_with("egress.0")),
+        "a known egress name was rejected: {got:#?}"
+    );
 }
 
 #[test]
 fn type_errors_and_unknown_fields_name_their_path() {
-    let errs = decode_request(br#"{"id":"a","image":"alpine","resources":{"limits":{"gpu":"1"}}}"#, "q", &Policy::default())
-        .expect_err("unknown field");
+    let errs = decode_request(
+        br#"{"id":"a","image":"alpine","resources":{"limits":{"gpu":"1"}}}"#,
+        "q",
+        &Policy::default(),
+    )
+    .expect_err("unknown field");
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].path, "resources.limits.gpu");
-    assert!(errs[0].message.contains("unknown field `gpu`"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("unknown field `gpu`"),
+        "{}",
+        errs[0].message
+    );
 
-    let errs = decode_request(br#"{"id":"a","image":"alpine","env":{"A":1}}"#, "q", &Policy::default()).expect_err("type");
+    let errs = decode_request(
+        br#"{"id":"a","image":"alpine","env":{"A":1}}"#,
+        "q",
+        &Policy::default(),
+    )
+    .expect_err("type");
     assert_eq!(errs[0].path, "env.A");
 
     let errs = decode_request(b"not json", "q", &Policy::default()).expect_err("syntax");
@@ -123,18 +169,28 @@ fn type_errors_and_unknown_fields_name_their_path() {
 
 #[test]
 fn an_oversized_request_is_rejected_before_parsing() {
-    let p = Policy { max_request_bytes: 10, ..Policy::default() };
+    let p = Policy {
+        max_request_bytes: 10,
+        ..Policy::default()
+    };
     let errs = decode_request(br#"{"id":"a","image":"alpine"}"#, "q", &p).expect_err("too big");
     assert!(errs[0].message.contains("limit is 10"));
 }
 
 #[test]
 fn an_image_outside_the_allowlist_is_rejected_with_that_reason() {
-    let p = Policy { image_allowlist: vec!["docker.io/library/".into(), "ghcr.io/acme/tool:1".into()], ..Policy::default() };
+    let p = Policy {
+        image_allowlist: vec!["docker.io/library/".into(), "ghcr.io/acme/tool:1".into()],
+        ..Policy::default()
+    };
     assert!(decode_request(br#"{"id":"a","image":"docker.io/library/alpine"}"#, "q", &p).is_ok());
     assert!(decode_request(br#"{"id":"a","image":"ghcr.io/acme/tool:1"}"#, "q", &p).is_ok());
-    let errs = decode_request(br#"{"id":"a","image":"evil.example/miner"}"#, "q", &p).expect_err("refused");
-    assert_eq!(errs[0].to_string(), "image: image not in the operator's allowlist");
+    let errs = decode_request(br#"{"id":"a","image":"evil.example/miner"}"#, "q", &p)
+        .expect_err("refused");
+    assert_eq!(
+        errs[0].to_string(),
+        "image: image not in the operator's allowlist"
+    );
 }
 
 #[test]
@@ -164,5 +220,8 @@ fn the_committed_json_schemas_are_current() {
             stale.push(file);
         }
     }
-    assert!(stale.is_empty(), "stale schemas {stale:?}: run `AIRLOCK_BLESS=1 cargo test -p airlock-schemas` and commit");
+    assert!(
+        stale.is_empty(),
+        "stale schemas {stale:?}: run `AIRLOCK_BLESS=1 cargo test -p airlock-schemas` and commit"
+    );
 }

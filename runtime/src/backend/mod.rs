@@ -20,8 +20,9 @@ pub mod local;
 /// Which backend runs the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum RuntimeKind {
-    /// Pods on Kubernetes, each behind its own NetworkPolicy.
+    /// Pods on Kubernetes, each behind its own NetworkPolicy (alias: `kube`).
     #[default]
+    #[value(name = "kubernetes", alias = "kube")]
     Kube,
     /// Local bubblewrap sandboxes on this host.
     Local,
@@ -30,10 +31,10 @@ pub enum RuntimeKind {
 /// Backend settings shared by the dispatcher and the janitor (`#[command(flatten)]` them).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackendArgs {
-    /// Where runs execute: `kube` (Kubernetes pods) or `local` (bubblewrap sandboxes on this host).
+    /// Where runs execute: `kubernetes` (pods, the default) or `local` (bubblewrap sandboxes on this host).
     #[arg(long = "runtime", env = "AIRLOCK_RUNTIME", value_enum, default_value_t = RuntimeKind::Kube)]
     pub runtime: RuntimeKind,
-    /// Kubernetes settings (used with `--runtime kube`).
+    /// Kubernetes settings (used with `--runtime kubernetes`).
     #[command(flatten)]
     pub kube: kube::KubeArgs,
     /// Local sandbox settings (used with `--runtime local`).

@@ -45,15 +45,33 @@ impl Harness {
         config.max_result_bytes = 64 * 1024;
         config.cgroup_name = format!("airlock-test-{}", std::process::id());
         tweak(&mut config);
-        let backend = LocalBackend::new(config, client.clone(), Subjects::default()).expect("backend");
+        let backend =
+            LocalBackend::new(config, client.clone(), Subjects::default()).expect("backend");
         let watch = backend.watch();
-        Harness { backend, nats, client, dir, uid_base, slots, watch }
+        Harness {
+            backend,
+            nats,
+            client,
+            dir,
+            uid_base,
+            slots,
+            watch,
+        }
     }
 
     /// Launches `command` as run `id` with `deadline` seconds and extra request fields.
-    pub async fn launch(&self, id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> LaunchSpec {
+    pub async fn launch(
+        &self,
+        id: &str,
+        command: &[&str],
+        deadline: u64,
+        extra: serde_json::Value,
+    ) -> LaunchSpec {
         let spec = spec(id, command, deadline, extra);
-        assert_eq!(self.backend.launch(&spec).await.expect("launch"), Launched::Created);
+        assert_eq!(
+            self.backend.launch(&spec).await.expect("launch"),
+            Launched::Created
+        );
         spec
     }
 
@@ -67,7 +85,9 @@ impl Harness {
             }
             panic!("watch ended");
         };
-        tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| panic!("{id} did not finish within {timeout:?}"))
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{id} did not finish within {timeout:?}"))
     }
 
     /// Awaits the running state of `id` on the watch stream.
@@ -80,11 +100,19 @@ impl Harness {
             }
             panic!("watch ended");
         };
-        tokio::time::timeout(Duration::from_secs(10), fut).await.expect("run started")
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .expect("run started")
     }
 
     /// Launches, awaits the end, returns what was observed and the log.
-    pub async fn run(&mut self, id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> (Observed, String) {
+    pub async fn run(
+        &mut self,
+        id: &str,
+        command: &[&str],
+        deadline: u64,
+        extra: serde_json::Value,
+    ) -> (Observed, String) {
         self.launch(id, command, deadline, extra).await;
         let o = self.finished(id, Duration::from_secs(deadline + 20)).await;
         let log = self.backend.logs_tail(id, 64 * 1024).await.expect("logs");
@@ -95,9 +123,16 @@ impl Harness {
     pub fn sandbox_processes(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
-            if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
                 continue; // zombies run nothing; the host's init reaps them
             }
             let uid = status
@@ -116,9 +151,15 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // The per-run groups are gone with their runs; remove this test's (empty) parent groups too.
         for ctl in ["memory", "pids", "cpu"] {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/airlock-test-{}", std::process::id()));
+            let _ = std::fs::remove_dir(format!(
+                "/sys/fs/cgroup/{ctl}/airlock-test-{}",
+                std::process::id()
+            ));
         }
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/airlock-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir(format!(
+            "/sys/fs/cgroup/airlock-test-{}",
+            std::process::id()
+        ));
     }
 }
 
@@ -136,13 +177,19 @@ pub fn spec(id: &str, command: &[&str], deadline: u64, extra: serde_json::Value)
         }
     }
     let req: RunRequest = serde_json::from_value(req).expect("request");
-    let run = req.validate("default", &Policy::default()).expect("valid request");
+    let run = req
+        .validate("default", &Policy::default())
+        .expect("valid request");
     let mut envs: BTreeMap<String, String> = run.request.env.clone();
     envs.insert(env::RUN_ID.into(), id.into());
     envs.insert(env::RUN_TOKEN.into(), token::sign(SECRET, id));
     envs.insert(env::NATS_URL.into(), "nats://127.0.0.1:4222".into());
     envs.insert(env::RESULT_SUBJECT.into(), Subjects::default().results(id));
-    LaunchSpec { run, attempt: 1, env: envs }
+    LaunchSpec {
+        run,
+        attempt: 1,
+        env: envs,
+    }
 }
 
 /// Asserts phase, reason and exit code, showing the log on failure.
