@@ -78,6 +78,8 @@ where
     let semaphore = Arc::new(Semaphore::new(concurrency));
     let handler = Arc::new(handler);
     let mut tasks = JoinSet::new();
+    // Kept to flush the last acks before returning: acks are buffered writes.
+    let mut client: Option<async_nats::Client> = None;
     let mut backoff = Duration::from_millis(100);
 
     'outer: while !shutdown.is_cancelled() {
@@ -115,6 +117,7 @@ where
             match next {
                 Some(Ok(msg)) => {
                     backoff = Duration::from_millis(100);
+                    client.get_or_insert_with(|| msg.context.client());
                     let handler = handler.clone();
                     tasks.spawn(async move {
                         let outcome = handler(msg.clone()).await;
@@ -143,6 +146,11 @@ where
             "In-flight handlers did not finish within the grace period; they will be redelivered"
         );
         tasks.abort_all();
+    }
+    if let Some(c) = client
+        && let Err(e) = c.flush().await
+    {
+        tracing::warn!(error = %e, "Flushing the last acks failed; those messages will be redelivered");
     }
     Ok(())
 }
