@@ -82,7 +82,7 @@ pub async fn run_with(
     let secret = config.common.token_secret()?;
     let policy = config.policy()?;
     let subjects = config.common.subjects();
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     nats::ensure_streams(
         &js,
         &subjects,
@@ -153,6 +153,10 @@ pub async fn run_with(
         max_running = ctx.config.max_running, "Dispatcher consuming");
     while tasks.join_next().await.is_some() {}
     readiness.set(false);
+    // Acks are buffered writes: flush them so finished work is not redelivered to another replica.
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "Flushing the last acks failed; those requests will be redelivered");
+    }
     info!("Dispatcher stopped");
     Ok(())
 }

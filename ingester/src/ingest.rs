@@ -116,6 +116,10 @@ pub(crate) async fn run(
     )
     .await;
     readiness.set(false);
+    // Acks are buffered writes: flush them so stored results are not redelivered as duplicates.
+    if let Err(e) = ctx.js.client().flush().await {
+        warn!(error = %e, "Flushing the last acks failed; those results will be redelivered");
+    }
     info!(metrics = ?ctx.metrics.snapshot(), "Ingester stopped");
     Ok(())
 }
