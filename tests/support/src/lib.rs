@@ -90,25 +90,39 @@ where
     }
 }
 
-/// A real nats-server with JetStream, on a free port, with a throwaway store. Killed on drop.
+/// A server process on a free port with a throwaway directory: spawned with fixed arguments, restartable on
+/// the same port, killed on drop. What [`NatsServer`] and [`RedisServer`] share.
 #[derive(Debug)]
-pub struct NatsServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+struct ServerProcess {
+    name: &'static str,
     binary: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    port: u16,
+    /// Kept for its lifetime: the directory is removed when the server is dropped.
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
 }
 
-impl NatsServer {
-    /// Starts a server and waits until it accepts connections.
-    pub async fn start() -> Result<Self> {
-        let binary = find_binary("AIRLOCK_NATS_SERVER", "nats-server")?;
-        let dir = tempfile::Builder::new().prefix("airlock-nats-").tempdir()?;
+impl ServerProcess {
+    /// Starts `name` (found through `env_var`, the venv or PATH) with the arguments `args(port, dir)` returns.
+    async fn start(
+        env_var: &str,
+        name: &'static str,
+        args: impl FnOnce(u16, &Path) -> Vec<std::ffi::OsString>,
+    ) -> Result<Self> {
+        let binary = find_binary(env_var, name)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("airlock-{name}-"))
+            .tempdir()?;
+        let port = free_port()?;
+        let args = args(port, dir.path());
         let mut s = Self {
-            port: free_port()?,
-            dir,
-            child: None,
+            name,
             binary,
+            args,
+            port,
+            _dir: dir,
+            child: None,
         };
         s.spawn().await?;
         Ok(s)
@@ -116,34 +130,67 @@ impl NatsServer {
 
     async fn spawn(&mut self) -> Result<()> {
         let mut child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path().join("store"))
-            .args(["--http_port", "0"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
-        wait_for_port(self.port, &mut child, "nats-server").await?;
+        wait_for_port(self.port, &mut child, self.name).await?;
         self.child = Some(child);
         Ok(())
     }
 
+    async fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+}
+
+fn os_args(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(Into::into).collect()
+}
+
+/// A real nats-server with JetStream, on a free port, with a throwaway store. Killed on drop.
+#[derive(Debug)]
+pub struct NatsServer(ServerProcess);
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start() -> Result<Self> {
+        let p = ServerProcess::start("AIRLOCK_NATS_SERVER", "nats-server", |port, dir| {
+            let mut a = os_args(&[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "--http_port",
+                "0",
+                "-sd",
+            ]);
+            a.push(dir.join("store").into());
+            a
+        })
+        .await?;
+        Ok(Self(p))
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.0.port)
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// A connected client.
@@ -153,21 +200,17 @@ impl NatsServer {
 
     /// Kills the server (its store stays, as after a crash).
     pub async fn stop(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill().await?;
-        }
-        Ok(())
+        self.0.stop().await
     }
 
     /// Starts it again on the same port with the same store.
     pub async fn restart(&mut self) -> Result<()> {
-        self.stop().await?;
-        self.spawn().await
+        self.0.restart().await
     }
 
     /// Version string printed by the binary (`nats-server: v2.x.y`).
     pub fn version(&self) -> Result<String> {
-        let out = std::process::Command::new(&self.binary)
+        let out = std::process::Command::new(&self.0.binary)
             .arg("--version")
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -176,13 +219,7 @@ impl NatsServer {
 
 /// A real redis-server on a free port, without persistence. Killed on drop.
 #[derive(Debug)]
-pub struct RedisServer {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    binary: PathBuf,
-    extra_args: Vec<String>,
-}
+pub struct RedisServer(ServerProcess);
 
 impl RedisServer {
     /// Starts a server and waits until it accepts connections.
@@ -193,54 +230,35 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, which override the defaults (e.g.
     /// `["--appendonly", "yes", "--appendfsync", "always"]` so data survives [`RedisServer::restart`]).
     pub async fn start_with_args(extra_args: &[&str]) -> Result<Self> {
-        let binary = find_binary("AIRLOCK_REDIS_SERVER", "redis-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("airlock-redis-")
-            .tempdir()?;
-        let mut s = Self {
-            port: free_port()?,
-            dir,
-            child: None,
-            binary,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        s.spawn().await?;
-        Ok(s)
-    }
-
-    async fn spawn(&mut self) -> Result<()> {
-        let mut child = Command::new(&self.binary)
-            .args([
+        let p = ServerProcess::start("AIRLOCK_REDIS_SERVER", "redis-server", |port, dir| {
+            let port = port.to_string();
+            let mut a = os_args(&[
                 "--port",
-                &self.port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", self.binary.display()))?;
-        wait_for_port(self.port, &mut child, "redis-server").await?;
-        self.child = Some(child);
-        Ok(())
+                "--dir",
+            ]);
+            a.push(dir.into());
+            a.extend(os_args(extra_args));
+            a
+        })
+        .await?;
+        Ok(Self(p))
     }
 
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.0.port)
     }
 
     /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port
     }
 
     /// A multiplexed connection.
@@ -251,16 +269,12 @@ impl RedisServer {
 
     /// Kills the server (its data is lost unless persistence was turned on with extra arguments).
     pub async fn stop(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill().await?;
-        }
-        Ok(())
+        self.0.stop().await
     }
 
     /// Starts it again on the same port.
     pub async fn restart(&mut self) -> Result<()> {
-        self.stop().await?;
-        self.spawn().await
+        self.0.restart().await
     }
 }
 

@@ -1,0 +1,265 @@
+//! The whole system on Kubernetes: the three services as processes with `--runtime kube`, against the
+//! Kubernetes API emulator started in this process (its kubelet runs each pod's command as a local process,
+//! so a job publishes its result with our own `airlock result`).
+//!
+//! # Against a real cluster
+//!
+//! With `AIRLOCK_TEST_KUBECONFIG=/path/to/kubeconfig` (the same switch as `dispatcher/tests/cluster.rs`) these
+//! tests run against that cluster instead, each in a namespace of its own that is deleted afterwards, and the
+//! emulator-only checks (object counters, schema validation of everything accepted) are skipped. Jobs there
+//! run a real image, so two more variables are needed, or the tests are skipped with a message:
+//! - `AIRLOCK_TEST_JOB_IMAGE`: an image with `sh` and the `airlock` binary on its `PATH` (the job runs
+//!   `echo '{...}' | airlock result`);
+//! - `AIRLOCK_TEST_JOB_NATS_URL`: the URL at which pods reach the NATS server the test starts (it listens
+//!   on 127.0.0.1 only, so e.g. a tunnel or port-forward into the cluster); the NetworkPolicy's NATS egress
+//!   comes from `AIRLOCK_TEST_NATS_EGRESS_CIDRS` (comma-separated) when set.
+
+mod common;
+
+use std::path::PathBuf;
+
+use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
+use airlock_schemas::RunStatus;
+use common::{Runtime, System, T, request};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::json;
+
+/// The sandbox namespace the dispatcher uses by default (`--namespace`).
+const SANDBOX_NS: &str = "airlock-sandbox";
+
+/// The cluster under test: the emulator (default) or the real cluster of `AIRLOCK_TEST_KUBECONFIG`.
+struct Cluster {
+    emu: Option<EmulatorHandle>,
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    ns: String,
+    /// How a job runs the `airlock` binary.
+    airlock: String,
+    image: String,
+    dispatcher_args: Vec<String>,
+}
+
+impl Cluster {
+    /// `None` (after printing why) when a real cluster is asked for but the job image or NATS URL is not.
+    async fn new(name: &str) -> anyhow::Result<Option<Self>> {
+        match std::env::var_os("AIRLOCK_TEST_KUBECONFIG") {
+            None => {
+                let emu = Emulator::start(EmulatorConfig::default().namespace(SANDBOX_NS)).await?;
+                let kubeconfig = emu.kubeconfig_path().to_path_buf();
+                let client = client(&kubeconfig).await?;
+                let airlock = airlock_test_support::our_binary("airlock")?
+                    .display()
+                    .to_string();
+                Ok(Some(Self {
+                    emu: Some(emu),
+                    kubeconfig,
+                    client,
+                    ns: SANDBOX_NS.into(),
+                    airlock,
+                    image: "docker.io/library/busybox:1.36".into(),
+                    dispatcher_args: vec!["--nats-egress-cidrs".into(), "127.0.0.1/32".into()],
+                }))
+            }
+            Some(kubeconfig) => {
+                let (Ok(image), Ok(nats_url)) = (
+                    std::env::var("AIRLOCK_TEST_JOB_IMAGE"),
+                    std::env::var("AIRLOCK_TEST_JOB_NATS_URL"),
+                ) else {
+                    eprintln!(
+                        "SKIPPED: AIRLOCK_TEST_KUBECONFIG is set but AIRLOCK_TEST_JOB_IMAGE (an image with sh and \
+                         `airlock` on its PATH) or AIRLOCK_TEST_JOB_NATS_URL (how pods reach the test's NATS) is not"
+                    );
+                    return Ok(None);
+                };
+                let kubeconfig = PathBuf::from(kubeconfig);
+                let client = client(&kubeconfig).await?;
+                let ns = format!("airlock-e2e-{name}-{}", std::process::id());
+                let nsobj: Namespace =
+                    serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
+                Api::<Namespace>::all(client.clone())
+                    .create(&PostParams::default(), &nsobj)
+                    .await?;
+                let mut dispatcher_args = vec!["--job-nats-url".into(), nats_url];
+                if let Ok(cidrs) = std::env::var("AIRLOCK_TEST_NATS_EGRESS_CIDRS") {
+                    dispatcher_args.extend(["--nats-egress-cidrs".into(), cidrs]);
+                }
+                Ok(Some(Self {
+                    emu: None,
+                    kubeconfig,
+                    client,
+                    ns,
+                    airlock: "airlock".into(),
+                    image,
+                    dispatcher_args,
+                }))
+            }
+        }
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::Kube {
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: self.ns.clone(),
+            dispatcher_args: self.dispatcher_args.clone(),
+        }
+    }
+
+    fn request(&self, id: &str, script: &str, deadline_seconds: u64) -> serde_json::Value {
+        let mut r = request(id, &["sh", "-c", script], deadline_seconds);
+        r["image"] = json!(self.image);
+        r
+    }
+
+    /// Waits until the run's Pod and NetworkPolicy are gone.
+    async fn wait_objects_gone(&self, run_id: &str) -> anyhow::Result<()> {
+        let name = format!("airlock-run-{run_id}");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let nps: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &self.ns);
+        tokio::time::timeout(
+            T,
+            await_condition(pods, &name, |p: Option<&Pod>| p.is_none()),
+        )
+        .await??;
+        tokio::time::timeout(
+            T,
+            await_condition(nps, &name, |p: Option<&NetworkPolicy>| p.is_none()),
+        )
+        .await??;
+        Ok(())
+    }
+
+    /// Emulator only: every Pod and NetworkPolicy the API accepted validates against the official
+    /// Kubernetes 1.33 schemas (skipped loudly when the schemas are not installed).
+    fn validate_accepted_objects(&self) {
+        let Some(emu) = &self.emu else { return };
+        match emu.validate_stored_objects() {
+            Ok(report) => {
+                assert!(
+                    report.is_ok(),
+                    "objects failed schema validation: {report:#?}"
+                );
+                assert!(
+                    report.checked >= 2,
+                    "at least a pod and a policy were checked: {report:?}"
+                );
+            }
+            Err(e) => eprintln!("SKIPPED schema validation: {e}"),
+        }
+    }
+
+    async fn cleanup(self) {
+        if self.emu.is_none() {
+            let _ = Api::<Namespace>::all(self.client)
+                .delete(&self.ns, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test]
+async fn on_kubernetes_a_run_succeeds_with_its_result_and_logs_and_its_pod_and_policy_are_deleted()
+-> anyhow::Result<()> {
+    let Some(cluster) = Cluster::new("ok").await? else {
+        return Ok(());
+    };
+    let sys = System::start(cluster.runtime()).await?;
+    let script = format!(
+        r#"echo "hello from $AIRLOCK_RUN_ID"; echo '{{"answer":42}}' | {} result"#,
+        cluster.airlock
+    );
+    let mut req = cluster.request("kube-ok-1", &script, 60);
+    req["labels"] = json!({ "team": "e2e" });
+    req["resources"] =
+        json!({ "requests": { "cpu": "50m", "memory": "32Mi" }, "limits": { "memory": "64Mi" } });
+    sys.submit(&req).await?;
+    let (events, rec) = sys.wait_terminal("kube-ok-1").await?;
+    assert_eq!(rec.status, Some(RunStatus::Succeeded), "{rec:?}");
+    common::assert_forward_only(&events, RunStatus::Succeeded);
+    let rec = sys
+        .wait_record("kube-ok-1", "result", |r| r.result.is_some())
+        .await?;
+    assert_eq!(rec.result, Some(json!({"answer": 42})));
+    assert_eq!(rec.exit_code, Some(0));
+    assert!(rec.result_rejections.is_empty(), "{rec:?}");
+    let logs = rec.logs.as_deref().unwrap_or_default();
+    assert!(logs.contains("hello from kube-ok-1"), "logs: {logs:?}");
+
+    cluster.wait_objects_gone("kube-ok-1").await?;
+    if let Some(emu) = &cluster.emu {
+        assert_eq!(emu.create_count(Kind::Pod), 1, "one pod");
+        assert_eq!(emu.create_count(Kind::NetworkPolicy), 1, "one policy");
+        assert!(emu.objects(Kind::Pod).is_empty() && emu.objects(Kind::NetworkPolicy).is_empty());
+    }
+    cluster.validate_accepted_objects();
+    sys.stop().await?;
+    cluster.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_kubernetes_a_job_past_its_deadline_ends_timed_out_and_is_deleted() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::new("deadline").await? else {
+        return Ok(());
+    };
+    let sys = System::start(cluster.runtime()).await?;
+    sys.submit(&cluster.request("kube-slow-1", "echo started; sleep 60", 2))
+        .await?;
+    let (events, rec) = sys.wait_terminal("kube-slow-1").await?;
+    assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
+    assert!(
+        rec.reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("DeadlineExceeded"),
+        "{rec:?}"
+    );
+    assert!(rec.result.is_none());
+    assert_eq!(events.last().map(|e| e.status), Some(RunStatus::TimedOut));
+    cluster.wait_objects_gone("kube-slow-1").await?;
+    cluster.validate_accepted_objects();
+    sys.stop().await?;
+    cluster.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_kubernetes_a_cancelled_run_ends_cancelled_and_its_pod_is_deleted() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::new("cancel").await? else {
+        return Ok(());
+    };
+    let sys = System::start(cluster.runtime()).await?;
+    let mut events = sys.events("kube-cancel-1").await?;
+    sys.submit(&cluster.request("kube-cancel-1", "sleep 60", 120))
+        .await?;
+    events.until_status("running").await?;
+    let reply = sys
+        .client
+        .request(
+            sys.subjects.cancel("kube-cancel-1"),
+            r#"{"reason":"no longer needed"}"#.into(),
+        )
+        .await?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    assert_eq!(reply, json!({"ok": true}));
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Cancelled);
+    assert_eq!(terminal.reason.as_deref(), Some("no longer needed"));
+    cluster.wait_objects_gone("kube-cancel-1").await?;
+    cluster.validate_accepted_objects();
+    sys.stop().await?;
+    cluster.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The whole system with the local sandbox runtime: `airlock-dispatcher --runtime local`, `airlock-ingester`
+//! and `airlock-janitor --runtime local` as processes sharing one state directory, real NATS and Redis.
+
+mod common;
+
+use airlock_schemas::RunStatus;
+use common::{
+    DISPATCHER, Runtime, SECRET, System, dir_entries, request, traversable_tempdir, visible_dir,
+};
+use serde_json::json;
+
+/// A job that writes `{"answer":42}` as its result once `$GATE` exists (the test creates it), after a line of
+/// output.
+const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -e "$GATE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
+
+async fn local_system() -> anyhow::Result<(System, tempfile::TempDir)> {
+    let dir = traversable_tempdir("airlock-e2e-local-")?;
+    let sys = System::start(Runtime::Local {
+        dir: dir.path().join("state"),
+    })
+    .await?;
+    Ok((sys, dir))
+}
+
+fn runs_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("state/runs")
+}
+
+#[tokio::test]
+async fn a_submitted_run_succeeds_with_its_result_and_logs_and_its_sandbox_is_reaped()
+-> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    let mut events = sys.events("ok-1").await?;
+    sys.submit(&request(
+        "ok-1",
+        &[
+            "/bin/sh",
+            "-c",
+            r#"echo "hello from $AIRLOCK_RUN_ID"; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#,
+        ],
+        30,
+    ))
+    .await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded);
+    assert_eq!(terminal.exit_code, Some(0));
+    assert_eq!(
+        terminal.metadata,
+        Some(json!({"test": "ok-1"})),
+        "metadata is echoed"
+    );
+    common::assert_forward_only(&events.lifecycle(), RunStatus::Succeeded);
+
+    let rec = sys
+        .wait_record("ok-1", "result stored and reaped", |r| {
+            r.result.is_some() && r.reaped_at.is_some()
+        })
+        .await?;
+    assert_eq!(rec.status, Some(RunStatus::Succeeded));
+    assert_eq!(rec.result, Some(json!({"answer": 42})));
+    assert_eq!(rec.exit_code, Some(0));
+    assert!(rec.result_rejections.is_empty(), "{rec:?}");
+    let logs = rec.logs.as_deref().unwrap_or_default();
+    assert!(logs.contains("hello from ok-1"), "logs: {logs:?}");
+    for t in [&rec.submitted_at, &rec.started_at, &rec.finished_at] {
+        assert!(t.is_some(), "timestamps recorded: {rec:?}");
+    }
+    assert!(
+        dir_entries(&runs_dir(&dir)).is_empty(),
+        "the sandbox directory is reaped: {:?}",
+        dir_entries(&runs_dir(&dir))
+    );
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_run_past_its_deadline_is_killed_and_ends_timed_out() -> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    sys.submit(&request("slow-1", &["sleep", "60"], 1)).await?;
+    let (events, rec) = sys.wait_terminal("slow-1").await?;
+    assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
+    assert!(
+        rec.reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("DeadlineExceeded"),
+        "{rec:?}"
+    );
+    assert!(rec.result.is_none());
+    assert_eq!(events.last().map(|e| e.status), Some(RunStatus::TimedOut));
+    assert!(dir_entries(&runs_dir(&dir)).is_empty());
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn an_invalid_request_is_rejected_with_every_reason_and_nothing_runs() -> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    sys.submit(&json!({
+        "id": "bad-1",
+        "image": "",
+        "command": ["true"],
+        "env": { "AIRLOCK_RUN_TOKEN": "mine" },
+        "labels": { "airlock.dev/run-id": "someone-else" },
+        "deadline_seconds": 0,
+        "egress": ["the-internet"],
+    }))
+    .await?;
+    let (events, rec) = sys.wait_terminal("bad-1").await?;
+    assert_eq!(rec.status, Some(RunStatus::Rejected));
+    let reason = rec.reason.clone().unwrap_or_default();
+    for expected in [
+        "image: required",
+        "env.AIRLOCK_RUN_TOKEN: reserved prefix",
+        "labels.airlock.dev/run-id: reserved label",
+        "deadline_seconds: must be at least 1",
+        "egress",
+    ] {
+        assert!(
+            reason.contains(expected),
+            "{expected:?} missing from {reason:?}"
+        );
+    }
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+    assert_eq!(events[0].reason.as_deref(), Some(reason.as_str()));
+    assert!(rec.started_at.is_none() && rec.result.is_none());
+    assert!(
+        dir_entries(&runs_dir(&dir)).is_empty(),
+        "nothing was launched"
+    );
+    common::wait_until_runs_acked(&sys).await?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_cancelled_run_is_stopped_and_ends_cancelled() -> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    let mut events = sys.events("cancel-1").await?;
+    sys.submit(&request("cancel-1", &["sleep", "60"], 120))
+        .await?;
+    events.until_status("running").await?;
+
+    // Through the CLI (a NATS request on airlock.cancel.<id>, answered by the janitor).
+    let (status, out) = sys.cli(&["cancel", "cancel-1"]).await?;
+    assert!(status.success(), "airlock cancel: {status} {out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim())?,
+        json!({"ok": true})
+    );
+
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Cancelled);
+    let rec = sys
+        .wait_record("cancel-1", "reaped", |r| r.reaped_at.is_some())
+        .await?;
+    assert_eq!(rec.status, Some(RunStatus::Cancelled));
+    assert!(
+        dir_entries(&runs_dir(&dir)).is_empty(),
+        "the sandbox is gone"
+    );
+
+    // A second cancel, as a raw request, is refused: the run is over.
+    let reply = sys
+        .client
+        .request(sys.subjects.cancel("cancel-1"), "".into())
+        .await?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::Result<()> {
+    let (sys, _dir) = local_system().await?;
+    let gate = visible_dir("airlock-e2e-gate-")?;
+    let gate_file = gate.path().join("open");
+    let mut req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    let mut events = sys.events("forged-1").await?;
+    sys.submit(&req).await?;
+    events.until_status("running").await?;
+
+    // While the job runs: a result with a made-up token, and one with a genuine token of another run.
+    sys.publish_result("forged-1", "00ff", &json!({"answer": 0}))
+        .await?;
+    let r1 = events.until_rejection().await?;
+    assert!(r1.reason.starts_with("invalid token"), "{r1:?}");
+    let other = airlock_schemas::token::sign(SECRET.as_bytes(), "some-other-run");
+    sys.publish_result("forged-1", &other, &json!({"answer": 1}))
+        .await?;
+    let r2 = events.until_rejection().await?;
+    assert!(r2.reason.starts_with("invalid token"), "{r2:?}");
+    assert!(
+        sys.record("forged-1").await?.result.is_none(),
+        "nothing stored"
+    );
+
+    std::fs::write(&gate_file, b"")?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded);
+    sys.wait_record("forged-1", "result", |r| {
+        r.result.is_some() && r.reaped_at.is_some()
+    })
+    .await?;
+
+    // After the genuine result: another forgery changes nothing.
+    sys.publish_result("forged-1", "not-hex", &json!({"answer": 2}))
+        .await?;
+    events.until_rejection().await?;
+    let rec = sys
+        .wait_record("forged-1", "three rejections recorded", |r| {
+            r.result_rejections.len() == 3
+        })
+        .await?;
+    assert_eq!(rec.result, Some(json!({"answer": 42})), "{rec:?}");
+    assert_eq!(rec.status, Some(RunStatus::Succeeded));
+    for r in &rec.result_rejections {
+        assert!(r.starts_with("invalid token"), "{rec:?}");
+    }
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_run()
+-> anyhow::Result<()> {
+    let (mut sys, dir) = local_system().await?;
+    let gate = visible_dir("airlock-e2e-gate-")?;
+    let gate_file = gate.path().join("open");
+    let mut req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    let mut events = sys.events("crash-1").await?;
+    sys.submit(&req).await?;
+    events.until_status("running").await?;
+
+    // The job is waiting at its gate; its supervisor dies (and the sandbox with it: --die-with-parent).
+    sys.kill(DISPATCHER).await?;
+    std::fs::write(&gate_file, b"")?;
+    sys.restart(DISPATCHER).await?;
+
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let rec = sys
+        .wait_record("crash-1", "result stored and reaped", |r| {
+            r.result.is_some() && r.reaped_at.is_some()
+        })
+        .await?;
+    assert_eq!(rec.result, Some(json!({"answer": 42})));
+    assert!(rec.result_rejections.is_empty(), "{rec:?}");
+    assert_eq!(
+        rec.attempt,
+        Some(2),
+        "the attempt lost with its supervisor is run again, once: {rec:?}"
+    );
+    let terminals = events
+        .lifecycle()
+        .iter()
+        .filter(|e| e.status.is_terminal())
+        .count();
+    assert_eq!(terminals, 1, "one terminal event: {:?}", events.seen);
+    common::wait_until_runs_acked(&sys).await?;
+    assert!(
+        dir_entries(&runs_dir(&dir)).is_empty(),
+        "no sandbox is left: {:?}",
+        dir_entries(&runs_dir(&dir))
+    );
+    sys.stop().await
+}
