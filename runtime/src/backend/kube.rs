@@ -263,11 +263,6 @@ fn to_chrono(t: &Time) -> Option<DateTime<Utc>> {
 impl KubeBackend {
     /// A backend using `client` in `config.namespace`.
     pub fn new(client: kube::Client, config: KubeConfig) -> Self {
-        if config.nats_egress.cidrs.is_empty() && config.nats_egress.pod_labels.is_empty() {
-            warn!(
-                "No NATS egress configured (--nats-egress-cidrs / --nats-egress-pod-labels): jobs cannot publish results"
-            );
-        }
         Self {
             client,
             config: Arc::new(config),
@@ -280,9 +275,15 @@ impl KubeBackend {
         Ok(Self::new(client, args.config()))
     }
 
-    /// The same backend with the operator's named egress destinations.
+    /// The same backend with the operator's named egress destinations; only the dispatcher, which creates
+    /// the NetworkPolicies, calls this (so only it warns about a missing NATS egress rule).
     pub fn with_egress_catalog(self, egress: BTreeMap<String, EgressDestination>) -> Self {
         let mut config = (*self.config).clone();
+        if config.nats_egress.cidrs.is_empty() && config.nats_egress.pod_labels.is_empty() {
+            warn!(
+                "No NATS egress configured (--nats-egress-cidrs / --nats-egress-pod-labels): jobs cannot publish results"
+            );
+        }
         config.egress = egress;
         Self {
             client: self.client,
