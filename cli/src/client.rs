@@ -179,7 +179,9 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
             metadata: None,
         },
     };
-    let client = async_nats::connect(&a.endpoints.nats_url).await?;
+    let client = airlock_runtime::nats::options_for(&a.endpoints.nats_url)?
+        .connect(&a.endpoints.nats_url)
+        .await?;
     let js = jetstream::new(client);
     publish_request(&js, &subjects, &a.queue, &request).await?;
     println!("{}", request.id);
@@ -240,7 +242,9 @@ pub struct CancelArgs {
 /// `airlock cancel`.
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<()> {
     let subjects = Subjects::new(&a.endpoints.subject_prefix);
-    let client = async_nats::connect(&a.endpoints.nats_url).await?;
+    let client = airlock_runtime::nats::options_for(&a.endpoints.nats_url)?
+        .connect(&a.endpoints.nats_url)
+        .await?;
     let reply = client
         .request(subjects.cancel(&a.run_id), "".into())
         .await

@@ -40,7 +40,8 @@ pub async fn result(a: ResultArgs) -> anyhow::Result<()> {
     ) {
         bail!("the result must be a JSON object");
     }
-    let client = async_nats::connect(&a.nats_url)
+    let client = airlock_runtime::nats::options_for(&a.nats_url)?
+        .connect(&a.nats_url)
         .await
         .context("connecting to NATS")?;
     let mut headers = async_nats::HeaderMap::new();

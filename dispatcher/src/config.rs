@@ -157,10 +157,13 @@ impl Config {
     }
 
     /// The NATS URL given to jobs.
+    ///
+    /// Without `--job-nats-url` jobs get the services' URL *without its credentials*: the services' NATS
+    /// identity must never reach untrusted code (deployments give jobs their own publish-only identity).
     pub fn job_nats_url(&self) -> String {
         self.job_nats_url
             .clone()
-            .unwrap_or_else(|| self.common.nats_url.clone())
+            .unwrap_or_else(|| airlock_runtime::nats::redact(&self.common.nats_url))
     }
 }
 

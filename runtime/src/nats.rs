@@ -11,9 +11,38 @@ use async_nats::jetstream::{self, consumer, stream};
 
 use crate::Error;
 
-/// Connects with reconnects forever and a client name, so outages are ridden out.
+/// Connect options for `url`, with the user and password the URL carries (`nats://user:pass@host:4222`).
+///
+/// async-nats does not take credentials from the URL by itself, so without this a URL with credentials
+/// would connect anonymously.
+pub fn options_for(url: &str) -> Result<async_nats::ConnectOptions, Error> {
+    let addr: async_nats::ServerAddr = url
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid NATS URL: {e}")))?;
+    Ok(match (addr.username(), addr.password()) {
+        (Some(user), Some(pass)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.to_string(), pass.to_string())
+        }
+        (Some(token), None) => async_nats::ConnectOptions::with_token(token.to_string()),
+        _ => async_nats::ConnectOptions::new(),
+    })
+}
+
+/// The URL without its credentials, for logs and for handing on.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Connects with reconnects forever and a client name, so outages are ridden out; credentials in the URL are
+/// used (see [`options_for`]).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
+    options_for(url)?
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))

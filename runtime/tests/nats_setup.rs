@@ -149,3 +149,27 @@ async fn a_sweep_schedule_fires_repeatedly_and_setting_it_up_twice_keeps_one() -
     assert!(info.state.messages >= 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn credentials_in_the_nats_url_are_used_and_redacted_for_jobs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(&conf, "authorization { user: svc, password: s3cret }\n")?;
+    let nats = NatsServer::start_with_args(&["-c", conf.to_str().unwrap_or_default()]).await?;
+    let with_creds = format!("nats://svc:s3cret@127.0.0.1:{}", nats.port());
+
+    // Without honouring the URL's credentials the server would refuse the (anonymous) connection.
+    let client = airlock_runtime::nats::options_for(&with_creds)?
+        .connect(&with_creds)
+        .await?;
+    client.flush().await?;
+    let anonymous = async_nats::ConnectOptions::new().connect(nats.url()).await;
+    assert!(
+        anonymous.is_err(),
+        "the server must refuse anonymous clients for this test to mean anything"
+    );
+
+    assert_eq!(airlock_runtime::nats::redact(&with_creds), nats.url());
+    assert_eq!(airlock_runtime::nats::redact(&nats.url()), nats.url());
+    Ok(())
+}

@@ -233,10 +233,15 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
         .map_err(|e| BackendError::Permanent(format!("building the Kubernetes client: {e}")))
 }
 
-/// Maps a client error: 429, 5xx, timeouts and transport errors are transient, other API answers permanent.
+/// Maps a client error: 429, 5xx, timeouts and transport errors are transient, other API answers permanent,
+/// except a 403 for an exhausted ResourceQuota (`exceeded quota`), which clears as runs finish.
 pub fn classify(what: &str, e: kube::Error) -> BackendError {
     match &e {
-        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+        kube::Error::Api(s)
+            if s.code == 429
+                || s.code >= 500
+                || (s.code == 403 && s.message.contains("exceeded quota")) =>
+        {
             BackendError::Transient(format!("{what}: {} {}: {}", s.code, s.reason, s.message))
         }
         kube::Error::Api(s) => {
@@ -817,4 +822,37 @@ pub fn observe_pod(pod: &Pod) -> Option<Observed> {
             .and_then(to_chrono),
         lost,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            reason: "Reason".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn throttling_server_errors_and_an_exhausted_quota_are_transient_other_refusals_permanent() {
+        assert!(classify("x", api(429, "slow down")).is_retryable());
+        assert!(classify("x", api(503, "unavailable")).is_retryable());
+        assert!(
+            classify(
+                "x",
+                api(
+                    403,
+                    "pods \"p\" is forbidden: exceeded quota: q, requested: pods=1"
+                )
+            )
+            .is_retryable()
+        );
+        assert!(!classify("x", api(403, "pods is forbidden: User cannot create")).is_retryable());
+        assert!(!classify("x", api(422, "invalid")).is_retryable());
+        assert!(!classify("x", api(400, "bad request")).is_retryable());
+    }
 }

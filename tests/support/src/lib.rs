@@ -165,6 +165,11 @@ pub struct NatsServer(ServerProcess);
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server with extra `nats-server` arguments after the defaults (e.g. `["-c", "auth.conf"]`).
+    pub async fn start_with_args(extra_args: &[&str]) -> Result<Self> {
         let p = ServerProcess::start("AIRLOCK_NATS_SERVER", "nats-server", |port, dir| {
             let mut a = os_args(&[
                 "-a",
@@ -177,6 +182,7 @@ impl NatsServer {
                 "-sd",
             ]);
             a.push(dir.join("store").into());
+            a.extend(os_args(extra_args));
             a
         })
         .await?;
