@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_runtime::backend::Backend;
-use airlock_runtime::consume::{Outcome, settle};
+use airlock_runtime::consume::{Outcome, PullBackoff, settle};
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};
 use airlock_runtime::publish::Publisher;
@@ -199,7 +199,7 @@ async fn queue_loop(
     let concurrency = ctx.config.concurrency.max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut handlers = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = PullBackoff::default();
     while !shutdown.is_cancelled() {
         while handlers.try_join_next().is_some() {}
         let notified = ctx.slots.wake.notified();
@@ -209,11 +209,9 @@ async fn queue_loop(
             Ok(f) => f,
             Err(e) => {
                 warn!(queue = %queue, error = %e, "Reading the queue's slots failed; will retry");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -239,11 +237,9 @@ async fn queue_loop(
             Ok(b) => b,
             Err(e) => {
                 warn!(queue = %queue, error = %e, "Pulling failed; will retry");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -254,7 +250,7 @@ async fn queue_loop(
             };
             match next {
                 Some(Ok(msg)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let (Some(share), Ok(permit)) =
                         (reservation.take_one(), permits.clone().try_acquire_owned())
                     else {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::consume::{Outcome, delivered, settle};
+use airlock_runtime::consume::{Outcome, PullBackoff, delivered, settle};
 use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};
@@ -136,7 +136,7 @@ async fn batch_loop(
 ) {
     let semaphore = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = PullBackoff::default();
 
     'outer: while !shutdown.is_cancelled() {
         let stream = consumer
@@ -150,11 +150,9 @@ async fn batch_loop(
             Ok(s) => s.ready_chunks(batch_size),
             Err(e) => {
                 warn!(error = %e, "Pulling failed; will retry");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -180,7 +178,7 @@ async fn batch_loop(
                 }
             }
             if !msgs.is_empty() {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
                     for batch in split_by_bytes(msgs, MAX_BATCH_BYTES) {
@@ -191,11 +189,9 @@ async fn batch_loop(
             }
             if let Some(e) = failure {
                 warn!(error = %e, "Consumer stream error; re-subscribing");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break 'outer;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 break;
             }
         }

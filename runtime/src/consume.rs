@@ -53,6 +53,40 @@ pub fn delivered(msg: &jetstream::Message) -> i64 {
     msg.info().map(|i| i.delivered).unwrap_or(1)
 }
 
+/// Capped exponential backoff between failed pulls (100 ms, doubling up to 5 s), cut short by shutdown.
+#[derive(Debug, Clone)]
+pub struct PullBackoff {
+    delay: Duration,
+}
+
+impl PullBackoff {
+    const INITIAL: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// Back to the initial delay, after a success.
+    pub fn reset(&mut self) {
+        self.delay = Self::INITIAL;
+    }
+
+    /// Waits the current delay, then doubles it; `false` when `shutdown` came first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.delay;
+        self.delay = (delay * 2).min(Self::MAX);
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+impl Default for PullBackoff {
+    fn default() -> Self {
+        Self {
+            delay: Self::INITIAL,
+        }
+    }
+}
+
 /// Loop settings.
 #[derive(Debug, Clone)]
 pub struct LoopOptions {
@@ -80,7 +114,7 @@ where
     let mut tasks = JoinSet::new();
     // Kept to flush the last acks before returning: acks are buffered writes.
     let mut client: Option<async_nats::Client> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = PullBackoff::default();
 
     'outer: while !shutdown.is_cancelled() {
         let stream = consumer
@@ -94,11 +128,9 @@ where
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "Pulling failed; will retry");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -116,7 +148,7 @@ where
             while tasks.try_join_next().is_some() {}
             match next {
                 Some(Ok(msg)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     client.get_or_insert_with(|| msg.context.client());
                     let handler = handler.clone();
                     tasks.spawn(async move {
@@ -127,11 +159,9 @@ where
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Consumer stream error; re-subscribing");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        break 'outer;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     break;
                 }
                 None => break,
