@@ -101,3 +101,104 @@ async fn a_run_whose_supervisor_is_gone_is_observed_as_lost() {
     assert!(h.backend.observe("orphan").await.unwrap().is_none());
     assert!(h.backend.list().await.unwrap().is_empty());
 }
+
+/// The uid a run of `h` runs as, from its `status.json`.
+fn uid_of(h: &Harness, id: &str) -> u32 {
+    let path = h.dir.path().join("runs").join(id).join("status.json");
+    let status: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    u32::try_from(status["uid"].as_u64().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtimes_with_different_state_dirs_never_share_a_uid_or_kill_each_others_jobs() {
+    // Same uid base, one slot each, different state directories: both want the same single uid.
+    let mut a = Harness::start(|c| c.sandbox_slots = 1).await;
+    let mut b = Harness::start(|c| c.sandbox_slots = 1).await;
+    assert_eq!((a.uid_base, a.slots), (b.uid_base, b.slots));
+    let t0 = std::time::Instant::now();
+    a.launch(
+        "long",
+        &["/bin/sh", "-c", "sleep 3; echo long-done"],
+        30,
+        json!({}),
+    )
+    .await;
+    a.running("long").await;
+    assert_eq!(uid_of(&a, "long"), a.uid_base);
+    // B's only uid is A's: B refuses the launch with a transient error (the dispatcher retries it later) and
+    // leaves nothing behind. Before uids were claimed host-wide, B ran as A's uid and, when its job ended,
+    // killed every process of that uid: A's job died "killed by signal 9".
+    let short = spec(
+        "short",
+        &["/bin/sh", "-c", "echo short-done"],
+        20,
+        json!({}),
+    );
+    for _ in 0..3 {
+        let err = b.backend.launch(&short).await.unwrap_err();
+        assert!(
+            matches!(&err, BackendError::Transient(m) if m.contains("no free sandbox uid")),
+            "{err:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(b.backend.observe("short").await.unwrap().is_none());
+    assert!(b.backend.list().await.unwrap().is_empty());
+    // A's job is untouched and completes normally.
+    let seen = a.backend.observe("long").await.unwrap().unwrap();
+    assert_eq!((seen.phase, seen.lost), (Phase::Running, false));
+    let o = a.finished("long", Duration::from_secs(20)).await;
+    let log = a.backend.logs_tail("long", 1024).await.unwrap();
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert!(log.contains("long-done"), "{log}");
+    assert!(t0.elapsed() >= Duration::from_secs(3));
+    // Once A's run is over the uid is free: B's retry runs on it, and its end leaves A's finished run alone.
+    assert_eq!(b.backend.launch(&short).await.unwrap(), Launched::Created);
+    let o = b.finished("short", Duration::from_secs(20)).await;
+    let log = b.backend.logs_tail("short", 1024).await.unwrap();
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert!(log.contains("short-done"), "{log}");
+    assert_eq!(uid_of(&b, "short"), a.uid_base);
+    let still = a.backend.observe("long").await.unwrap().unwrap();
+    assert_eq!(still.phase, Phase::Succeeded);
+    assert!(a.sandbox_processes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_whose_uid_range_overlaps_another_skips_the_uids_in_use() {
+    let mut a = Harness::start(|c| c.sandbox_slots = 1).await;
+    // Same base, two slots: its slot 0 is A's only uid.
+    let mut c = Harness::start(|c| c.sandbox_slots = 2).await;
+    a.launch(
+        "long",
+        &["/bin/sh", "-c", "sleep 3; echo long-done"],
+        30,
+        json!({}),
+    )
+    .await;
+    a.running("long").await;
+    // C's job takes the next uid, runs and ends (its supervisor kills every process of *its* uid) while A's
+    // job goes on.
+    let (o, log) = c
+        .run(
+            "short",
+            &["/bin/sh", "-c", "echo short-done as $(id -u)"],
+            20,
+            json!({}),
+        )
+        .await;
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert_eq!(
+        (uid_of(&a, "long"), uid_of(&c, "short")),
+        (a.uid_base, a.uid_base + 1)
+    );
+    let seen = a.backend.observe("long").await.unwrap().unwrap();
+    assert_eq!((seen.phase, seen.lost), (Phase::Running, false));
+    // C's janitor-style remove of its finished run touches nothing of A either.
+    assert_eq!(c.backend.remove("short").await.unwrap(), Removed::Deleted);
+    let o = a.finished("long", Duration::from_secs(20)).await;
+    let log = a.backend.logs_tail("long", 1024).await.unwrap();
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert!(log.contains("long-done"), "{log}");
+    assert!(c.sandbox_processes().is_empty());
+}

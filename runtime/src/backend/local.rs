@@ -21,14 +21,25 @@
 //! # Layout
 //! - `state`: `spec.json` / `status.json` and atomic writes.
 //! - `sandbox`: the `sh → prlimit → setpriv → bwrap` command line, cgroups, finding and killing processes.
+//! - `uids`: host-wide uid claims (`flock` on `<uid_lock_dir>/<uid>.lock`).
 //!
 //! On disk, `<state_dir>` (0711, root) holds `runs/<run_id>/` (0711) with `spec.json`, `status.json`, `log`
 //! (0600, root) and `sandbox/result.json` (owned by the run's uid, the only host file the job can write), and
-//! `slots/<n>` (which run holds uid `uid_base + n`). A run directory is populated under a temporary name and
-//! renamed into place, so launching is atomic and idempotent.
+//! `slots/<n>` (which run of this state directory last claimed uid `uid_base + n`). A run directory is populated
+//! under a temporary name and renamed into place, so launching is atomic and idempotent.
+//!
+//! # Uids are claimed host-wide
+//! Runtimes with different state directories may share a uid range (two `airlock dev`, tests in parallel). The
+//! claim that counts is the uid's host-wide lock ([`uids::UidLock`]): the supervisor takes it before writing the
+//! slot file and holds it until the run's processes are dead and the slot file is released. Processes are killed
+//! by uid only while holding that lock (the supervisor; the janitor's `remove` only when it can take the lock
+//! itself, i.e. the supervisor is gone). A launch that finds every uid of its range locked fails with
+//! `Transient("no free sandbox uid ...")`, and the dispatcher retries it later.
+//! Per-run cgroups are named `<run_id>-<tag of the state directory>`, so runtimes never share one either.
 
 mod sandbox;
 mod state;
+mod uids;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -47,7 +58,8 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use self::sandbox::{Cgroups, Limits, SandboxCommand};
-use self::state::{PhaseFile, SpecFile, StatusFile, read_json, write_json};
+use self::state::{PhaseFile, SpecFile, StatusFile, read_json, write_atomic, write_json};
+use self::uids::UidLock;
 use super::{BackendError, LaunchSpec, Launched, Observed, Removed};
 
 /// Configuration of the local sandbox runtime.
@@ -76,6 +88,9 @@ pub struct LocalConfig {
     pub sandbox_uid_base: u32,
     /// Number of slots, i.e. of runs that may run at once.
     pub sandbox_slots: u32,
+    /// Host-wide directory of uid locks (`<uid>.lock`, created 0700 root). Every local runtime on the host must
+    /// use the same one: it is what keeps runtimes with different state directories off each other's uids.
+    pub uid_lock_dir: PathBuf,
     /// Largest result file published, in bytes.
     pub max_result_bytes: usize,
     /// Largest log kept per run, in bytes (the rest is discarded).
@@ -105,6 +120,7 @@ impl LocalConfig {
             tmp_bytes: 256 * 1024 * 1024,
             sandbox_uid_base: 1_000_000_000,
             sandbox_slots: 256,
+            uid_lock_dir: DEFAULT_UID_LOCK_DIR.into(),
             max_result_bytes: 1024 * 1024,
             max_log_bytes: 4 * 1024 * 1024,
             cgroups: true,
@@ -114,6 +130,9 @@ impl LocalConfig {
         }
     }
 }
+
+/// Default host-wide directory of sandbox uid locks.
+pub const DEFAULT_UID_LOCK_DIR: &str = "/run/airlock/uids";
 
 fn default_hide_paths() -> Vec<PathBuf> {
     [
@@ -188,6 +207,13 @@ pub struct LocalArgs {
         default_value_t = 256
     )]
     pub local_slots: u32,
+    /// Host-wide directory of sandbox uid locks; the same for every local runtime on the host.
+    #[arg(
+        long = "local-uid-lock-dir",
+        env = "AIRLOCK_LOCAL_UID_LOCK_DIR",
+        default_value = DEFAULT_UID_LOCK_DIR
+    )]
+    pub local_uid_lock_dir: PathBuf,
     /// Largest result file published, in bytes.
     #[arg(long = "local-max-result-bytes", env = "AIRLOCK_LOCAL_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
     pub local_max_result_bytes: usize,
@@ -211,6 +237,7 @@ impl LocalArgs {
         c.tmp_bytes = self.local_tmp_size;
         c.sandbox_uid_base = self.local_uid_base;
         c.sandbox_slots = self.local_slots;
+        c.uid_lock_dir.clone_from(&self.local_uid_lock_dir);
         c.max_result_bytes = self.local_max_result_bytes;
         c.cgroups = self.local_cgroups;
         c.hide_paths.extend(self.local_hide.iter().cloned());
@@ -240,6 +267,8 @@ struct Inner {
     events: broadcast::Sender<Observed>,
     me: u32,
     my_start: Option<u64>,
+    /// Tells this state directory's cgroups apart from other runtimes' (run ids are the clients').
+    cgroup_tag: String,
 }
 
 fn transient(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -269,6 +298,7 @@ impl LocalBackend {
                 "sandbox uid range is empty or overflows".into(),
             ));
         }
+        uids::prepare_dir(&config.uid_lock_dir)?;
         let dir = &config.state_dir;
         for d in [dir.clone(), dir.join("runs"), dir.join("slots")] {
             std::fs::create_dir_all(&d)
@@ -308,6 +338,7 @@ impl LocalBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 my_start: sandbox::proc_start_time(me),
+                cgroup_tag: fnv1a_hex(config.state_dir.as_os_str().as_encoded_bytes()),
                 config,
                 cgroups,
                 nats,
@@ -320,6 +351,11 @@ impl LocalBackend {
 
     fn run_dir(&self, run_id: &str) -> PathBuf {
         self.inner.config.state_dir.join("runs").join(run_id)
+    }
+
+    /// The name of the run's cgroups: unique on the host (run ids are only unique per state directory).
+    fn cgroup_key(&self, run_id: &str) -> String {
+        format!("{run_id}-{}", self.inner.cgroup_tag)
     }
 
     fn slot_file(&self, slot: u32) -> PathBuf {
@@ -360,8 +396,8 @@ impl LocalBackend {
             }
         }
         let limits = self.limits(spec);
-        let slot = self.take_slot(&run_id)?;
-        let uid = self.inner.config.sandbox_uid_base + slot;
+        let (slot, lock) = self.take_slot(&run_id)?;
+        let uid = lock.uid();
         match self.prepare(spec, slot, uid) {
             Ok(true) => {}
             Ok(false) => {
@@ -382,7 +418,7 @@ impl LocalBackend {
         // the process: bwrap's --die-with-parent follows the thread that forked it.
         let spawned = this.spawn(&run_id, uid, limits, &env, argv);
         tokio::spawn(async move {
-            this.supervise(run_id, spawned, deadline, token).await;
+            this.supervise(run_id, spawned, lock, deadline, token).await;
         });
         Ok(Launched::Created)
     }
@@ -488,47 +524,34 @@ impl LocalBackend {
         }
     }
 
-    /// Claims a free uid slot for `run_id` (a file created exclusively), reclaiming slots of lost runs.
-    fn take_slot(&self, run_id: &str) -> Result<u32, BackendError> {
-        let n = self.inner.config.sandbox_slots;
-        for pass in 0..2 {
-            for slot in 0..n {
-                let path = self.slot_file(slot);
-                if pass == 1 {
-                    // Reclaim: the holder's run directory is gone, or its supervisor is.
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                    let stale = holder.is_empty()
-                        || match self.read_status(holder.trim()) {
-                            Ok(Some(s)) => !s.is_finished() && !self.supervisor_alive(&s),
-                            Ok(None) => !self.run_dir(holder.trim()).exists(),
-                            Err(_) => false,
-                        };
-                    if !stale {
-                        continue;
-                    }
-                    let _ = std::fs::remove_file(&path);
-                }
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                {
-                    Ok(mut f) => {
-                        f.write_all(run_id.as_bytes())
-                            .map_err(|e| transient("writing the slot file", e))?;
-                        // A leftover of a crashed run must not share the uid's process count or files.
-                        let uid = self.inner.config.sandbox_uid_base + slot;
-                        kill_uid(uid);
-                        return Ok(slot);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(transient("claiming a slot", e)),
-                }
-            }
+    /// Claims a free uid for `run_id`: its host-wide lock first (no other runtime on the host, whatever its state
+    /// directory, runs as that uid while we hold it), then this state directory's slot file naming the run.
+    /// Leftover processes of the uid (a crashed run's) are killed. Every uid of the range locked:
+    /// `Transient("no free sandbox uid ...")`, for the dispatcher to retry later.
+    fn take_slot(&self, run_id: &str) -> Result<(u32, UidLock), BackendError> {
+        let c = &self.inner.config;
+        for slot in 0..c.sandbox_slots {
+            let uid = c.sandbox_uid_base + slot;
+            let mut lock = match UidLock::try_acquire(&c.uid_lock_dir, uid) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue,
+                Err(e) => return Err(transient(&format!("locking sandbox uid {uid}"), e)),
+            };
+            // Whatever the slot file says is stale: a run still holding the slot would hold the lock too.
+            write_atomic(&self.slot_file(slot), run_id.as_bytes(), 0o600)
+                .map_err(|e| transient("writing the slot file", e))?;
+            lock.note(&format!(
+                "{} {} {run_id}\n",
+                self.inner.me,
+                c.state_dir.display()
+            ));
+            // A leftover of a crashed run must not share the uid's process count or files.
+            kill_uid(&lock);
+            return Ok((slot, lock));
         }
         Err(BackendError::Transient(format!(
-            "all {n} sandbox slots are busy"
+            "no free sandbox uid: all {} uids from {} are in use on this host",
+            c.sandbox_slots, c.sandbox_uid_base
         )))
     }
 
@@ -557,7 +580,7 @@ impl LocalBackend {
         let cgroup_procs = self
             .inner
             .cgroups
-            .create(run_id, &limits)
+            .create(&self.cgroup_key(run_id), &limits)
             .map_err(|e| format!("creating cgroups: {e}"))?;
         let mut hide = c.hide_paths.clone();
         hide.push(c.state_dir.clone());
@@ -616,6 +639,7 @@ impl LocalBackend {
         self,
         run_id: String,
         spawned: Result<Spawned, String>,
+        lock: UidLock,
         deadline: Duration,
         token: Option<String>,
     ) {
@@ -624,7 +648,12 @@ impl LocalBackend {
             Ok(Some(s)) => s,
             other => {
                 warn!(run_id = %run_id, ?other, "run status vanished before start");
-                self.finish_cleanup(&run_id, None);
+                if let Ok(mut s) = spawned {
+                    let _ = s.child.start_kill();
+                    let _ = s.child.wait().await;
+                }
+                let lock = self.kill_tree_blocking(&run_id, None, Some(lock)).await;
+                self.finish_cleanup(&run_id, None, lock);
                 return;
             }
         };
@@ -641,7 +670,9 @@ impl LocalBackend {
                 status.reason = Some("StartError".into());
                 status.message = Some(e);
                 status.finished_at = Some(Utc::now());
-                self.finish_cleanup(&run_id, Some(status.slot));
+                // Nothing should run, but a failure after the process started would leave it behind.
+                let lock = self.kill_tree_blocking(&run_id, None, Some(lock)).await;
+                self.finish_cleanup(&run_id, Some(status.slot), lock);
                 self.write_final(&run_id, &status);
                 return;
             }
@@ -667,13 +698,12 @@ impl LocalBackend {
             Ok(r) => r,
             Err(_) => child.wait().await,
         };
-        // Whatever survived the sandbox root (nothing should, the PID namespace dies with it) dies now.
-        let this = self.clone();
-        let (rid, uid, slot) = (run_id.clone(), status.uid, status.slot);
-        let _ = tokio::task::spawn_blocking(move || this.kill_tree(&rid, None, uid, slot)).await;
+        // Whatever survived the sandbox root (nothing should, the PID namespace dies with it) dies now: its
+        // cgroups, and every process of its uid (we hold the uid's host-wide lock, so they are all the run's).
+        let lock = self.kill_tree_blocking(&run_id, None, Some(lock)).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
-        let oom = self.inner.cgroups.oom_kills(&run_id);
-        self.finish_cleanup(&run_id, Some(status.slot));
+        let oom = self.inner.cgroups.oom_kills(&self.cgroup_key(&run_id));
+        self.finish_cleanup(&run_id, Some(status.slot), lock);
 
         let exit_code = match &exit {
             Ok(s) => s.code().or_else(|| s.signal().map(|n| 128 + n)),
@@ -711,12 +741,14 @@ impl LocalBackend {
         let _ = self.inner.events.send(status.to_observed(false));
     }
 
-    /// Removes the run's cgroups and frees its slot (its processes must be dead).
-    fn finish_cleanup(&self, run_id: &str, slot: Option<u32>) {
-        self.inner.cgroups.remove(run_id);
+    /// Removes the run's cgroups, frees its slot, then its uid (its processes must be dead).
+    fn finish_cleanup(&self, run_id: &str, slot: Option<u32>, lock: Option<UidLock>) {
+        self.inner.cgroups.remove(&self.cgroup_key(run_id));
         if let Some(slot) = slot {
             self.release_slot(slot, run_id);
         }
+        // Last: once released, another runtime may run as the uid.
+        drop(lock);
     }
 
     /// Publishes the result file; returns a note for the status message when nothing was published.
@@ -776,9 +808,9 @@ impl LocalBackend {
         Some(format!("result not published: {last}"))
     }
 
-    /// SIGKILLs everything of the run: the sandbox root (if `pid` is ours), its cgroups, and, while the run
-    /// still holds its slot, every process of its uid.
-    fn kill_tree(&self, run_id: &str, pid: Option<u32>, uid: u32, slot: u32) {
+    /// SIGKILLs everything of the run: the sandbox root (if `pid` is ours), its cgroups, and, given the uid's
+    /// host-wide lock, every process of its uid (the lock proves no other runtime uses the uid now).
+    fn kill_tree(&self, run_id: &str, pid: Option<u32>, uid: Option<&UidLock>) {
         let marker = self.run_dir(run_id).join("sandbox/result.json");
         if let Some(pid) = pid
             && sandbox::is_our_sandbox(pid, &marker)
@@ -787,11 +819,12 @@ impl LocalBackend {
         }
         // Until they are gone, zombies included (they still count against the uid's process limit), so a
         // finished run leaves its uid clean for the next run of the slot.
+        let key = self.cgroup_key(run_id);
         let t0 = std::time::Instant::now();
         while t0.elapsed() < KILL_WAIT {
-            let mut pids = self.inner.cgroups.pids(run_id);
-            if self.slot_held_by(slot, run_id) {
-                pids.extend(sandbox::pids_of_uid(uid));
+            let mut pids = self.inner.cgroups.pids(&key);
+            if let Some(lock) = uid {
+                pids.extend(sandbox::pids_of_uid(lock.uid()));
             }
             if pids.is_empty() {
                 return;
@@ -803,8 +836,41 @@ impl LocalBackend {
         }
         warn!(
             run_id,
-            uid, "processes of the run are still there after SIGKILL"
+            uid = uid.map(UidLock::uid),
+            "processes of the run are still there after SIGKILL"
         );
+    }
+
+    /// [`Self::kill_tree`] on a blocking thread; gives the lock back.
+    async fn kill_tree_blocking(
+        &self,
+        run_id: &str,
+        pid: Option<u32>,
+        lock: Option<UidLock>,
+    ) -> Option<UidLock> {
+        let (this, rid) = (self.clone(), run_id.to_string());
+        tokio::task::spawn_blocking(move || {
+            this.kill_tree(&rid, pid, lock.as_ref());
+            lock
+        })
+        .await
+        .unwrap_or(None)
+    }
+
+    /// `remove`'s kill, from any process: the sandbox root and the run's cgroups, and by uid only if the run still
+    /// holds its slot here and the uid's host-wide lock can be taken (held for the time of the kill). A lock held
+    /// by someone else means either the run's supervisor, alive, which kills by uid itself once the sandbox root
+    /// is dead, or another run that has the uid now, whose processes must not be touched.
+    fn kill_removed(&self, run_id: &str, pid: Option<u32>, uid: u32, slot: u32) {
+        let lock = if self.slot_held_by(slot, run_id) {
+            UidLock::try_acquire(&self.inner.config.uid_lock_dir, uid).unwrap_or_else(|e| {
+                warn!(run_id, uid, error = %e, "cannot lock the run's uid; not killing by uid");
+                None
+            })
+        } else {
+            None
+        };
+        self.kill_tree(run_id, pid, lock.as_ref());
     }
 
     fn read_status(&self, run_id: &str) -> Result<Option<StatusFile>, BackendError> {
@@ -883,9 +949,10 @@ impl LocalBackend {
         if let Some(s) = &status {
             let (this, rid, pid, uid, slot) =
                 (self.clone(), run_id.to_string(), s.pid, s.uid, s.slot);
-            let _ = tokio::task::spawn_blocking(move || this.kill_tree(&rid, pid, uid, slot)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || this.kill_removed(&rid, pid, uid, slot)).await;
         }
-        self.inner.cgroups.remove(run_id);
+        self.inner.cgroups.remove(&self.cgroup_key(run_id));
         let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let trash = self
             .inner
@@ -1091,8 +1158,9 @@ fn pump_log(mut reader: std::io::PipeReader, path: &Path, max: u64) {
 /// How long killing a run waits for its processes to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// SIGKILLs every process of `uid` (a leftover from a crashed run of the same slot).
-fn kill_uid(uid: u32) {
+/// SIGKILLs every process of the locked uid (leftovers of a crashed run; the lock says no run uses it).
+fn kill_uid(lock: &UidLock) {
+    let uid = lock.uid();
     let t0 = std::time::Instant::now();
     while t0.elapsed() < KILL_WAIT {
         let pids = sandbox::pids_of_uid(uid);
@@ -1104,4 +1172,14 @@ fn kill_uid(uid: u32) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// FNV-1a (64 bits) of `bytes`, in hex: a short stable tag.
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }

@@ -32,7 +32,11 @@ impl Harness {
         let nats = NatsServer::start().await.expect("nats-server starts");
         let client = nats.client().await.expect("nats client");
         let dir = tempfile::tempdir().expect("tempdir");
-        // Each test runs in its own process (nextest); give each a uid range of its own.
+        // Each test runs in its own process (nextest). Runtimes sharing a uid range is safe (uids are claimed
+        // host-wide, see `two_runtimes_with_different_state_dirs_never_share_a_uid_or_kill_each_others_jobs`),
+        // but each test gets a range of its own anyway: `sandbox_processes` finds a test's leftovers by uid, and
+        // the fork bomb's process count is per uid; with a shared range they would see other tests' jobs.
+        // Backends of one process (one test) share this range.
         let slots = 8;
         let uid_base = 1_500_000_000 + (std::process::id() % 1_000_000) * slots;
         let mut config = LocalConfig::new(dir.path());

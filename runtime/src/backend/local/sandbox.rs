@@ -161,7 +161,8 @@ impl SandboxCommand<'_> {
     }
 }
 
-/// Cgroup controllers available to the runtime: the parent directory of per-run groups for each.
+/// Cgroup controllers available to the runtime: the parent directory of per-run groups for each. A run's group
+/// is named by the caller (`<run_id>-<state directory tag>`), unique on the host.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Cgroups {
     /// cgroup v2: `<root>/<name>`, with memory, pids and cpu enabled for children.
@@ -217,19 +218,19 @@ impl Cgroups {
     }
 
     /// The run's group directories (whether or not they exist).
-    pub fn run_dirs(&self, run_id: &str) -> Vec<PathBuf> {
+    pub fn run_dirs(&self, group: &str) -> Vec<PathBuf> {
         [&self.v2, &self.memory, &self.pids, &self.cpu]
             .into_iter()
             .flatten()
-            .map(|d| d.join(run_id))
+            .map(|d| d.join(group))
             .collect()
     }
 
     /// Creates the run's groups with its limits; returns the `cgroup.procs` files to join.
-    pub fn create(&self, run_id: &str, l: &Limits) -> std::io::Result<Vec<PathBuf>> {
+    pub fn create(&self, group: &str, l: &Limits) -> std::io::Result<Vec<PathBuf>> {
         let mut procs = Vec::new();
         if let Some(base) = &self.v2 {
-            let d = base.join(run_id);
+            let d = base.join(group);
             mkdir_fresh(&d)?;
             std::fs::write(d.join("memory.max"), l.memory_bytes.to_string())?;
             let _ = std::fs::write(d.join("memory.swap.max"), "0");
@@ -241,7 +242,7 @@ impl Cgroups {
             return Ok(procs);
         }
         if let Some(base) = &self.memory {
-            let d = base.join(run_id);
+            let d = base.join(group);
             mkdir_fresh(&d)?;
             std::fs::write(d.join("memory.limit_in_bytes"), l.memory_bytes.to_string())?;
             let _ = std::fs::write(
@@ -251,13 +252,13 @@ impl Cgroups {
             procs.push(d.join("cgroup.procs"));
         }
         if let Some(base) = &self.pids {
-            let d = base.join(run_id);
+            let d = base.join(group);
             mkdir_fresh(&d)?;
             std::fs::write(d.join("pids.max"), l.max_processes.to_string())?;
             procs.push(d.join("cgroup.procs"));
         }
         if let (Some(base), Some(m)) = (&self.cpu, l.cpu_millis) {
-            let d = base.join(run_id);
+            let d = base.join(group);
             mkdir_fresh(&d)?;
             std::fs::write(d.join("cpu.cfs_period_us"), "100000")?;
             std::fs::write(d.join("cpu.cfs_quota_us"), (m * 100).to_string())?;
@@ -267,11 +268,11 @@ impl Cgroups {
     }
 
     /// How many times the kernel's OOM killer killed something in the run's memory group.
-    pub fn oom_kills(&self, run_id: &str) -> u64 {
+    pub fn oom_kills(&self, group: &str) -> u64 {
         let file = if let Some(b) = &self.v2 {
-            b.join(run_id).join("memory.events")
+            b.join(group).join("memory.events")
         } else if let Some(b) = &self.memory {
-            b.join(run_id).join("memory.oom_control")
+            b.join(group).join("memory.oom_control")
         } else {
             return 0;
         };
@@ -287,9 +288,9 @@ impl Cgroups {
     }
 
     /// Pids in any of the run's groups.
-    pub fn pids(&self, run_id: &str) -> Vec<u32> {
+    pub fn pids(&self, group: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        for d in self.run_dirs(run_id) {
+        for d in self.run_dirs(group) {
             if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
                 out.extend(
                     s.lines()
@@ -304,8 +305,8 @@ impl Cgroups {
     }
 
     /// Removes the run's groups (they must be empty); missing ones are fine.
-    pub fn remove(&self, run_id: &str) {
-        for d in self.run_dirs(run_id) {
+    pub fn remove(&self, group: &str) {
+        for d in self.run_dirs(group) {
             if let Some(kill) = self.v2.as_ref().map(|_| d.join("cgroup.kill")) {
                 let _ = std::fs::write(kill, "1");
             }
@@ -313,7 +314,7 @@ impl Cgroups {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    warn!(run_id, dir = %d.display(), error = %e, "could not remove the run's cgroup")
+                    warn!(group, dir = %d.display(), error = %e, "could not remove the run's cgroup")
                 }
             }
         }
