@@ -39,7 +39,6 @@ use airlock_runtime::consume::{Outcome, PullBackoff, settle};
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};
 use airlock_runtime::publish::Publisher;
-use airlock_runtime::store::Store;
 use airlock_schemas::subjects::STREAM_RUNS;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
@@ -92,12 +91,7 @@ pub async fn run_with(
         },
     )
     .await?;
-    let store = Store::connect(
-        &config.common.redis_url,
-        &config.common.subject_prefix,
-        config.common.record_ttl,
-    )
-    .await?;
+    let store = config.common.connect_store().await?;
     let slots = Slots::new(
         store.connection(),
         &config.common.subject_prefix,

@@ -84,12 +84,7 @@ pub(crate) async fn run(
         },
     )
     .await?;
-    let store = Store::connect(
-        &config.common.redis_url,
-        &config.common.subject_prefix,
-        config.common.record_ttl,
-    )
-    .await?;
+    let store = config.common.connect_store().await?;
     let ctx = Arc::new(Ctx {
         subjects,
         secret,

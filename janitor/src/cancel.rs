@@ -119,7 +119,7 @@ impl Janitor {
                     reason,
                 };
                 match self.publisher.timer(&ev).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         Metrics::inc(&self.metrics.cancels);
                         info!(run_id = %run_id, reason = ev.reason.as_deref().unwrap_or(""), "Cancel requested");
                         json!({"ok": true})

@@ -42,7 +42,6 @@ use airlock_runtime::consume::{LoopOptions, run_loop};
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, ensure_consumer, ensure_streams};
 use airlock_runtime::publish::Publisher;
-use airlock_runtime::store::Store;
 use airlock_schemas::subjects::STREAM_TIMERS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -86,12 +85,7 @@ pub async fn run_with_metrics(
         ..StreamOptions::default()
     };
     ensure_streams(&js, &subjects, &stream_opts).await?;
-    let store = Store::connect(
-        &config.common.redis_url,
-        &config.common.subject_prefix,
-        config.common.record_ttl,
-    )
-    .await?;
+    let store = config.common.connect_store().await?;
     let backend = Backend::from_args(&config.backend, &client, &subjects).await?;
     let publisher = Publisher::new(js.clone(), subjects.clone());
     publisher.schedule_sweep(config.sweep_interval).await?;

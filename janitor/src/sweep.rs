@@ -277,33 +277,14 @@ impl Janitor {
         Ok(())
     }
 
-    /// Publishes a timer on behalf of a lost one; whether the stream stored it (not a duplicate).
+    /// Publishes a timer on behalf of a lost one; whether the stream stored it. It carries the id the original
+    /// would have had, so a timer the stream still holds deduplicates this one.
     async fn publish_lost(&self, ev: &TimerEvent) -> Result<bool, Error> {
-        let js = self.publisher.jetstream();
-        let mut h = async_nats::HeaderMap::new();
-        // The id `Publisher::timer` would use, so a timer the stream still holds deduplicates this one.
-        let id = format!(
-            "timer-{}-{}-{}",
-            ev.kind.as_str(),
-            ev.run_id.as_deref().unwrap_or("-"),
-            ev.attempt.unwrap_or(0)
-        );
-        h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        let body = serde_json::to_vec(ev).map_err(Error::nats)?;
-        let ack = js
-            .publish_with_headers(
-                self.subjects.timer(ev.kind, ev.run_id.as_deref()),
-                h,
-                body.into(),
-            )
-            .await
-            .map_err(Error::nats)?
-            .await
-            .map_err(Error::nats)?;
-        if !ack.duplicate {
+        let stored = self.publisher.timer(ev).await?;
+        if stored {
             Metrics::inc(&self.metrics.lost_timers);
         }
-        Ok(!ack.duplicate)
+        Ok(stored)
     }
 
     fn orphans_key(&self) -> String {

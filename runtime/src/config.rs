@@ -90,6 +90,11 @@ impl CommonArgs {
         airlock_schemas::Subjects::new(&self.subject_prefix)
     }
 
+    /// Connects to Redis with the configured URL, key prefix and record TTL.
+    pub async fn connect_store(&self) -> Result<crate::store::Store, crate::Error> {
+        crate::store::Store::connect(&self.redis_url, &self.subject_prefix, self.record_ttl).await
+    }
+
     /// Reads the token secret from `--token-secret` or `--token-secret-file`.
     pub fn token_secret(&self) -> Result<Vec<u8>, crate::Error> {
         let secret = match (&self.token_secret, &self.token_secret_file) {

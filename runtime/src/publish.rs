@@ -35,19 +35,21 @@ impl Publisher {
         &self.subjects
     }
 
+    /// Publishes and waits for the stream's ack; `true` when stored, `false` when deduplicated.
     async fn publish(
         &self,
         subject: String,
         headers: HeaderMap,
         body: Vec<u8>,
-    ) -> Result<(), Error> {
-        self.js
+    ) -> Result<bool, Error> {
+        let ack = self
+            .js
             .publish_with_headers(subject, headers, body.into())
             .await
             .map_err(Error::nats)?
             .await
             .map_err(Error::nats)?;
-        Ok(())
+        Ok(!ack.duplicate)
     }
 
     /// Publishes a lifecycle event on `airlock.events.<run_id>` (deduplicated per run, status and attempt).
@@ -60,10 +62,12 @@ impl Publisher {
         let body = serde_json::to_vec(ev).map_err(|e| Error::Corrupt(e.to_string()))?;
         self.publish(self.subjects.events(&ev.run_id), h, body)
             .await
+            .map(drop)
     }
 
-    /// Publishes a timer event now (deduplicated per kind, run and attempt).
-    pub async fn timer(&self, ev: &TimerEvent) -> Result<(), Error> {
+    /// Publishes a timer event now (deduplicated per kind, run and attempt); `true` when stored, `false` when
+    /// the stream already had it.
+    pub async fn timer(&self, ev: &TimerEvent) -> Result<bool, Error> {
         let mut h = HeaderMap::new();
         let id = format!(
             "timer-{}-{}-{}",
@@ -119,6 +123,7 @@ impl Publisher {
             body,
         )
         .await
+        .map(drop)
     }
 
     /// Sets up the recurring sweep (`@every`) idempotently: the newest schedule message replaces the older.
@@ -144,6 +149,8 @@ impl Publisher {
             format!("schedule-sweep-{}", every.as_secs()).as_str(),
         );
         let body = serde_json::to_vec(&ev).map_err(|e| Error::Corrupt(e.to_string()))?;
-        self.publish(self.subjects.schedule("sweep"), h, body).await
+        self.publish(self.subjects.schedule("sweep"), h, body)
+            .await
+            .map(drop)
     }
 }
