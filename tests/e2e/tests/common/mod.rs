@@ -97,12 +97,14 @@ pub fn traversable_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
 }
 
 /// A directory jobs in the local sandbox can see (read-only): the sandbox hides `/tmp`, so it lives under
-/// the target directory. Used for gate files the test creates to let a waiting job go on.
+/// `/var/tmp`. Used for gate files the test creates to let a waiting job go on.
 pub fn visible_dir(prefix: &str) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
+    // Not under the target dir: the checkout may itself live under /tmp (CI clones do), which the sandbox
+    // replaces with a private tmpfs. /var/tmp stays visible (read-only) inside the sandbox.
     let d = tempfile::Builder::new()
         .prefix(prefix)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+        .tempdir_in("/var/tmp")?;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755))?;
     Ok(d)
 }
