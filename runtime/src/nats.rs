@@ -110,6 +110,8 @@ pub fn stream_configs(subjects: &Subjects, opts: &StreamOptions) -> Vec<stream::
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             allow_message_schedules: true,
+            // Sweep ticks carry a TTL (`Nats-Schedule-TTL`), so they do not pile up for the stream's max age.
+            allow_message_ttl: true,
             allow_rollup: true,
             duplicate_window: Duration::from_secs(300),
             max_age: Duration::from_secs(14 * 24 * 3600),

@@ -143,6 +143,11 @@ impl Publisher {
             "Nats-Schedule-Target",
             self.subjects.timer(TimerKind::Sweep, None).as_str(),
         );
+        // A tick nobody handled within two intervals is stale (the next one does the same work): let it expire.
+        h.insert(
+            "Nats-Schedule-TTL",
+            format!("{}s", every.as_secs().max(1) * 2).as_str(),
+        );
         h.insert("Nats-Rollup", "sub");
         h.insert(
             async_nats::header::NATS_MESSAGE_ID,

@@ -134,9 +134,19 @@ async fn a_sweep_schedule_fires_repeatedly_and_setting_it_up_twice_keeps_one() -
     publisher.schedule_sweep(Duration::from_secs(1)).await?;
     publisher.schedule_sweep(Duration::from_secs(1)).await?;
     for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(10), sub.next())
+        let tick = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await?
             .expect("consumer open")?;
+        let ttl = tick
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-TTL"))
+            .map(|v| v.to_string());
+        assert_eq!(
+            ttl.as_deref(),
+            Some("2s"),
+            "a sweep tick expires instead of piling up"
+        );
     }
     let mut stream = js.get_stream("AIRLOCK_TIMERS").await?;
     let info = stream.info().await?;
