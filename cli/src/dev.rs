@@ -194,6 +194,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             "local".into(),
             "--local-dir".into(),
             sandbox_dir.display().to_string(),
+            // The data dir holds the token secret and the servers' data: never visible to jobs.
+            "--local-hide".into(),
+            data_dir.display().to_string(),
         ]);
         v
     };
