@@ -48,8 +48,10 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_JANITOR_ACK_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub ack_wait: Duration,
 
-    /// How long an object with no run record must have been seen by sweeps before it is removed as an
-    /// orphan (protects a run whose record is being written while its objects are created).
+    /// How old (by its creation time) an object with no run record must be before a sweep removes it as an
+    /// orphan (protects a run whose record is being written while its objects are created; should exceed any
+    /// clock skew with the API server). Also how long after `reaped_at` objects may stay terminating before a
+    /// sweep reports them.
     #[arg(long, env = "AIRLOCK_ORPHAN_GRACE", value_parser = humantime::parse_duration, default_value = "2m")]
     pub orphan_grace: Duration,
 

@@ -1,13 +1,15 @@
 //! The sweep: finds what timers missed, so nothing is left behind.
 //!
 //! On each tick of the recurring `@every` schedule (one replica gets each tick through the shared durable
-//! consumer), the sweep compares what the backend holds with the run records:
-//! - objects (Pods, or NetworkPolicies without a Pod) of a run with **no record**: orphans (e.g. a dispatcher that crashed between creating them and
-//!   recording the run, or a record that expired). They are removed once sweeps have seen them for
-//!   `orphan_grace`, which protects a run whose record is being written right now.
+//! consumer), the sweep compares what the backend holds ([`Backend::list_objects`]: every run with a Pod or
+//! process, or only leftovers such as a NetworkPolicy without its Pod) with the run records:
+//! - objects of a run with **no record**: orphans (e.g. a dispatcher that crashed between creating them and
+//!   recording the run, or a record that expired). They are removed once they are `orphan_grace` old (by
+//!   their creation time), which protects a run whose record is being written right now.
 //! - objects of a **terminal** run not reaped yet (a crash mid-reap, or another service ended it): the reap
-//!   is finished (logs, remove, event, `reaped_at`). Objects still there long after `reaped_at` (a deletion
-//!   that did not take) are removed again.
+//!   is finished (logs, remove, event, `reaped_at`). Objects of a run reaped before the listing began that
+//!   are not being deleted (a deletion that did not take, or a pod launched while the run was being reaped)
+//!   are removed again; objects still terminating long after `reaped_at` are reported.
 //! - a **finished** pod of a live run (its `finished` timer was lost): the timer is published again.
 //! - a live run (listed or in the active set) **past its deadline** by `lost_timer_grace`: its deadline timer
 //!   is published again. A run that never got a pod (still queued for a slot, or its launch was lost) ends
@@ -21,15 +23,11 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use airlock_runtime::backend::{Backend, Observed, Removed};
-use airlock_schemas::labels;
+use airlock_runtime::backend::{Removed, RunObjects};
 use airlock_schemas::{TimerEvent, TimerKind};
 use async_nats::jetstream::{self, AckKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ListParams};
-use redis::AsyncCommands;
 use tracing::{debug, info, warn};
 
 use crate::Error;
@@ -38,6 +36,10 @@ use crate::reaper::{Janitor, Run, parse_time};
 
 /// Runs handled at once by a sweep.
 const SWEEP_CONCURRENCY: usize = 8;
+
+/// Allowance for clocks of janitor replicas that disagree: a run counts as reaped before a listing only when
+/// its `reaped_at` is this much earlier than the listing's start.
+const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 /// What one sweep did.
 #[derive(Debug, Default)]
@@ -80,18 +82,19 @@ impl Janitor {
     /// One sweep over the backend and the active runs.
     pub(crate) async fn sweep(&self) -> Result<(), Error> {
         Metrics::inc(&self.metrics.sweeps);
+        let listed_at = Utc::now();
         let listed = self
-            .k8s("Listing runs", "-", || self.backend.list())
+            .k8s("Listing runs", "-", || self.backend.list_objects())
             .await?;
         let report = SweepReport::default();
         let seen: HashSet<String> = listed.iter().map(|o| o.run_id.clone()).collect();
 
         futures::stream::iter(listed)
-            .for_each_concurrent(SWEEP_CONCURRENCY, |obs| {
+            .for_each_concurrent(SWEEP_CONCURRENCY, |objects| {
                 let report = &report;
                 async move {
-                    let run_id = obs.run_id.clone();
-                    if let Err(e) = self.sweep_listed(obs, report).await
+                    let run_id = objects.run_id.clone();
+                    if let Err(e) = self.sweep_listed(objects, listed_at, report).await
                         && !matches!(e, Error::Busy(_))
                     {
                         report.unreaped.fetch_add(1, Ordering::Relaxed);
@@ -100,30 +103,6 @@ impl Janitor {
                 }
             })
             .await;
-        // NetworkPolicies without a pod (a dispatcher that crashed between creating the policy and the pod):
-        // `list` only reports pods.
-        let mut tracked = seen.clone();
-        let lone_policies: Vec<String> = self
-            .policy_run_ids()
-            .await?
-            .into_iter()
-            .filter(|id| !seen.contains(id))
-            .collect();
-        tracked.extend(lone_policies.iter().cloned());
-        futures::stream::iter(lone_policies)
-            .for_each_concurrent(SWEEP_CONCURRENCY, |run_id| {
-                let report = &report;
-                async move {
-                    if let Err(e) = self.sweep_lone_policy(&run_id).await
-                        && !matches!(e, Error::Busy(_))
-                    {
-                        report.unreaped.fetch_add(1, Ordering::Relaxed);
-                        warn!(run_id = %run_id, error = %e, "Sweep could not handle the run's NetworkPolicy; next sweep will retry");
-                    }
-                }
-            })
-            .await;
-        self.forget_orphans_not_in(&tracked).await?;
 
         let active = self.store.active_runs().await?;
         futures::stream::iter(active.into_iter().filter(|id| !seen.contains(id)))
@@ -159,10 +138,16 @@ impl Janitor {
         Ok(())
     }
 
-    async fn sweep_listed(&self, obs: Observed, report: &SweepReport) -> Result<(), Error> {
-        let run_id = obs.run_id.as_str();
+    /// Handles one run the backend holds objects of; `listed_at` is when the listing began.
+    async fn sweep_listed(
+        &self,
+        objects: RunObjects,
+        listed_at: DateTime<Utc>,
+        report: &SweepReport,
+    ) -> Result<(), Error> {
+        let run_id = objects.run_id.as_str();
         let Some(run) = self.load(run_id).await? else {
-            return self.orphan(run_id).await;
+            return self.orphan(&objects).await;
         };
         if run.is_terminal() {
             match run.rec.reaped_at.as_deref().and_then(parse_time) {
@@ -177,23 +162,33 @@ impl Janitor {
                         })
                         .await;
                 }
-                // Started after its run was reaped (e.g. launched while the run was being cancelled), or
-                // still there long after: remove (again).
-                Some(reaped_at)
-                    if obs.started_at.is_some_and(|s| s > reaped_at)
-                        || Utc::now() - reaped_at > chrono_duration(self.settings.orphan_grace) =>
-                {
+                // Being deleted (a pod in its termination grace period): Kubernetes finishes it, unless it is
+                // stuck (e.g. its node is gone), which only an operator can resolve.
+                Some(reaped_at) if objects.terminating => {
+                    if Utc::now() - reaped_at > chrono_duration(self.settings.orphan_grace) {
+                        report.unreaped.fetch_add(1, Ordering::Relaxed);
+                        warn!(run_id = %run_id, reaped_at = %reaped_at, "Objects of a reaped run are still terminating");
+                    }
+                    return Ok(());
+                }
+                // Reaped before the listing began, yet not being deleted: the deletion did not take, or they
+                // were created after the reap (e.g. launched while the run was being cancelled). Remove again.
+                Some(reaped_at) if reaped_at + chrono_duration(CLOCK_SKEW) < listed_at => {
                     warn!(run_id = %run_id, reaped_at = %reaped_at, "Objects of a reaped run are still there; removing them again");
                     if self.claimed(run_id, self.remove(run_id)).await? == Removed::Deleted {
                         Metrics::inc(&self.metrics.orphans_removed);
                     }
                     return Ok(());
                 }
-                // Reaped recently: its pod may still be terminating.
+                // Reaped while (or just before) we listed: the next sweep sees whether the deletion took.
                 Some(_) => return Ok(()),
             }
         }
-        if obs.phase.is_finished() || obs.lost {
+        // A live run. With only leftovers (a NetworkPolicy without its pod) its pod is about to be created,
+        // or it was lost and the run's timers deal with it: only the deadline is checked.
+        if let Some(obs) = &objects.observed
+            && (obs.phase.is_finished() || obs.lost)
+        {
             let ev = TimerEvent {
                 kind: TimerKind::Finished,
                 run_id: Some(run_id.to_string()),
@@ -205,56 +200,6 @@ impl Janitor {
             }
         }
         self.check_deadline(&run, report).await
-    }
-
-    /// Run ids of the managed NetworkPolicies (Kubernetes only; the local runtime has none).
-    async fn policy_run_ids(&self) -> Result<Vec<String>, Error> {
-        let Backend::Kube(k) = &self.backend else {
-            return Ok(Vec::new());
-        };
-        let api: Api<NetworkPolicy> = Api::namespaced(k.client().clone(), &k.config().namespace);
-        let lp = ListParams::default().labels(&labels::managed_selector());
-        let list = self
-            .k8s("Listing NetworkPolicies", "-", || {
-                let api = api.clone();
-                let lp = lp.clone();
-                async move {
-                    api.list(&lp).await.map_err(|e| {
-                        airlock_runtime::backend::kube::classify("list NetworkPolicies", e)
-                    })
-                }
-            })
-            .await?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|np| np.metadata.labels?.get(labels::RUN_ID).cloned())
-            .collect())
-    }
-
-    /// A NetworkPolicy whose pod is gone or was never created: an orphan without a record, leftover of an
-    /// ended run, or (for a live run) left to the run's deadline.
-    async fn sweep_lone_policy(&self, run_id: &str) -> Result<(), Error> {
-        match self.load(run_id).await? {
-            None => self.orphan(run_id).await,
-            Some(run) if run.is_terminal() => {
-                self.claimed(run_id, async {
-                    match self.load(run_id).await? {
-                        Some(run) if run.rec.reaped_at.is_none() => self.finish(&run).await,
-                        _ => {
-                            if self.remove(run_id).await? == Removed::Deleted {
-                                Metrics::inc(&self.metrics.orphans_removed);
-                                info!(run_id = %run_id, "Sweep removed the NetworkPolicy of a reaped run");
-                            }
-                            Ok(())
-                        }
-                    }
-                })
-                .await
-            }
-            // Live: its pod is about to be created, or it was lost and the run's timers deal with it.
-            Some(_) => Ok(()),
-        }
     }
 
     /// Fires the deadline timer of a live run whose deadline passed long ago.
@@ -287,20 +232,20 @@ impl Janitor {
         Ok(stored)
     }
 
-    fn orphans_key(&self) -> String {
-        format!("{}:janitor:orphans", self.subjects.prefix())
-    }
-
-    /// Objects with no record: removed once sweeps have seen them for `orphan_grace`.
-    async fn orphan(&self, run_id: &str) -> Result<(), Error> {
-        let mut conn = self.store.connection();
-        let key = self.orphans_key();
-        let now = Utc::now().timestamp_millis();
-        let _: bool = conn.hset_nx(&key, run_id, now).await?;
-        let first: Option<i64> = conn.hget(&key, run_id).await?;
-        let age = Duration::from_millis(u64::try_from(now - first.unwrap_or(now)).unwrap_or(0));
-        if age < self.settings.orphan_grace {
-            debug!(run_id = %run_id, age = ?age, "Objects with no run record; removing them once the grace has passed");
+    /// Objects with no record: removed once they are `orphan_grace` old.
+    async fn orphan(&self, objects: &RunObjects) -> Result<(), Error> {
+        let run_id = objects.run_id.as_str();
+        if objects.terminating {
+            debug!(run_id = %run_id, "Objects with no run record are being deleted");
+            return Ok(());
+        }
+        let Some(created_at) = objects.created_at else {
+            warn!(run_id = %run_id, "Objects with no run record and no creation time; leaving them alone");
+            return Ok(());
+        };
+        let age = Utc::now() - created_at;
+        if age < chrono_duration(self.settings.orphan_grace) {
+            debug!(run_id = %run_id, age_ms = age.num_milliseconds(), "Objects with no run record; removing them once the grace has passed");
             return Ok(());
         }
         let removed = self
@@ -311,32 +256,10 @@ impl Janitor {
                 }
                 self.remove(run_id).await.map(Some)
             })
-            .await;
-        match removed {
-            Ok(Some(r)) => {
-                let _: i64 = conn.hdel(&key, run_id).await?;
-                if r == Removed::Deleted {
-                    Metrics::inc(&self.metrics.orphans_removed);
-                    info!(run_id = %run_id, seen_for = ?age, "Sweep removed the objects of a run with no record");
-                }
-                Ok(())
-            }
-            Ok(None) => {
-                let _: i64 = conn.hdel(&key, run_id).await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Drops orphan bookkeeping for runs the backend no longer holds.
-    async fn forget_orphans_not_in(&self, seen: &HashSet<String>) -> Result<(), Error> {
-        let mut conn = self.store.connection();
-        let key = self.orphans_key();
-        let tracked: Vec<String> = conn.hkeys(&key).await?;
-        let gone: Vec<&String> = tracked.iter().filter(|id| !seen.contains(*id)).collect();
-        if !gone.is_empty() {
-            let _: i64 = conn.hdel(&key, gone).await?;
+            .await?;
+        if removed == Some(Removed::Deleted) {
+            Metrics::inc(&self.metrics.orphans_removed);
+            info!(run_id = %run_id, created_at = %created_at, "Sweep removed the objects of a run with no record");
         }
         Ok(())
     }

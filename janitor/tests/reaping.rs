@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use airlock_janitor::Metrics;
 use airlock_kube_emulator::{FaultAction, ForcedState, Kind};
+use airlock_runtime::backend::Phase;
 use airlock_schemas::{RunStatus, TimerEvent, TimerKind};
 use airlock_test_support::wait_until;
 use anyhow::{Context, Result};
@@ -274,6 +275,74 @@ async fn a_sweep_removes_orphans_finishes_interrupted_reaps_and_fires_lost_timer
     assert!(Metrics::get(&janitor.metrics.orphans_removed) >= 2);
     assert!(Metrics::get(&janitor.metrics.lost_timers) >= 2);
     janitor.stop().await
+}
+
+#[tokio::test]
+async fn the_backend_lists_a_policy_without_its_pod_as_a_leftover_and_deleted_pods_as_terminating()
+-> Result<()> {
+    let env = Env::start().await?;
+    // The API server's creationTimestamp has whole seconds.
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    env.create_policy_only(&Env::request("leftover-1", "true", 60)?)
+        .await?;
+    // Ignores SIGTERM, so it stays terminating for its grace period (1 s) once deleted.
+    env.launch(&Env::request("full-1", "trap '' TERM; sleep 30", 60)?, 1)
+        .await?;
+    env.emu
+        .wait_for_pod_phase(NS, &Env::object("full-1"), "Running", T)
+        .await?;
+
+    let listed = env.backend.list_objects().await?;
+    let ids: Vec<&str> = listed.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, ["full-1", "leftover-1"]);
+    let (full, leftover) = (&listed[0], &listed[1]);
+    assert!(
+        leftover.observed.is_none() && !leftover.terminating,
+        "{leftover:?}"
+    );
+    assert!(
+        leftover
+            .created_at
+            .is_some_and(|t| t >= before && t <= Utc::now()),
+        "{leftover:?}"
+    );
+    assert_eq!(
+        full.observed.as_ref().map(|o| o.phase),
+        Some(Phase::Running),
+        "{full:?}"
+    );
+    assert!(
+        !full.terminating && full.created_at.is_some_and(|t| t >= before),
+        "{full:?}"
+    );
+    // `list` reports jobs only.
+    let jobs: Vec<String> = env
+        .backend
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.run_id)
+        .collect();
+    assert_eq!(jobs, ["full-1"]);
+
+    // Removed: the policy goes at once, the pod terminates (or, on a slow machine, is already gone).
+    env.backend.remove("full-1").await?;
+    let listed = env.backend.list_objects().await?;
+    let full = listed.iter().find(|r| r.run_id == "full-1");
+    assert!(
+        full.is_none_or(|r| r.terminating && r.observed.is_some()),
+        "{full:?}"
+    );
+    env.objects_gone("full-1").await?;
+    let ids: Vec<String> = env
+        .backend
+        .list_objects()
+        .await?
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(ids, ["leftover-1"]);
+    Ok(())
 }
 
 #[tokio::test]

@@ -35,6 +35,34 @@ async fn a_second_launch_of_the_same_run_is_already_existed_and_changes_nothing(
         (listed[0].run_id.as_str(), listed[0].phase),
         ("twice", Phase::Succeeded)
     );
+    // A run directory whose status cannot be read is no job, but it is a leftover.
+    std::fs::create_dir(h.dir.path().join("runs").join("leftover")).unwrap();
+    assert_eq!(h.backend.list().await.unwrap().len(), 1);
+    let objects = h.backend.list_objects().await.unwrap();
+    let summary: Vec<_> = objects
+        .iter()
+        .map(|r| {
+            (
+                r.run_id.as_str(),
+                r.observed.as_ref().map(|o| o.phase),
+                r.terminating,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("leftover", None, false),
+            ("twice", Some(Phase::Succeeded), false)
+        ]
+    );
+    let now = chrono::Utc::now();
+    assert!(
+        objects.iter().all(|r| r
+            .created_at
+            .is_some_and(|t| t <= now && now - t < chrono::TimeDelta::seconds(60))),
+        "{objects:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,7 +45,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use tracing::{debug, warn};
 
-use super::{BackendError, LaunchSpec, Launched, Observed, Phase, Removed};
+use super::{BackendError, LaunchSpec, Launched, Observed, Phase, Removed, RunObjects};
 
 /// Name of the job's container in every pod.
 pub const CONTAINER: &str = "job";
@@ -661,6 +661,34 @@ impl KubeBackend {
         Ok(pods.items.iter().filter_map(observe_pod).collect())
     }
 
+    /// One entry per run id found on a managed Pod or NetworkPolicy in the sandbox namespace (so a policy
+    /// whose pod is gone or was never created is reported, with `observed: None`), in run id order.
+    pub async fn list_objects(&self) -> Result<Vec<RunObjects>, BackendError> {
+        let lp = ListParams::default().labels(&labels::managed_selector());
+        let (pods, policies) = tokio::try_join!(
+            async {
+                self.call("list Pods", self.pods().list(&lp))
+                    .await?
+                    .map_err(|e| classify("list Pods", e))
+            },
+            async {
+                self.call("list NetworkPolicies", self.policies().list(&lp))
+                    .await?
+                    .map_err(|e| classify("list NetworkPolicies", e))
+            },
+        )?;
+        let mut runs: BTreeMap<String, RunObjects> = BTreeMap::new();
+        for pod in &pods.items {
+            if let Some(entry) = add_object(&mut runs, &pod.metadata) {
+                entry.observed = observe_pod(pod);
+            }
+        }
+        for np in &policies.items {
+            add_object(&mut runs, &np.metadata);
+        }
+        Ok(runs.into_values().collect())
+    }
+
     /// Changes of managed pods (a `kube-runtime` watcher with backoff): the current state of each first,
     /// then every change. A pod deleted before it finished is reported `Failed`, reason `Deleted`, `lost`.
     pub fn watch(&self) -> BoxStream<'static, Observed> {
@@ -688,6 +716,29 @@ impl KubeBackend {
             });
         Box::pin(stream)
     }
+}
+
+/// Counts one object into its run's entry of `runs` (oldest creation time; terminating only while every
+/// object is); `None` for an object without a run id label.
+fn add_object<'a>(
+    runs: &'a mut BTreeMap<String, RunObjects>,
+    meta: &ObjectMeta,
+) -> Option<&'a mut RunObjects> {
+    let run_id = meta.labels.as_ref()?.get(labels::RUN_ID)?;
+    let created = meta.creation_timestamp.as_ref().and_then(to_chrono);
+    let terminating = meta.deletion_timestamp.is_some();
+    let entry = runs.entry(run_id.clone()).or_insert_with(|| RunObjects {
+        run_id: run_id.clone(),
+        observed: None,
+        created_at: created,
+        terminating,
+    });
+    entry.created_at = match (entry.created_at, created) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    entry.terminating &= terminating;
+    Some(entry)
 }
 
 /// The last `max` bytes of `s`, cut at a character boundary.
@@ -835,6 +886,41 @@ mod tests {
             reason: "Reason".into(),
             ..Default::default()
         }))
+    }
+
+    fn meta(run_id: Option<&str>, created: i64, deleting: bool) -> ObjectMeta {
+        let time = |secs: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(secs)
+                .ok()
+                .map(Time)
+        };
+        ObjectMeta {
+            name: run_id.map(labels::object_name),
+            labels: run_id.map(|id| BTreeMap::from([(labels::RUN_ID.to_string(), id.to_string())])),
+            creation_timestamp: time(created),
+            deletion_timestamp: if deleting { time(created + 5) } else { None },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn objects_are_grouped_by_run_with_the_oldest_creation_time_and_terminating_only_when_all_are()
+    {
+        let mut runs = BTreeMap::new();
+        // A run with a pod (being deleted) and its policy (not): something still needs a delete.
+        assert!(add_object(&mut runs, &meta(Some("a"), 200, true)).is_some());
+        add_object(&mut runs, &meta(Some("a"), 100, false));
+        // A policy alone, being deleted.
+        add_object(&mut runs, &meta(Some("b"), 300, true));
+        // Not a run's object.
+        assert!(add_object(&mut runs, &meta(None, 400, false)).is_none());
+        let a = &runs["a"];
+        assert_eq!(a.created_at, DateTime::from_timestamp(100, 0));
+        assert!(!a.terminating && a.observed.is_none());
+        let b = &runs["b"];
+        assert_eq!(b.created_at, DateTime::from_timestamp(300, 0));
+        assert!(b.terminating);
+        assert_eq!(runs.len(), 2);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! The dispatcher process supervises its sandboxes in tokio tasks. When a job exits its supervisor publishes
 //! the job's result file to `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
 //! as on Kubernetes), flushes, and only then writes the final `status.json` and emits it on [`LocalBackend::watch`].
-//! Other processes (the janitor) use the same type: `observe`, `logs_tail`, `list` and `remove` read the state
+//! Other processes (the janitor) use the same type: `observe`, `logs_tail`, `list`, `list_objects` and `remove`
+//! read the state
 //! directory and signal processes after checking they belong to the run.
 //!
 //! Result file policy: absent or empty → nothing is published; larger than `max_result_bytes` → nothing is
@@ -60,7 +61,7 @@ use tracing::{debug, info, warn};
 use self::sandbox::{Cgroups, Limits, SandboxCommand};
 use self::state::{PhaseFile, SpecFile, StatusFile, read_json, write_atomic, write_json};
 use self::uids::UidLock;
-use super::{BackendError, LaunchSpec, Launched, Observed, Removed};
+use super::{BackendError, LaunchSpec, Launched, Observed, Removed, RunObjects};
 
 /// Configuration of the local sandbox runtime.
 #[derive(Debug, Clone)]
@@ -973,8 +974,20 @@ impl LocalBackend {
         Ok(Removed::Deleted)
     }
 
-    /// Every run in the state directory.
+    /// Every run in the state directory with a readable status.
     pub async fn list(&self) -> Result<Vec<Observed>, BackendError> {
+        Ok(self
+            .list_objects()
+            .await?
+            .into_iter()
+            .filter_map(|r| r.observed)
+            .collect())
+    }
+
+    /// Every run directory in the state directory, one entry each: `observed` is `None` when its status
+    /// cannot be read (missing or unreadable `status.json`), `created_at` is when `spec.json` was written (the
+    /// directory's modification time without it), `terminating` is always false (removal is synchronous).
+    pub async fn list_objects(&self) -> Result<Vec<RunObjects>, BackendError> {
         let rd = std::fs::read_dir(self.inner.config.state_dir.join("runs"))
             .map_err(|e| transient("listing runs", e))?;
         let mut out = Vec::new();
@@ -982,15 +995,31 @@ impl LocalBackend {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            if name.starts_with('.') {
+            // Temporary (`.new-*`) and removed (`.trash-*`) directories, and anything that is no run's.
+            if name.starts_with('.') || !is_valid_name(&name) {
                 continue;
             }
-            match self.observe(&name).await {
-                Ok(Some(o)) => out.push(o),
-                Ok(None) => {}
-                Err(e) => warn!(run_id = %name, error = %e, "could not observe run"),
-            }
+            let observed = match self.observe(&name).await {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(run_id = %name, error = %e, "could not observe run");
+                    None
+                }
+            };
+            let dir = entry.path();
+            let created_at = std::fs::metadata(dir.join("spec.json"))
+                .or_else(|_| std::fs::metadata(&dir))
+                .and_then(|m| m.modified())
+                .ok()
+                .map(chrono::DateTime::<Utc>::from);
+            out.push(RunObjects {
+                run_id: name,
+                observed,
+                created_at,
+                terminating: false,
+            });
         }
+        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         Ok(out)
     }
 

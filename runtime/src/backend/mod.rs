@@ -1,8 +1,21 @@
 //! Where runs execute: Kubernetes pods, or local bubblewrap sandboxes.
 //!
 //! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
-//! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps, [`Backend::list`].
-//! Every call is idempotent and keyed by run id, so redeliveries and replicas are harmless.
+//! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps,
+//! [`Backend::list_objects`]. Every call is idempotent and keyed by run id, so redeliveries and replicas are
+//! harmless.
+//!
+//! # Listing
+//! Two listings, for two questions:
+//! - [`Backend::list`]: the runs' **jobs** (pods, or local processes), one [`Observed`] each, as
+//!   [`Backend::observe`] and [`Backend::watch`] report them. "What is running?" (the dispatcher's slot
+//!   reconciliation, the local watcher's re-list.)
+//! - [`Backend::list_objects`]: everything the backend still **holds**, one [`RunObjects`] per run id,
+//!   including runs with nothing but leftovers (a NetworkPolicy whose pod is gone or was never created, a
+//!   local run directory without a readable status). Its `observed` is `None` for those, rather than a
+//!   made-up phase, so no caller can mistake a leftover for a job. It also carries what a sweep needs to
+//!   judge the objects exactly: when they were created and whether their deletion is under way. "What must
+//!   be cleaned up?" (the janitor's sweep.)
 //!
 //! # Layout
 //! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
@@ -146,6 +159,25 @@ pub struct Observed {
     pub lost: bool,
 }
 
+/// Everything a backend holds for one run, as [`Backend::list_objects`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunObjects {
+    /// Run id (from the `airlock.dev/run-id` label or the state directory).
+    pub run_id: String,
+    /// The run's job (pod or process) as [`Backend::observe`] reports it; `None` when only leftovers
+    /// remain (Kubernetes: a NetworkPolicy without its pod; local: a run directory whose status cannot be
+    /// read).
+    pub observed: Option<Observed>,
+    /// When the oldest of the run's objects was created, by the clock of whoever created it (the API
+    /// server's `creationTimestamp`, whole seconds; locally the time `spec.json` was written). `None` when
+    /// unknown.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Deletion of every object of the run was requested and is still under way (Kubernetes: each has a
+    /// `deletionTimestamp`, e.g. a pod in its termination grace period). Never set by the local backend,
+    /// whose removal is synchronous.
+    pub terminating: bool,
+}
+
 /// Result of [`Backend::launch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launched {
@@ -229,9 +261,16 @@ impl Backend {
         delegate!(self, b => b.remove(run_id).await)
     }
 
-    /// Every run the backend currently holds (for sweeps).
+    /// The job (pod or process) of every run that has one, as [`Backend::observe`] reports it; runs with
+    /// only leftover objects are not included (see [`Backend::list_objects`]).
     pub async fn list(&self) -> Result<Vec<Observed>, BackendError> {
         delegate!(self, b => b.list().await)
+    }
+
+    /// One entry per run the backend holds anything of, leftovers included (for sweeps; see the module
+    /// documentation).
+    pub async fn list_objects(&self) -> Result<Vec<RunObjects>, BackendError> {
+        delegate!(self, b => b.list_objects().await)
     }
 
     /// Changes of runs as they happen, starting with the current state of each; never ends on its own
