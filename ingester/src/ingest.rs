@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::consume::{Outcome, PullBackoff, delivered, settle};
+use airlock_runtime::consume::{BatchOptions, Outcome, delivered, run_batch_loop, settle};
 use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};
@@ -18,11 +18,8 @@ use airlock_runtime::store::{ResultWrite, Store};
 use airlock_schemas::record::field;
 use airlock_schemas::subjects::STREAM_RESULTS;
 use airlock_schemas::{ResultRejected, RunStatus, Subjects};
-use async_nats::jetstream::{self, Message, consumer::PullConsumer};
+use async_nats::jetstream::{self, Message};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -101,102 +98,27 @@ pub(crate) async fn run(
         concurrency = config.concurrency,
         "Ingesting results"
     );
-    batch_loop(
-        consumer,
-        ctx.clone(),
-        config.batch_size,
-        config.concurrency,
-        config.common.shutdown_grace,
-        shutdown,
-    )
-    .await;
-    readiness.set(false);
-    // Acks are buffered writes: flush them so stored results are not redelivered as duplicates.
-    if let Err(e) = ctx.js.client().flush().await {
-        warn!(error = %e, "Flushing the last acks failed; those results will be redelivered");
-    }
-    info!(metrics = ?ctx.metrics.snapshot(), "Ingester stopped");
-    Ok(())
-}
-
-/// Pulls until `shutdown`, handing each group of messages that arrived together (at most `batch_size`) to
-/// a batch task; at most `concurrency` batches in flight.
-async fn batch_loop(
-    consumer: PullConsumer,
-    ctx: Arc<Ctx>,
-    batch_size: usize,
-    concurrency: usize,
-    grace: Duration,
-    shutdown: CancellationToken,
-) {
-    let semaphore = Arc::new(Semaphore::new(concurrency));
-    let mut tasks = JoinSet::new();
-    let mut backoff = PullBackoff::default();
-
-    'outer: while !shutdown.is_cancelled() {
-        let stream = consumer
-            .stream()
-            .max_messages_per_batch(batch_size)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut chunks = match stream {
-            Ok(s) => s.ready_chunks(batch_size),
-            Err(e) => {
-                warn!(error = %e, "Pulling failed; will retry");
-                if !backoff.wait(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        loop {
-            // A permit first, so nothing waits in a local buffer while its ack_wait runs down.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
-            };
-            // Whatever arrived together, without waiting for a batch to fill.
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                n = chunks.next() => n,
-            };
-            while tasks.try_join_next().is_some() {}
-            let Some(chunk) = next else { break };
-            let mut msgs = Vec::with_capacity(chunk.len());
-            let mut failure = None;
-            for item in chunk {
-                match item {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if !msgs.is_empty() {
-                backoff.reset();
-                let ctx = ctx.clone();
-                tasks.spawn(async move {
-                    for batch in split_by_bytes(msgs, MAX_BATCH_BYTES) {
-                        process_batch(&ctx, batch).await;
-                    }
-                    drop(permit);
-                });
-            }
-            if let Some(e) = failure {
-                warn!(error = %e, "Consumer stream error; re-subscribing");
-                if !backoff.wait(&shutdown).await {
-                    break 'outer;
-                }
-                break;
+    let grace = config.common.shutdown_grace;
+    let batch = BatchOptions {
+        concurrency: config.concurrency,
+        pull: config.batch_size,
+        max_batch: config.batch_size,
+        grace,
+    };
+    let handler_ctx = ctx.clone();
+    // Whatever arrived together is one batch; large payloads split it into several pipelines.
+    run_batch_loop(consumer, batch, shutdown, move |msgs| {
+        let ctx = handler_ctx.clone();
+        async move {
+            for batch in split_by_bytes(msgs, MAX_BATCH_BYTES) {
+                process_batch(&ctx, batch).await;
             }
         }
-    }
-
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
-        warn!("In-flight batches did not finish within the grace period; they will be redelivered");
-        tasks.abort_all();
-    }
+    })
+    .await?;
+    readiness.set(false);
+    info!(metrics = ?ctx.metrics.snapshot(), "Ingester stopped");
+    Ok(())
 }
 
 /// Most payload bytes written in one pipeline (large results make smaller batches).

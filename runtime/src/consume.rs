@@ -108,9 +108,55 @@ where
     H: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let concurrency = opts.concurrency.max(1);
-    let semaphore = Arc::new(Semaphore::new(concurrency));
     let handler = Arc::new(handler);
+    let batch = BatchOptions {
+        concurrency: opts.concurrency,
+        pull: opts.concurrency,
+        max_batch: 1,
+        grace: opts.grace,
+    };
+    run_batch_loop(consumer, batch, shutdown, move |msgs| {
+        let handler = handler.clone();
+        async move {
+            for msg in msgs {
+                let outcome = handler(msg.clone()).await;
+                settle(&msg, &outcome).await;
+            }
+        }
+    })
+    .await
+}
+
+/// Settings of [`run_batch_loop`].
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Most batches being handled at once in this process.
+    pub concurrency: usize,
+    /// Messages asked for in one pull request.
+    pub pull: usize,
+    /// Most messages in one batch.
+    pub max_batch: usize,
+    /// How long in-flight batches may run after shutdown.
+    pub grace: Duration,
+}
+
+/// Pulls from `consumer` until `shutdown`, handing each group of messages that arrived together (at most
+/// `max_batch`, never waiting for a batch to fill) to `handler`, which settles them itself. At most
+/// `concurrency` batches are in flight. Returns after in-flight batches finished or the grace period passed,
+/// with the last acks flushed.
+pub async fn run_batch_loop<H, Fut>(
+    consumer: PullConsumer,
+    opts: BatchOptions,
+    shutdown: CancellationToken,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: Fn(Vec<jetstream::Message>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let semaphore = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let handler = Arc::new(handler);
+    let max_batch = opts.max_batch.max(1);
     let mut tasks = JoinSet::new();
     // Kept to flush the last acks before returning: acks are buffered writes.
     let mut client: Option<async_nats::Client> = None;
@@ -119,13 +165,13 @@ where
     'outer: while !shutdown.is_cancelled() {
         let stream = consumer
             .stream()
-            .max_messages_per_batch(concurrency)
+            .max_messages_per_batch(opts.pull.max(1))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await;
-        let mut messages = match stream {
-            Ok(m) => m,
+        let mut chunks = match stream {
+            Ok(m) => m.ready_chunks(max_batch),
             Err(e) => {
                 tracing::warn!(error = %e, "Pulling failed; will retry");
                 if !backoff.wait(&shutdown).await {
@@ -135,7 +181,7 @@ where
             }
         };
         loop {
-            // Take a permit before pulling the next message, so nothing waits in a local buffer while its
+            // Take a permit before pulling the next messages, so nothing waits in a local buffer while its
             // ack_wait runs down.
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
@@ -143,28 +189,33 @@ where
             };
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
-                n = messages.next() => n,
+                n = chunks.next() => n,
             };
             while tasks.try_join_next().is_some() {}
-            match next {
-                Some(Ok(msg)) => {
-                    backoff.reset();
-                    client.get_or_insert_with(|| msg.context.client());
-                    let handler = handler.clone();
-                    tasks.spawn(async move {
-                        let outcome = handler(msg.clone()).await;
-                        settle(&msg, &outcome).await;
-                        drop(permit);
-                    });
+            let Some(chunk) = next else { break };
+            let mut msgs = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for item in chunk {
+                match item {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => failure = Some(e),
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Consumer stream error; re-subscribing");
-                    if !backoff.wait(&shutdown).await {
-                        break 'outer;
-                    }
-                    break;
+            }
+            if let Some(first) = msgs.first() {
+                backoff.reset();
+                client.get_or_insert_with(|| first.context.client());
+                let handler = handler.clone();
+                tasks.spawn(async move {
+                    handler(msgs).await;
+                    drop(permit);
+                });
+            }
+            if let Some(e) = failure {
+                tracing::warn!(error = %e, "Consumer stream error; re-subscribing");
+                if !backoff.wait(&shutdown).await {
+                    break 'outer;
                 }
-                None => break,
+                break;
             }
         }
     }
