@@ -48,23 +48,6 @@ pub struct Ctx {
     pub(crate) unknown_queue_stats: UnknownQueueStats,
 }
 
-/// Converts async-nats' message timestamp, whichever datetime backend it was built with.
-trait ToChrono {
-    fn to_chrono(&self) -> Option<DateTime<Utc>>;
-}
-
-impl ToChrono for time::OffsetDateTime {
-    fn to_chrono(&self) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp(self.unix_timestamp(), self.nanosecond())
-    }
-}
-
-impl ToChrono for DateTime<Utc> {
-    fn to_chrono(&self) -> Option<DateTime<Utc>> {
-        Some(*self)
-    }
-}
-
 /// The attempt a message asks for (`Airlock-Attempt`, default 1).
 pub fn attempt_of(msg: &jetstream::Message) -> u32 {
     msg.headers
@@ -77,10 +60,7 @@ pub fn attempt_of(msg: &jetstream::Message) -> u32 {
 
 /// When the message was stored in the stream (now, if unknown).
 pub(crate) fn published_at(msg: &jetstream::Message) -> DateTime<Utc> {
-    msg.info()
-        .ok()
-        .and_then(|i| i.published.to_chrono())
-        .unwrap_or_else(Utc::now)
+    consume::published_at(msg).unwrap_or_else(Utc::now)
 }
 
 impl Ctx {

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::consume::{BatchOptions, Outcome, delivered, run_batch_loop, settle};
+use airlock_runtime::consume::{
+    BatchOptions, Outcome, delivered, published_at, run_batch_loop, settle,
+};
 use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};
@@ -184,16 +186,11 @@ async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
                 continue;
             }
         };
-        let published = match msg.info() {
-            Ok(info) => {
-                DateTime::from_timestamp_nanos(info.published.unix_timestamp_nanos() as i64)
-            }
-            Err(e) => {
-                // Not a JetStream delivery: nothing can be recorded about it.
-                ctx.metrics.add_poison();
-                settle(&msg, &Outcome::Poison(format!("no delivery info: {e}"))).await;
-                continue;
-            }
+        let Some(published) = published_at(&msg) else {
+            // Not a JetStream delivery: nothing can be recorded about it.
+            ctx.metrics.add_poison();
+            settle(&msg, &Outcome::Poison("no delivery info".into())).await;
+            continue;
         };
         match verify::check(
             &ctx.secret,

@@ -51,10 +51,8 @@ impl Janitor {
     /// Handles a sweep tick: skipped when stale (a backlog of ticks after downtime), otherwise one sweep,
     /// keeping the message alive while it runs.
     pub(crate) async fn sweep_tick(&self, msg: &jetstream::Message) -> Result<(), Error> {
-        if let Ok(info) = msg.info() {
-            let published_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(i64::MAX);
-            let age_ms = Utc::now().timestamp_millis().saturating_sub(published_ms);
+        if let Some(published) = airlock_runtime::consume::published_at(msg) {
+            let age_ms = (Utc::now() - published).num_milliseconds();
             let max_age = self.settings.sweep_interval.max(Duration::from_secs(5));
             if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
                 Metrics::inc(&self.metrics.sweeps_skipped);

@@ -87,6 +87,14 @@ impl Default for PullBackoff {
     }
 }
 
+/// When JetStream stored the message; `None` for a message without JetStream delivery info.
+pub fn published_at(msg: &jetstream::Message) -> Option<chrono::DateTime<chrono::Utc>> {
+    let nanos = msg.info().ok()?.published.unix_timestamp_nanos();
+    Some(chrono::DateTime::from_timestamp_nanos(
+        i64::try_from(nanos).ok()?,
+    ))
+}
+
 /// Loop settings.
 #[derive(Debug, Clone)]
 pub struct LoopOptions {

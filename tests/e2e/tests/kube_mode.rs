@@ -217,16 +217,7 @@ async fn on_kubernetes_a_job_past_its_deadline_ends_timed_out_and_is_deleted() -
     sys.submit(&cluster.request("kube-slow-1", "echo started; sleep 60", 2))
         .await?;
     let (events, rec) = sys.wait_terminal("kube-slow-1").await?;
-    assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
-    assert!(
-        rec.reason
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("DeadlineExceeded"),
-        "{rec:?}"
-    );
-    assert!(rec.result.is_none());
-    assert_eq!(events.last().map(|e| e.status), Some(RunStatus::TimedOut));
+    common::assert_timed_out(&events, &rec);
     cluster.wait_objects_gone("kube-slow-1").await?;
     cluster.validate_accepted_objects();
     sys.stop().await?;

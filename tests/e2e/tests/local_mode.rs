@@ -78,16 +78,7 @@ async fn a_run_past_its_deadline_is_killed_and_ends_timed_out() -> anyhow::Resul
     let (sys, dir) = local_system().await?;
     sys.submit(&request("slow-1", &["sleep", "60"], 1)).await?;
     let (events, rec) = sys.wait_terminal("slow-1").await?;
-    assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
-    assert!(
-        rec.reason
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("DeadlineExceeded"),
-        "{rec:?}"
-    );
-    assert!(rec.result.is_none());
-    assert_eq!(events.last().map(|e| e.status), Some(RunStatus::TimedOut));
+    common::assert_timed_out(&events, &rec);
     assert!(dir_entries(&runs_dir(&dir)).is_empty());
     sys.stop().await
 }

@@ -463,6 +463,27 @@ pub fn assert_forward_only(events: &[LifecycleEvent], terminal: airlock_schemas:
     assert_eq!(statuses.last(), Some(&terminal), "{statuses:?}");
 }
 
+/// Asserts a run ended `timed_out` for `DeadlineExceeded`, without a result, and that its last event says so.
+pub fn assert_timed_out(events: &[LifecycleEvent], rec: &RunRecord) {
+    assert_eq!(
+        rec.status,
+        Some(airlock_schemas::RunStatus::TimedOut),
+        "{rec:?}"
+    );
+    assert!(
+        rec.reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("DeadlineExceeded"),
+        "{rec:?}"
+    );
+    assert!(rec.result.is_none(), "{rec:?}");
+    assert_eq!(
+        events.last().map(|e| e.status),
+        Some(airlock_schemas::RunStatus::TimedOut)
+    );
+}
+
 /// A valid request running `command`.
 pub fn request(id: &str, command: &[&str], deadline_seconds: u64) -> Value {
     json!({
