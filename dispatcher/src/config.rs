@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use airlock_runtime::backend::BackendArgs;
+use airlock_backend::BackendArgs;
 use airlock_runtime::config::CommonArgs;
 use airlock_schemas::{Policy, is_valid_name};
 use clap::Parser;
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn the_runtime_is_kubernetes_by_default_with_kube_as_an_alias_and_local() {
-        use airlock_runtime::backend::RuntimeKind;
+        use airlock_backend::RuntimeKind;
         let parse = |extra: &[&str]| {
             let mut args = vec!["airlock-dispatcher"];
             args.extend_from_slice(extra);

@@ -1,6 +1,6 @@
 //! The dispatcher's error type.
 
-use airlock_runtime::backend::BackendError;
+use airlock_backend::BackendError;
 
 /// Errors of the dispatcher. [`Error::is_retryable`] decides between a redelivery and giving up.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::backend::{Backend, BackendError, LaunchSpec, Launched, RuntimeKind};
+use airlock_backend::{Backend, BackendError, LaunchSpec, Launched, RuntimeKind};
 use airlock_runtime::consume::{self, Outcome};
 use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::publish::Publisher;

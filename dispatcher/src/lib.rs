@@ -34,7 +34,7 @@ pub mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::backend::Backend;
+use airlock_backend::Backend;
 use airlock_runtime::consume::{Outcome, PullBackoff, settle};
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, stream_name};

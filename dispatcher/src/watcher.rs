@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock_runtime::backend::{Observed, Phase};
+use airlock_backend::{Observed, Phase};
 use airlock_runtime::store::now_rfc3339;
 use airlock_schemas::record::field;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};

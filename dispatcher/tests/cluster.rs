@@ -10,9 +10,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_backend::kube::{KubeBackend, KubeConfig};
+use airlock_backend::{Phase, Removed};
 use airlock_kube_emulator::ForcedState;
-use airlock_runtime::backend::kube::{KubeBackend, KubeConfig};
-use airlock_runtime::backend::{Phase, Removed};
 use common::{Env, request};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -41,7 +41,7 @@ impl Cluster {
                 (env.emu.kubeconfig_path().to_path_buf(), false)
             }
         };
-        let client = airlock_runtime::backend::kube::client(Some(&kubeconfig)).await?;
+        let client = airlock_backend::kube::client(Some(&kubeconfig)).await?;
         let ns = format!("airlock-e2e-{name}-{}", std::process::id());
         let nsobj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
         Api::<Namespace>::all(client.clone())

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use airlock_runtime::backend::BackendArgs;
+use airlock_backend::BackendArgs;
 use airlock_runtime::config::CommonArgs;
 use clap::Parser;
 

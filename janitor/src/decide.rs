@@ -1,6 +1,6 @@
 //! What a timer means for a run: a pure function of the timer, the record and what the backend observes.
 
-use airlock_runtime::backend::{Observed, Phase};
+use airlock_backend::{Observed, Phase};
 use airlock_schemas::{RunStatus, TimerKind};
 use chrono::{DateTime, Utc};
 

@@ -1,6 +1,6 @@
 //! The janitor's error type.
 
-use airlock_runtime::backend::BackendError;
+use airlock_backend::BackendError;
 
 /// Errors of the janitor. [`Error::is_retryable`] tells whether a redelivery may succeed.
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,7 @@ mod sweep;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::backend::Backend;
+use airlock_backend::Backend;
 use airlock_runtime::consume::{LoopOptions, run_loop};
 use airlock_runtime::health::{self, Readiness};
 use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, ensure_consumer, ensure_streams};

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_runtime::backend::{Backend, BackendError, Observed, Removed};
+use airlock_backend::{Backend, BackendError, Observed, Removed};
 use airlock_runtime::consume::{self, Outcome};
 use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::publish::Publisher;

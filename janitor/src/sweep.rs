@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use airlock_runtime::backend::{Removed, RunObjects};
+use airlock_backend::{Removed, RunObjects};
 use airlock_schemas::{TimerEvent, TimerKind};
 use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};

@@ -5,9 +5,9 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use airlock_backend::Phase;
 use airlock_janitor::Metrics;
 use airlock_kube_emulator::{FaultAction, ForcedState, Kind};
-use airlock_runtime::backend::Phase;
 use airlock_schemas::{RunStatus, TimerEvent, TimerKind};
 use airlock_test_support::wait_until;
 use anyhow::{Context, Result};

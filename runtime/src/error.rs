@@ -11,9 +11,6 @@ pub enum Error {
     /// NATS or JetStream failed.
     #[error("nats: {0}")]
     Nats(String),
-    /// A backend (Kubernetes, local sandbox) failed.
-    #[error(transparent)]
-    Backend(#[from] crate::backend::BackendError),
     /// Configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -28,7 +25,6 @@ impl Error {
         match self {
             Error::Redis(e) => !matches!(e.kind(), redis::ErrorKind::Client),
             Error::Nats(_) => true,
-            Error::Backend(e) => e.is_retryable(),
             Error::Config(_) | Error::Corrupt(_) => false,
         }
     }

@@ -10,10 +10,8 @@
 //! - [`consume`]: the per-message [`consume::Outcome`] and the bounded pull loop every service runs.
 //! - [`store`]: the Redis run record with forward-only status transitions.
 //! - [`publish`]: lifecycle events, timer events and deadline schedules.
-//! - [`backend`]: where runs execute (Kubernetes or local sandboxes).
 //! - [`error`]: the crate's error type; [`Error::is_retryable`] decides between backoff and giving up.
 
-pub mod backend;
 pub mod config;
 pub mod consume;
 pub mod error;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_backend::{Backend, BackendArgs, LaunchSpec, Launched};
 use airlock_janitor::{Config, Metrics};
 use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
-use airlock_runtime::backend::{Backend, BackendArgs, LaunchSpec, Launched};
 use airlock_runtime::nats::{StreamOptions, ensure_streams};
 use airlock_runtime::publish::Publisher;
 use airlock_runtime::store::{Store, now_rfc3339};

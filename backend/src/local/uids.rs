@@ -17,7 +17,7 @@ use std::path::Path;
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
-use crate::backend::BackendError;
+use crate::BackendError;
 
 /// An exclusive host-wide claim on one sandbox uid; released when dropped.
 #[derive(Debug)]

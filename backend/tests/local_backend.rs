@@ -5,8 +5,8 @@ mod local_common;
 
 use std::time::Duration;
 
-use airlock_runtime::backend::local::{LocalBackend, LocalConfig};
-use airlock_runtime::backend::{BackendError, Launched, Phase, Removed};
+use airlock_backend::local::{LocalBackend, LocalConfig};
+use airlock_backend::{BackendError, Launched, Phase, Removed};
 use airlock_schemas::Subjects;
 use local_common::{Harness, assert_outcome, spec};
 use serde_json::json;

@@ -13,7 +13,7 @@ use airlock_schemas::RunRequest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Observed, Phase};
+use crate::{Observed, Phase};
 
 /// What was asked for; written once at launch (it holds the token, so it is readable by root only).
 #[derive(Debug, Clone, Serialize, Deserialize)]

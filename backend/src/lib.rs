@@ -1,4 +1,7 @@
-//! Where runs execute: Kubernetes pods, or local bubblewrap sandboxes.
+//! Airlock's backends: where runs execute, Kubernetes pods or local bubblewrap sandboxes.
+//!
+//! Above `airlock-schemas`, beside `airlock-runtime`: the dispatcher and the janitor use it; the ingester
+//! does not (it never touches a job), so it compiles neither kube nor the sandbox.
 //!
 //! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
 //! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps,
@@ -63,7 +66,7 @@ impl Backend {
         args: &BackendArgs,
         nats: &async_nats::Client,
         subjects: &Subjects,
-    ) -> Result<Backend, crate::Error> {
+    ) -> Result<Backend, BackendError> {
         match args.runtime {
             RuntimeKind::Kube => Ok(Backend::Kube(
                 kube::KubeBackend::from_args(&args.kube).await?,

@@ -9,7 +9,7 @@ mod local_common;
 
 use std::time::{Duration, Instant};
 
-use airlock_runtime::backend::Phase;
+use airlock_backend::Phase;
 use airlock_schemas::{Subjects, env, token};
 use airlock_test_support::{RedisServer, wait_until};
 use futures::StreamExt;
@@ -249,7 +249,7 @@ exit $status
     assert_eq!(v.phase, Phase::Running);
     assert_eq!(
         h.backend.remove("victim").await.unwrap(),
-        airlock_runtime::backend::Removed::Deleted
+        airlock_backend::Removed::Deleted
     );
     assert!(h.backend.observe("victim").await.unwrap().is_none());
     wait_until(

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use airlock_runtime::backend::local::{LocalBackend, LocalConfig};
-use airlock_runtime::backend::{LaunchSpec, Launched, Observed, Phase};
+use airlock_backend::local::{LocalBackend, LocalConfig};
+use airlock_backend::{LaunchSpec, Launched, Observed, Phase};
 use airlock_schemas::{Policy, RunRequest, Subjects, env, token};
 use airlock_test_support::NatsServer;
 use futures::StreamExt;
