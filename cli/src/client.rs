@@ -4,34 +4,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_runtime::config::Endpoints;
+use airlock_runtime::publish::Publisher;
 use airlock_runtime::store::Store;
 use airlock_schemas::{LifecycleEvent, RunRequest, Subjects};
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use clap::Args;
 use futures::StreamExt;
-
-/// Where the system is.
-#[derive(Debug, Clone, Args)]
-pub struct Endpoints {
-    /// NATS URL.
-    #[arg(
-        long,
-        env = "AIRLOCK_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Redis URL (for reading run records).
-    #[arg(
-        long,
-        env = "AIRLOCK_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Subject prefix.
-    #[arg(long, env = "AIRLOCK_SUBJECT_PREFIX", default_value = "airlock")]
-    pub subject_prefix: String,
-}
 
 /// Submit a run request.
 #[derive(Debug, Args)]
@@ -89,10 +69,8 @@ pub async fn publish_request(
     queue: &str,
     request: &RunRequest,
 ) -> anyhow::Result<()> {
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(async_nats::header::NATS_MESSAGE_ID, request.id.as_str());
-    js.publish_with_headers(subjects.runs(queue), h, serde_json::to_vec(request)?.into())
-        .await?
+    Publisher::new(js.clone(), subjects.clone())
+        .request(queue, request, 1)
         .await
         .context(
             "the run request was not stored (are the services running? they create the streams)",

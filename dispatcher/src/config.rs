@@ -4,11 +4,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_backend::BackendArgs;
-use airlock_runtime::config::CommonArgs;
+use airlock_runtime::config::{
+    CommonArgs, ConsumerArgs, ConsumerDefaults, ConsumerEnv, ConsumerService,
+};
 use airlock_schemas::{Policy, is_valid_name};
 use clap::Parser;
 
 use crate::Error;
+use crate::error::config as config_error;
 
 /// A queue to consume and the most runs it may have at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,29 @@ fn parse_queue(s: &str) -> Result<QueueCap, String> {
         name: name.to_string(),
         cap,
     })
+}
+
+/// The dispatcher's consumer settings: names `AIRLOCK_DISPATCHER_*` and defaults.
+#[derive(Debug, Clone)]
+pub struct DispatcherConsumer;
+
+impl ConsumerService for DispatcherConsumer {
+    const ENV: ConsumerEnv = ConsumerEnv {
+        concurrency: "AIRLOCK_DISPATCHER_CONCURRENCY",
+        max_ack_pending: "AIRLOCK_DISPATCHER_MAX_ACK_PENDING",
+        ack_wait: "AIRLOCK_DISPATCHER_ACK_WAIT",
+        max_deliver: "AIRLOCK_DISPATCHER_MAX_DELIVER",
+        redelivery_cap: "AIRLOCK_DISPATCHER_REDELIVERY_CAP",
+    };
+    // Concurrency is per queue; `max_ack_pending` is per queue too, and further bounded by the queue's cap
+    // plus the concurrency (the slot gate is the real bound).
+    const DEFAULTS: ConsumerDefaults = ConsumerDefaults {
+        concurrency: 16,
+        max_ack_pending: 1000,
+        ack_wait: "60s",
+        max_deliver: 5,
+        redelivery_cap: "60s",
+    };
 }
 
 /// Configuration of `airlock-dispatcher`.
@@ -77,22 +103,10 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_JOB_NATS_URL")]
     pub job_nats_url: Option<String>,
 
-    /// Most requests of one queue handled at once by this process.
-    #[arg(long, env = "AIRLOCK_DISPATCH_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: usize,
-
-    /// How long a delivered request may stay unacknowledged before JetStream redelivers it (handlers send
-    /// progress while they work).
-    #[arg(long, env = "AIRLOCK_ACK_WAIT", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub ack_wait: Duration,
-
-    /// Most deliveries of one request; the last failing one records the run `failed`.
-    #[arg(long, env = "AIRLOCK_MAX_DELIVER", default_value_t = 5)]
-    pub max_deliver: i64,
-
-    /// Longest delay before a request that failed transiently is redelivered.
-    #[arg(long, env = "AIRLOCK_REDELIVERY_CAP", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub redelivery_cap: Duration,
+    /// How each queue's durable consumer is read (per queue: concurrency and `max_ack_pending`); the last
+    /// failing delivery of a request records the run `failed`.
+    #[command(flatten)]
+    pub consumer: ConsumerArgs<DispatcherConsumer>,
 
     /// In-handler retries of a transient backend failure before the request is handed back to JetStream.
     #[arg(long, env = "AIRLOCK_RETRY_TIMES", default_value_t = 4)]
@@ -130,9 +144,9 @@ impl Config {
             None => Ok(Policy::default()),
             Some(p) => {
                 let bytes = std::fs::read(p)
-                    .map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))?;
+                    .map_err(|e| config_error(format!("reading {}: {e}", p.display())))?;
                 serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Config(format!("policy {}: {e}", p.display())))
+                    .map_err(|e| config_error(format!("policy {}: {e}", p.display())))
             }
         }
     }
@@ -140,18 +154,16 @@ impl Config {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), Error> {
         if self.queues.is_empty() {
-            return Err(Error::Config("at least one queue is required".into()));
+            return Err(config_error("at least one queue is required"));
         }
         let mut names: Vec<&str> = self.queues.iter().map(|q| q.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return Err(Error::Config("a queue is listed twice".into()));
+            return Err(config_error("a queue is listed twice"));
         }
-        if self.max_deliver < 1 {
-            return Err(Error::Config("--max-deliver must be at least 1".into()));
-        }
+        self.consumer.validate()?;
         if self.max_running == 0 {
-            return Err(Error::Config("--max-running must be at least 1".into()));
+            return Err(config_error("--max-running must be at least 1"));
         }
         Ok(())
     }
@@ -163,7 +175,7 @@ impl Config {
     pub fn job_nats_url(&self) -> String {
         self.job_nats_url
             .clone()
-            .unwrap_or_else(|| airlock_runtime::nats::redact(&self.common.nats_url))
+            .unwrap_or_else(|| airlock_runtime::nats::redact(&self.common.endpoints.nats_url))
     }
 }
 

@@ -5,21 +5,12 @@ use airlock_backend::BackendError;
 /// Errors of the dispatcher. [`Error::is_retryable`] decides between a redelivery and giving up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The shared runtime (NATS, Redis, configuration) failed.
+    /// The shared runtime (NATS, Redis, encoding, configuration) failed.
     #[error(transparent)]
     Runtime(#[from] airlock_runtime::Error),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// Redis answered with an error.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// NATS or JetStream failed.
-    #[error("nats: {0}")]
-    Nats(String),
-    /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
 }
 
 impl Error {
@@ -28,14 +19,31 @@ impl Error {
         match self {
             Error::Runtime(e) => e.is_retryable(),
             Error::Backend(e) => e.is_retryable(),
-            Error::Redis(e) => !matches!(e.kind(), redis::ErrorKind::Client),
-            Error::Nats(_) => true,
-            Error::Config(_) => false,
         }
     }
 
-    /// Wraps any NATS error.
-    pub fn nats(e: impl std::fmt::Display) -> Self {
-        Error::Nats(e.to_string())
+    /// The JetStream API error code the server answered with, if this is such an error.
+    pub fn jetstream_code(&self) -> Option<async_nats::jetstream::ErrorCode> {
+        match self {
+            Error::Runtime(e) => e.jetstream_code(),
+            Error::Backend(_) => None,
+        }
     }
+}
+
+impl From<airlock_runtime::NatsError> for Error {
+    fn from(e: airlock_runtime::NatsError) -> Self {
+        Error::Runtime(e.into())
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        Error::Runtime(e.into())
+    }
+}
+
+/// A configuration error.
+pub(crate) fn config(message: impl Into<String>) -> Error {
+    Error::Runtime(airlock_runtime::Error::Config(message.into()))
 }

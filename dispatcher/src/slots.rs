@@ -114,7 +114,7 @@ impl Reservation {
     }
 
     /// Gives the reservation up (the message acquired a slot, or needs none).
-    pub fn settle(&mut self) {
+    pub fn give_up(&mut self) {
         if self.n > 0 {
             self.queue.fetch_sub(self.n, Ordering::AcqRel);
             self.total.fetch_sub(self.n, Ordering::AcqRel);
@@ -125,7 +125,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.settle();
+        self.give_up();
     }
 }
 

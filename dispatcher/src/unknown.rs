@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use airlock_runtime::NatsError;
+use airlock_runtime::consume;
 use airlock_runtime::nats::stream_name;
 use airlock_schemas::subjects::STREAM_RUNS;
 use async_nats::jetstream::ErrorCode;
@@ -48,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::handler::{Ctx, Rejection, published_at, record_rejection};
+use crate::context::Ctx;
+use crate::reject::{RejectionRecord, record_rejection};
 
 /// Inactivity after which the server deletes a drain consumer whose owner vanished.
 pub const DRAIN_INACTIVE: Duration = Duration::from_secs(15);
@@ -115,17 +118,17 @@ pub async fn scan(
     let stream = js
         .get_stream_no_info(stream_name(&ctx.subjects, STREAM_RUNS))
         .await
-        .map_err(Error::nats)?;
+        .map_err(NatsError::from)?;
     let mut stray: Vec<String> = stream
         .info_with_subjects(ctx.subjects.runs_all())
         .await
-        .map_err(Error::nats)?
+        .map_err(NatsError::from)?
         .try_filter_map(|(subject, count)| async move {
             Ok((count > 0 && !is_configured(ctx, &subject)).then_some(subject))
         })
         .try_collect()
         .await
-        .map_err(Error::nats)?;
+        .map_err(NatsError::from)?;
     stray.sort_unstable();
     held_elsewhere.retain(|s| stray.contains(s));
     for subject in stray {
@@ -169,14 +172,6 @@ fn is_overlap(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
         if j.error_code() == ErrorCode::CONSUMER_WQ_CONSUMER_NOT_UNIQUE)
 }
 
-/// Same check on an error already turned into text (`ensure_consumer`'s).
-pub(crate) fn is_overlap_text(e: &str) -> bool {
-    e.contains(&format!(
-        "error code {}",
-        ErrorCode::CONSUMER_WQ_CONSUMER_NOT_UNIQUE.0
-    ))
-}
-
 async fn drain(
     ctx: &Ctx,
     stream: &Stream<()>,
@@ -198,7 +193,7 @@ async fn drain(
     let consumer: PullConsumer = match stream.create_consumer(config).await {
         Ok(c) => c,
         Err(e) if is_overlap(&e) => return Ok(Drain::HeldElsewhere),
-        Err(e) => return Err(Error::nats(e)),
+        Err(e) => return Err(NatsError::from(e).into()),
     };
     let name = consumer.cached_info().name.clone();
     let result = drain_with(ctx, &consumer, subject, shutdown).await;
@@ -225,10 +220,10 @@ async fn drain_with(
             .expires(Duration::from_secs(1))
             .messages()
             .await
-            .map_err(Error::nats)?;
+            .map_err(NatsError::from)?;
         let mut got = 0;
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(Error::nats)?;
+            let msg = msg.map_err(NatsError::Receive)?;
             got += 1;
             settle_one(ctx, &msg, queue, &reason).await?;
             settled += 1;
@@ -248,22 +243,22 @@ async fn settle_one(
     queue: &str,
     reason: &str,
 ) -> Result<(), Error> {
-    let recorded =
-        match record_rejection(ctx, msg, queue, published_at(msg), reason.to_string()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                return Err(e);
-            }
-        };
+    let published_at = consume::published_at(msg).unwrap_or_else(chrono::Utc::now);
+    let recorded = match record_rejection(ctx, msg, queue, published_at, reason.to_string()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return Err(e);
+        }
+    };
     let kind = match recorded {
-        Rejection::Recorded(_) | Rejection::IdInUse(_) => {
+        RejectionRecord::Recorded(_) | RejectionRecord::IdInUse(_) => {
             ctx.unknown_queue_stats
                 .rejected
                 .fetch_add(1, Ordering::Relaxed);
             AckKind::Ack
         }
-        Rejection::NoId => {
+        RejectionRecord::NoId => {
             let dropped = ctx
                 .unknown_queue_stats
                 .dropped
@@ -274,7 +269,7 @@ async fn settle_one(
             AckKind::Term
         }
     };
-    msg.double_ack_with(kind).await.map_err(Error::nats)
+    Ok(msg.double_ack_with(kind).await.map_err(NatsError::Ack)?)
 }
 
 #[cfg(test)]
@@ -287,9 +282,5 @@ mod tests {
             unknown_queue_reason("gpu", ["a", "b"]),
             r#"queue: unknown queue "gpu" (configured: a, b)"#
         );
-        assert!(is_overlap_text(
-            "nats: filtered consumer not unique on workqueue stream (code 400, error code 10100)"
-        ));
-        assert!(!is_overlap_text("nats: timed out"));
     }
 }

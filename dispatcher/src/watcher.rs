@@ -8,17 +8,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use airlock_backend::{Observed, Phase};
-use airlock_runtime::store::now_rfc3339;
-use airlock_schemas::record::field;
+use airlock_runtime::store::RecordUpdate;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::handler::Ctx;
+use crate::context::Ctx;
 
 /// Runs until `shutdown`.
 pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
@@ -42,23 +41,12 @@ pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 }
 
 async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
-    let (status, attempt, request): (Option<String>, Option<u32>, Option<String>) =
-        redis::cmd("HMGET")
-            .arg(ctx.store.key(&o.run_id))
-            .arg(field::STATUS)
-            .arg(field::ATTEMPT)
-            .arg(field::REQUEST)
-            .query_async(&mut ctx.store.connection())
-            .await?;
-    if attempt.unwrap_or(1) > o.attempt {
+    let head = ctx.store.head(&o.run_id).await?;
+    if head.as_ref().is_some_and(|h| h.attempt > o.attempt) {
         debug!(run_id = %o.run_id, attempt = o.attempt, "Change of an older attempt; ignored");
         return Ok(());
     }
-    let status = status.as_deref().and_then(RunStatus::parse);
-    let metadata = request
-        .as_deref()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-        .and_then(|v| v.get("metadata").cloned());
+    let status = head.and_then(|h| h.status);
     match o.phase {
         Phase::Pending => {}
         Phase::Running => {
@@ -66,29 +54,19 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
             if status.is_none_or(|s| !s.can_move_to(RunStatus::Running)) {
                 return Ok(());
             }
-            let started = o
-                .started_at
-                .unwrap_or_else(Utc::now)
-                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            let update = RecordUpdate {
+                started_at: Some(o.started_at.unwrap_or_else(Utc::now)),
+                ..RecordUpdate::default()
+            };
             let t = ctx
                 .store
-                .transition(
-                    &o.run_id,
-                    RunStatus::Running,
-                    &[(field::STARTED_AT, started)],
-                )
+                .transition(&o.run_id, RunStatus::Running, &update)
                 .await?;
             if t.applied() {
                 info!(run_id = %o.run_id, attempt = o.attempt, "Run running");
-                let ev = LifecycleEvent {
-                    run_id: o.run_id.clone(),
-                    status: RunStatus::Running,
-                    at: Utc::now(),
-                    reason: None,
-                    exit_code: None,
-                    queue: o.queue.clone(),
-                    metadata,
-                };
+                let mut ev =
+                    LifecycleEvent::now(&o.run_id, RunStatus::Running).with_queue(o.queue.clone());
+                ev.metadata = ctx.store.request(&o.run_id).await?.and_then(|r| r.metadata);
                 ctx.publisher.event(&ev, o.attempt).await?;
             }
         }
@@ -98,14 +76,9 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
                 return Ok(());
             }
             debug!(run_id = %o.run_id, phase = ?o.phase, reason = ?o.reason, "Run finished; handing it to the janitor");
-            ctx.publisher
-                .timer(&TimerEvent {
-                    kind: TimerKind::Finished,
-                    run_id: Some(o.run_id.clone()),
-                    attempt: Some(o.attempt),
-                    reason: o.reason.clone(),
-                })
-                .await?;
+            let mut timer = TimerEvent::for_run(TimerKind::Finished, &o.run_id, o.attempt);
+            timer.reason = o.reason.clone();
+            ctx.publisher.timer(&timer).await?;
         }
     }
     Ok(())
@@ -132,7 +105,7 @@ pub async fn reconcile(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         match ctx.slots.reconcile(&live, ctx.config.slot_lease).await {
             Ok(0) => {}
             Ok(n) => {
-                info!(reclaimed = n, at = %now_rfc3339(), "Reclaimed slots of runs with nothing live")
+                info!(reclaimed = n, "Reclaimed slots of runs with nothing live")
             }
             Err(e) => warn!(error = %e, "Slot reconciliation failed; will retry"),
         }

@@ -34,7 +34,7 @@ async fn a_redelivery_after_a_dispatcher_is_killed_mid_flight_still_yields_one_p
         ("AIRLOCK_NAMESPACE", NS.to_string()),
         ("AIRLOCK_NATS_EGRESS_CIDRS", "10.0.0.10/32".to_string()),
         ("AIRLOCK_QUEUES", "default=10".to_string()),
-        ("AIRLOCK_ACK_WAIT", "3s".to_string()),
+        ("AIRLOCK_DISPATCHER_ACK_WAIT", "3s".to_string()),
         ("AIRLOCK_RETRY_TIMES", "1000".to_string()),
         ("AIRLOCK_RETRY_MAX_DELAY", "100ms".to_string()),
     ];

@@ -23,9 +23,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use airlock_runtime::config::CommonArgs;
+use airlock_runtime::config::{
+    CommonArgs, ConsumerArgs, ConsumerDefaults, ConsumerEnv, ConsumerService,
+};
 use tokio_util::sync::CancellationToken;
 
 pub mod ingest;
@@ -42,6 +43,30 @@ pub const DURABLE: &str = "airlock-ingester";
 
 /// Most rejection reasons kept on a run's record.
 pub const MAX_REJECTIONS: usize = 20;
+
+/// The ingester's consumer settings: names `AIRLOCK_INGESTER_*` and defaults.
+#[derive(Debug, Clone)]
+pub struct IngesterConsumer;
+
+impl ConsumerService for IngesterConsumer {
+    const ENV: ConsumerEnv = ConsumerEnv {
+        concurrency: "AIRLOCK_INGESTER_CONCURRENCY",
+        max_ack_pending: "AIRLOCK_INGESTER_MAX_ACK_PENDING",
+        ack_wait: "AIRLOCK_INGESTER_ACK_WAIT",
+        max_deliver: "AIRLOCK_INGESTER_MAX_DELIVER",
+        redelivery_cap: "AIRLOCK_INGESTER_REDELIVERY_CAP",
+    };
+    // Concurrency counts batches in flight (with more than one, "the first result wins" means the first to
+    // reach Redis among results arriving at the same moment). `max_deliver` -1: never give up on a result,
+    // so a long Redis outage cannot lose it.
+    const DEFAULTS: ConsumerDefaults = ConsumerDefaults {
+        concurrency: 4,
+        max_ack_pending: 20_000,
+        ack_wait: "30s",
+        max_deliver: -1,
+        redelivery_cap: "10s",
+    };
+}
 
 /// Ingester configuration, from flags or environment variables.
 #[derive(Debug, Clone, clap::Parser)]
@@ -63,26 +88,10 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_INGESTER_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
 
-    /// Batches in flight at once in this process (with more than one, "the first result wins" means the
-    /// first to reach Redis among results arriving at the same moment).
-    #[arg(long, env = "AIRLOCK_INGESTER_CONCURRENCY", default_value_t = 4)]
-    pub concurrency: usize,
-
-    /// Most results delivered and not yet acknowledged, across all replicas.
-    #[arg(
-        long,
-        env = "AIRLOCK_INGESTER_MAX_ACK_PENDING",
-        default_value_t = 20_000
-    )]
-    pub max_ack_pending: i64,
-
-    /// How long a delivered result may stay unacknowledged before it is redelivered.
-    #[arg(long, env = "AIRLOCK_INGESTER_ACK_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub ack_wait: Duration,
-
-    /// Longest delay before a result nak'd on a Redis error is delivered again.
-    #[arg(long, env = "AIRLOCK_INGESTER_REDELIVERY_CAP", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub redelivery_cap: Duration,
+    /// How results are consumed (concurrency counts batches in flight; a result nak'd on a Redis error is
+    /// delivered again after at most the redelivery cap).
+    #[command(flatten)]
+    pub consumer: ConsumerArgs<IngesterConsumer>,
 
     /// JSON file (or directory of `*.json` files) mapping `queue:<name>` / `image:<ref>` to the JSON Schema
     /// results of that queue or image must match.
@@ -103,10 +112,7 @@ impl Config {
             common,
             max_result_bytes: 1024 * 1024,
             batch_size: 256,
-            concurrency: 4,
-            max_ack_pending: 20_000,
-            ack_wait: Duration::from_secs(30),
-            redelivery_cap: Duration::from_secs(10),
+            consumer: ConsumerArgs::default(),
             result_schemas: None,
         }
     }
@@ -126,9 +132,6 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// Invalid configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
 }
 
 impl Error {
@@ -136,7 +139,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Runtime(e) => e.is_retryable(),
-            Error::Schemas { .. } | Error::Config(_) => false,
+            Error::Schemas { .. } => false,
         }
     }
 }
@@ -157,6 +160,8 @@ pub async fn run_with_metrics(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use clap::{CommandFactory, Parser};
 
@@ -165,7 +170,7 @@ mod tests {
         Config::command().debug_assert();
         let c = Config::try_parse_from(["airlock-ingester"]).expect("parses");
         assert_eq!(c.max_result_bytes, 1024 * 1024);
-        assert_eq!(c.ack_wait, Duration::from_secs(30));
+        assert_eq!(c.consumer.ack_wait, Duration::from_secs(30));
         assert!(c.result_schemas.is_none());
     }
 }

@@ -21,7 +21,7 @@ async fn results_published_while_redis_is_down_are_all_stored_once_and_none_is_a
         .await?;
 
     let mut config = env.config();
-    config.redelivery_cap = Duration::from_secs(1);
+    config.consumer.redelivery_cap = Duration::from_secs(1);
     let ing = InProcess::start(config);
     let m = ing.metrics.clone();
     env.publish_genuine("warm-up", b"{}").await?;

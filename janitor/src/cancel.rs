@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_runtime::consume::InFlight;
 use airlock_schemas::{TimerEvent, TimerKind, is_valid_name};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -32,13 +32,13 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    let mut tasks = InFlight::default();
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = sub.next() => match m { Some(m) => m, None => break },
         };
-        while tasks.try_join_next().is_some() {}
+        tasks.reap_finished();
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
@@ -51,12 +51,7 @@ pub(crate) async fn serve(
     if let Err(e) = sub.unsubscribe().await {
         debug!(error = %e, "Unsubscribing from cancel requests failed");
     }
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
-        warn!(
-            "Cancel requests still in flight after the grace period; their callers will time out"
-        );
-    }
+    tasks.drain(grace).await;
 }
 
 /// The reason given in a cancel request body, if any.
@@ -112,6 +107,7 @@ impl Janitor {
                 json!({"ok": false, "error": format!("run already {}", s.as_str())})
             }
             Some(_) => {
+                // No attempt: a cancel covers the whole run, whatever its attempt.
                 let ev = TimerEvent {
                     kind: TimerKind::Cancel,
                     run_id: Some(run_id.to_string()),

@@ -3,8 +3,32 @@
 use std::time::Duration;
 
 use airlock_backend::BackendArgs;
-use airlock_runtime::config::CommonArgs;
+use airlock_runtime::config::{
+    CommonArgs, ConsumerArgs, ConsumerDefaults, ConsumerEnv, ConsumerService,
+};
 use clap::Parser;
+
+/// The janitor's consumer settings: names `AIRLOCK_JANITOR_*` and defaults.
+#[derive(Debug, Clone)]
+pub struct JanitorConsumer;
+
+impl ConsumerService for JanitorConsumer {
+    const ENV: ConsumerEnv = ConsumerEnv {
+        concurrency: "AIRLOCK_JANITOR_CONCURRENCY",
+        max_ack_pending: "AIRLOCK_JANITOR_MAX_ACK_PENDING",
+        ack_wait: "AIRLOCK_JANITOR_ACK_WAIT",
+        max_deliver: "AIRLOCK_JANITOR_MAX_DELIVER",
+        redelivery_cap: "AIRLOCK_JANITOR_REDELIVERY_CAP",
+    };
+    // Past `max_deliver` deliveries of one timer the sweep finds the run again.
+    const DEFAULTS: ConsumerDefaults = ConsumerDefaults {
+        concurrency: 16,
+        max_ack_pending: 1000,
+        ack_wait: "30s",
+        max_deliver: 50,
+        redelivery_cap: "30s",
+    };
+}
 
 /// Settings of `airlock-janitor`.
 #[derive(Debug, Clone, Parser)]
@@ -36,17 +60,9 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_MAX_ATTEMPTS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
-    /// Most timer events handled at once by this process.
-    #[arg(long, env = "AIRLOCK_JANITOR_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: usize,
-
-    /// Most timer events delivered and not yet acknowledged, across all janitor replicas.
-    #[arg(long, env = "AIRLOCK_JANITOR_MAX_ACK_PENDING", default_value_t = 1000)]
-    pub max_ack_pending: i64,
-
-    /// How long a delivered timer event may stay unacknowledged before it is redelivered to a replica.
-    #[arg(long, env = "AIRLOCK_JANITOR_ACK_WAIT", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub ack_wait: Duration,
+    /// How timer events are consumed (the concurrency also bounds cancel requests answered at once).
+    #[command(flatten)]
+    pub consumer: ConsumerArgs<JanitorConsumer>,
 
     /// How old (by its creation time) an object with no run record must be before a sweep removes it as an
     /// orphan (protects a run whose record is being written while its objects are created; should exceed any
@@ -62,6 +78,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), airlock_runtime::Error> {
+        self.consumer.validate()?;
+        let fail = |what: &str| Err(airlock_runtime::Error::Config(what.to_string()));
+        if self.sweep_interval < Duration::from_secs(1) {
+            return fail("--sweep-interval must be at least 1s");
+        }
+        if self.logs_max_bytes == 0 {
+            return fail("--logs-max-bytes must be at least 1");
+        }
+        Ok(())
+    }
+
     /// Defaults for tests and `airlock dev`, pointing at the given servers, with `backend` as the runtime.
     pub fn for_servers(
         nats_url: impl Into<String>,
@@ -74,9 +103,7 @@ impl Config {
             sweep_interval: Duration::from_secs(60),
             logs_max_bytes: 64 * 1024,
             max_attempts: 2,
-            concurrency: 16,
-            max_ack_pending: 1000,
-            ack_wait: Duration::from_secs(30),
+            consumer: ConsumerArgs::default(),
             orphan_grace: Duration::from_secs(120),
             lost_timer_grace: Duration::from_secs(60),
         }

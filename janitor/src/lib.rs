@@ -18,7 +18,7 @@
 //! # Layout
 //! - [`config`]: the command line and environment ([`Config`]).
 //! - [`error`]: the error type ([`Error`]).
-//! - [`metrics`]: counters of what was done and a gauge of runs not reaped.
+//! - [`metrics`]: counters of what was done and a gauge of runs not reaped (read by tests and `airlock dev`).
 //! - `decide`: what a timer means for a run (pure).
 //! - `reaper`: handling a timer event, ending and reaping a run, re-dispatching a lost one.
 //! - `sweep`: orphans and lost timers.
@@ -39,9 +39,8 @@ use std::time::Duration;
 
 use airlock_backend::Backend;
 use airlock_runtime::consume::{LoopOptions, run_loop};
-use airlock_runtime::health::{self, Readiness};
-use airlock_runtime::nats::{self, ConsumerSpec, StreamOptions, ensure_consumer, ensure_streams};
-use airlock_runtime::publish::Publisher;
+use airlock_runtime::nats::{self, ensure_consumer};
+use airlock_runtime::{NatsError, service};
 use airlock_schemas::subjects::STREAM_TIMERS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -49,13 +48,9 @@ use tracing::info;
 pub use config::Config;
 pub use error::Error;
 pub use metrics::Metrics;
-pub use reaper::ATTEMPT_HEADER;
 
 /// Name of the durable consumer on the timers stream, and of the cancel queue group.
 pub const DURABLE: &str = "airlock-janitor";
-
-/// Most deliveries of one timer event; past that the sweep finds the run again.
-const MAX_DELIVER: i64 = 50;
 
 /// Runs the janitor until `shutdown`, then lets in-flight work finish within the shutdown grace.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -68,38 +63,26 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    validate(&config)?;
+    config.validate()?;
     let subjects = config.common.subjects();
-    let readiness = Readiness::default();
-    if let Some(addr) = config.common.http_addr {
-        let bound = health::serve(addr, readiness.clone(), shutdown.clone())
-            .await
-            .map_err(|e| Error::Config(format!("serving health on {addr}: {e}")))?;
-        info!(addr = %bound, "Health endpoints listening");
-    }
-
-    let client = nats::connect(&config.common.nats_url, DURABLE).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let stream_opts = StreamOptions {
-        replicas: config.common.stream_replicas,
-        ..StreamOptions::default()
-    };
-    ensure_streams(&js, &subjects, &stream_opts).await?;
-    let store = config.common.connect_store().await?;
+    let started = service::start(&config.common, DURABLE, &shutdown).await?;
+    let client = started.client.clone();
     let backend = Backend::from_args(&config.backend, &client, &subjects).await?;
-    let publisher = Publisher::new(js.clone(), subjects.clone());
-    publisher.schedule_sweep(config.sweep_interval).await?;
+    started
+        .publisher
+        .schedule_sweep(config.sweep_interval)
+        .await?;
 
     let claims = claim::Claims::new(
-        store.connection(),
-        &config.common.subject_prefix,
-        config.ack_wait.max(Duration::from_secs(30)),
+        started.store.connection(),
+        started.store.prefix(),
+        config.consumer.ack_wait.max(Duration::from_secs(30)),
     );
     let janitor = Arc::new(reaper::Janitor {
         settings: reaper::Settings::from(&config),
-        store,
+        store: started.store,
         backend,
-        publisher,
+        publisher: started.publisher,
         subjects: subjects.clone(),
         claims,
         metrics,
@@ -107,33 +90,30 @@ pub async fn run_with_metrics(
     });
 
     let consumer = ensure_consumer(
-        &js,
-        &ConsumerSpec {
-            stream: nats::stream_name(&subjects, STREAM_TIMERS),
-            durable: DURABLE.into(),
-            filter: subjects.timers_all(),
-            max_ack_pending: config.max_ack_pending,
-            ack_wait: config.ack_wait,
-            max_deliver: MAX_DELIVER,
-        },
+        &started.js,
+        &config.consumer.spec(
+            nats::stream_name(&subjects, STREAM_TIMERS),
+            DURABLE.into(),
+            subjects.timers_all(),
+        ),
     )
     .await?;
     let cancels = client
         .queue_subscribe(subjects.cancel_all(), DURABLE.into())
         .await
-        .map_err(Error::nats)?;
+        .map_err(NatsError::from)?;
     // Make sure the server has the subscription before we say we are ready.
-    client.flush().await.map_err(Error::nats)?;
+    client.flush().await.map_err(NatsError::from)?;
 
     let grace = config.common.shutdown_grace;
     let cancel_server = tokio::spawn(cancel::serve(
         janitor.clone(),
         cancels,
-        config.concurrency,
+        config.consumer.concurrency,
         grace,
         shutdown.clone(),
     ));
-    readiness.set(true);
+    started.readiness.set(true);
     info!(
         backend = ?janitor.backend.kind(),
         sweep_interval = ?config.sweep_interval,
@@ -145,7 +125,7 @@ pub async fn run_with_metrics(
     let result = run_loop(
         consumer,
         LoopOptions {
-            concurrency: config.concurrency,
+            concurrency: config.consumer.concurrency,
             grace,
         },
         shutdown.clone(),
@@ -155,25 +135,9 @@ pub async fn run_with_metrics(
         },
     )
     .await;
-    readiness.set(false);
+    started.readiness.set(false);
     shutdown.cancel();
     let _ = cancel_server.await;
     info!("Janitor stopped");
     result.map_err(Error::from)
-}
-
-fn validate(config: &Config) -> Result<(), Error> {
-    if config.concurrency == 0 {
-        return Err(Error::Config("--concurrency must be at least 1".into()));
-    }
-    if config.sweep_interval < Duration::from_secs(1) {
-        return Err(Error::Config("--sweep-interval must be at least 1s".into()));
-    }
-    if config.logs_max_bytes == 0 {
-        return Err(Error::Config("--logs-max-bytes must be at least 1".into()));
-    }
-    if config.max_ack_pending < 1 {
-        return Err(Error::Config("--max-ack-pending must be at least 1".into()));
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Counters of what the janitor did, as atomics (a later issue exposes them on `/metrics`).
+//! Counters of what the janitor did, as atomics, read by tests and `airlock dev` (not exported yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

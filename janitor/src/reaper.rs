@@ -20,15 +20,12 @@ use std::time::Duration;
 
 use airlock_backend::{Backend, BackendError, Observed, Removed};
 use airlock_runtime::consume::{self, Outcome};
-use airlock_runtime::error::redelivery_delay;
 use airlock_runtime::publish::Publisher;
-use airlock_runtime::store::{Store, Transition, now_rfc3339};
-use airlock_schemas::record::{RunRecord, field};
+use airlock_runtime::store::{RecordUpdate, Store, StoredRun, Transition};
 use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, is_valid_name};
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use tracing::{debug, info, warn};
 
 use crate::claim::Claims;
@@ -36,8 +33,9 @@ use crate::decide::{Decision, Verdict, decide};
 use crate::metrics::Metrics;
 use crate::{Config, Error};
 
-/// Header telling the dispatcher which attempt a re-dispatched request is.
-pub const ATTEMPT_HEADER: &str = "Airlock-Attempt";
+/// Longest redelivery delay of a timer whose handling failed for a reason a retry is unlikely to fix (the
+/// sweep finds the run again meanwhile).
+const PERMANENT_REDELIVERY_CAP: Duration = Duration::from_secs(300);
 
 /// Settings the reaper needs from [`Config`].
 #[derive(Debug, Clone)]
@@ -46,6 +44,7 @@ pub(crate) struct Settings {
     pub max_attempts: u32,
     pub sweep_interval: Duration,
     pub ack_wait: Duration,
+    pub redelivery_cap: Duration,
     pub orphan_grace: Duration,
     pub lost_timer_grace: Duration,
 }
@@ -56,64 +55,16 @@ impl From<&Config> for Settings {
             logs_max_bytes: c.logs_max_bytes,
             max_attempts: c.max_attempts,
             sweep_interval: c.sweep_interval,
-            ack_wait: c.ack_wait,
+            ack_wait: c.consumer.ack_wait,
+            redelivery_cap: c.consumer.redelivery_cap,
             orphan_grace: c.orphan_grace,
             lost_timer_grace: c.lost_timer_grace,
         }
     }
 }
 
-/// A run's record plus the raw fields the typed record leaves out.
-#[derive(Debug, Clone)]
-pub(crate) struct Run {
-    pub rec: RunRecord,
-    /// The accepted request, as JSON text.
-    pub request: Option<String>,
-}
-
-impl Run {
-    pub(crate) fn id(&self) -> &str {
-        &self.rec.id
-    }
-
-    pub(crate) fn attempt(&self) -> u32 {
-        self.rec.attempt.unwrap_or(1).max(1)
-    }
-
-    pub(crate) fn is_terminal(&self) -> bool {
-        self.rec.status.is_some_and(RunStatus::is_terminal)
-    }
-
-    fn request_json(&self) -> Option<serde_json::Value> {
-        self.request
-            .as_deref()
-            .and_then(|r| serde_json::from_str(r).ok())
-    }
-
-    /// The request's `metadata`, echoed in lifecycle events.
-    fn metadata(&self) -> Option<serde_json::Value> {
-        self.request_json()
-            .and_then(|mut v| v.get_mut("metadata").map(serde_json::Value::take))
-            .filter(|m| !m.is_null())
-    }
-
-    /// When the run's deadline passes: `submitted_at + deadline_seconds`, when both are known.
-    pub(crate) fn deadline(&self) -> Option<DateTime<Utc>> {
-        let submitted = parse_time(self.rec.submitted_at.as_deref()?)?;
-        let secs = self.request_json()?.get("deadline_seconds")?.as_u64()?;
-        Some(submitted + chrono::Duration::seconds(i64::try_from(secs).ok()?))
-    }
-}
-
-pub(crate) fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+/// A run as the reaper reads it: its record and accepted request.
+pub(crate) type Run = StoredRun;
 
 /// Everything a handler needs; shared by the consumer loop, the cancel server and sweeps.
 #[derive(Debug)]
@@ -162,17 +113,17 @@ impl Janitor {
                 let run_id = ev.run_id.as_deref().unwrap_or("-");
                 warn!(run_id = %run_id, kind = ev.kind.as_str(), delivered, error = %e, "Timer handling failed; will retry");
                 let cap = if e.is_retryable() {
-                    Duration::from_secs(30)
+                    self.settings.redelivery_cap
                 } else {
-                    Duration::from_secs(300)
+                    PERMANENT_REDELIVERY_CAP
                 };
-                Outcome::Transient(redelivery_delay(delivered, cap))
+                Outcome::Transient(airlock_runtime::error::redelivery_delay(delivered, cap))
             }
         }
     }
 
-    /// Retries a backend call a few times with short backoff, logging each failure.
-    pub(crate) async fn k8s<T, F, Fut>(
+    /// Retries a backend call (Kubernetes or local) a few times with short backoff, logging each failure.
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         what: &'static str,
         run_id: &str,
@@ -198,25 +149,18 @@ impl Janitor {
 
     /// The run's record, or `None`.
     pub(crate) async fn load(&self, run_id: &str) -> Result<Option<Run>, Error> {
-        let h = self.store.get_raw(run_id).await?;
-        if h.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Run {
-            rec: RunRecord::from_hash(run_id, &h),
-            request: h.get(field::REQUEST).cloned(),
-        }))
+        Ok(self.store.run(run_id).await?)
     }
 
     pub(crate) async fn observe(&self, run_id: &str) -> Result<Option<Observed>, Error> {
         Ok(self
-            .k8s("Observing the run", run_id, || self.backend.observe(run_id))
+            .with_retries("Observing the run", run_id, || self.backend.observe(run_id))
             .await?)
     }
 
     pub(crate) async fn remove(&self, run_id: &str) -> Result<Removed, Error> {
         let removed = self
-            .k8s("Deleting the run's objects", run_id, || {
+            .with_retries("Deleting the run's objects", run_id, || {
                 self.backend.remove(run_id)
             })
             .await?;
@@ -247,19 +191,12 @@ impl Janitor {
     /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`.
     async fn reap(&self, ev: &TimerEvent, run_id: &str, delivered: i64) -> Result<(), Error> {
         // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
-        let (status, reaped_at, attempt): (Option<String>, Option<String>, Option<u32>) =
-            redis::cmd("HMGET")
-                .arg(self.store.key(run_id))
-                .arg(field::STATUS)
-                .arg(field::REAPED_AT)
-                .arg(field::ATTEMPT)
-                .query_async(&mut self.store.connection())
-                .await?;
-        let terminal = status
-            .as_deref()
-            .and_then(RunStatus::parse)
-            .is_some_and(RunStatus::is_terminal);
-        if (terminal && reaped_at.is_some()) || is_stale(ev, attempt.unwrap_or(1)) {
+        let head = self.store.head(run_id).await?;
+        let reaped = head
+            .as_ref()
+            .is_some_and(|h| h.is_terminal() && h.reaped_at.is_some());
+        let attempt = head.map_or(airlock_schemas::record::FIRST_ATTEMPT, |h| h.attempt);
+        if reaped || is_stale(ev, attempt) {
             Metrics::inc(&self.metrics.late_timers);
             debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
             return Ok(());
@@ -295,9 +232,11 @@ impl Janitor {
             if ev.kind == TimerKind::Finished && ev.attempt.is_some_and(|a| a < o.attempt) {
                 // The run was re-dispatched already: this timer is about the attempt before.
                 if o.attempt > attempt {
-                    self.store
-                        .set_fields(run_id, &[(field::ATTEMPT, o.attempt.to_string())])
-                        .await?;
+                    let update = RecordUpdate {
+                        attempt: Some(o.attempt),
+                        ..RecordUpdate::default()
+                    };
+                    self.store.update(run_id, &update).await?;
                 }
                 Metrics::inc(&self.metrics.late_timers);
                 return Ok(());
@@ -307,7 +246,7 @@ impl Janitor {
         let decision = decide(
             ev.kind,
             ev.reason.as_deref(),
-            run.rec.status,
+            run.record.status,
             attempt,
             obs.as_ref(),
             self.settings.max_attempts,
@@ -329,7 +268,7 @@ impl Janitor {
     async fn logs(&self, run_id: &str, delivered: i64) -> Result<Option<String>, Error> {
         let max = self.settings.logs_max_bytes;
         match self
-            .k8s("Reading the run's logs", run_id, || {
+            .with_retries("Reading the run's logs", run_id, || {
                 self.backend.logs_tail(run_id, max)
             })
             .await
@@ -356,23 +295,17 @@ impl Janitor {
             Some(_) => self.logs(run_id, delivered).await?,
             None => None,
         };
-        let finished_at = v.finished_at.unwrap_or_else(Utc::now);
-        let mut fields = vec![(field::FINISHED_AT, rfc3339(finished_at))];
-        if let Some(reason) = &v.reason {
-            fields.push((field::REASON, reason.clone()));
-        }
-        if let Some(code) = v.exit_code {
-            fields.push((field::EXIT_CODE, code.to_string()));
-        }
-        if let Some(logs) = logs {
-            fields.push((field::LOGS, logs));
-        }
-        if run.rec.started_at.is_none()
-            && let Some(started) = obs.and_then(|o| o.started_at)
-        {
-            fields.push((field::STARTED_AT, rfc3339(started)));
-        }
-        match self.store.transition(run_id, v.status, &fields).await? {
+        let update = RecordUpdate {
+            finished_at: Some(v.finished_at.unwrap_or_else(Utc::now)),
+            reason: v.reason.clone(),
+            exit_code: v.exit_code,
+            logs,
+            started_at: obs
+                .and_then(|o| o.started_at)
+                .filter(|_| run.record.started_at.is_none()),
+            ..RecordUpdate::default()
+        };
+        match self.store.transition(run_id, v.status, &update).await? {
             Transition::Applied { previous } => {
                 self.metrics.ended(v.status);
                 info!(
@@ -394,11 +327,11 @@ impl Janitor {
 
     /// Steps 3-5 for a terminal run: remove its objects, publish its event, set `reaped_at`.
     pub(crate) async fn finish(&self, run: &Run) -> Result<(), Error> {
-        if run.rec.reaped_at.is_some() {
+        if run.record.reaped_at.is_some() {
             return Ok(());
         }
         let run_id = run.id();
-        if run.rec.logs.is_none() {
+        if run.record.logs.is_none() {
             // Ended elsewhere (or logs could not be read): save them now if the pod is still there.
             match self
                 .backend
@@ -406,9 +339,11 @@ impl Janitor {
                 .await
             {
                 Ok(logs) if !logs.is_empty() => {
-                    self.store
-                        .set_fields(run_id, &[(field::LOGS, logs)])
-                        .await?;
+                    let update = RecordUpdate {
+                        logs: Some(logs),
+                        ..RecordUpdate::default()
+                    };
+                    self.store.update(run_id, &update).await?;
                 }
                 Ok(_) => {}
                 Err(e) => debug!(run_id = %run_id, error = %e, "No logs to save"),
@@ -416,12 +351,14 @@ impl Janitor {
         }
         let removed = self.remove(run_id).await?;
         self.publish_end(run).await?;
-        self.store
-            .set_fields(run_id, &[(field::REAPED_AT, now_rfc3339())])
-            .await?;
+        let update = RecordUpdate {
+            reaped_at: Some(Utc::now()),
+            ..RecordUpdate::default()
+        };
+        self.store.update(run_id, &update).await?;
         info!(
             run_id = %run_id,
-            status = run.rec.status.map_or("none", RunStatus::as_str),
+            status = run.record.status.map_or("none", RunStatus::as_str),
             objects = if removed == Removed::Deleted { "deleted" } else { "absent" },
             "Run reaped"
         );
@@ -429,25 +366,22 @@ impl Janitor {
     }
 
     async fn publish_end(&self, run: &Run) -> Result<(), Error> {
-        let Some(status) = run.rec.status else {
+        let Some(status) = run.record.status else {
             return Ok(());
         };
-        let ev = LifecycleEvent {
-            run_id: run.id().to_string(),
-            status,
-            at: run
-                .rec
-                .finished_at
-                .as_deref()
-                .and_then(parse_time)
-                .unwrap_or_else(Utc::now),
-            reason: run.rec.reason.clone(),
-            exit_code: run.rec.exit_code,
-            queue: run.rec.queue.clone(),
-            metadata: run.metadata(),
-        };
+        let mut ev = self.event(run, status);
+        ev.at = run.record.finished().unwrap_or(ev.at);
+        ev.reason = run.record.reason.clone();
+        ev.exit_code = run.record.exit_code;
         self.publisher.event(&ev, run.attempt()).await?;
         Ok(())
+    }
+
+    /// A lifecycle event of `run` moving to `status` now, with its queue and metadata.
+    fn event(&self, run: &Run, status: RunStatus) -> LifecycleEvent {
+        let mut ev = LifecycleEvent::now(run.id(), status).with_queue(run.record.queue.clone());
+        ev.metadata = run.metadata();
+        ev
     }
 
     /// Runs a lost run again as `attempt + 1`: remove what is left of it, republish its request (deduplicated
@@ -463,8 +397,7 @@ impl Janitor {
     ) -> Result<(), Error> {
         let run_id = run.id();
         let next = attempt + 1;
-        let (Some(request), Some(queue)) = (run.request.as_deref(), run.rec.queue.as_deref())
-        else {
+        let (Some(request), Some(queue)) = (&run.request, run.record.queue.as_deref()) else {
             let v = Verdict {
                 status: RunStatus::Failed,
                 reason: Some(format!(
@@ -476,46 +409,18 @@ impl Janitor {
             return self.end(run, obs, v, delivered).await;
         };
         self.remove(run_id).await?;
-
-        let js = self.publisher.jetstream();
-        let mut h = HeaderMap::new();
-        h.insert(ATTEMPT_HEADER, next.to_string().as_str());
-        h.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{run_id}-attempt-{next}").as_str(),
-        );
-        js.publish_with_headers(self.subjects.runs(queue), h, request.to_owned().into())
-            .await
-            .map_err(Error::nats)?
-            .await
-            .map_err(Error::nats)?;
-        self.store
-            .set_fields(run_id, &[(field::ATTEMPT, next.to_string())])
-            .await?;
-
-        if let Some(status) = run.rec.status {
-            let ev = LifecycleEvent {
-                run_id: run_id.to_string(),
-                status,
-                at: Utc::now(),
-                reason: Some(format!("{why}; re-dispatched as attempt {next}")),
-                exit_code: obs.and_then(|o| o.exit_code).map(i64::from),
-                queue: run.rec.queue.clone(),
-                metadata: run.metadata(),
-            };
-            // Our own message id: the `<status>-<attempt>` id of `Publisher::event` belongs to the dispatcher's
-            // events of the new attempt.
-            let mut h = HeaderMap::new();
-            h.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("event-{run_id}-redispatch-{next}").as_str(),
-            );
-            let body = serde_json::to_vec(&ev).map_err(Error::nats)?;
-            js.publish_with_headers(self.subjects.events(run_id), h, body.into())
-                .await
-                .map_err(Error::nats)?
-                .await
-                .map_err(Error::nats)?;
+        self.publisher.request(queue, request, next).await?;
+        let update = RecordUpdate {
+            attempt: Some(next),
+            ..RecordUpdate::default()
+        };
+        self.store.update(run_id, &update).await?;
+        if let Some(status) = run.record.status {
+            let mut ev = self
+                .event(run, status)
+                .with_reason(format!("{why}; re-dispatched as attempt {next}"));
+            ev.exit_code = obs.and_then(|o| o.exit_code).map(i64::from);
+            self.publisher.redispatched_event(&ev, next).await?;
         }
         Metrics::inc(&self.metrics.redispatched);
         info!(run_id = %run_id, why = %why, attempt = next, "Run lost through no fault of its own; re-dispatched");

@@ -24,15 +24,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use airlock_backend::{Removed, RunObjects};
+use airlock_runtime::consume::{self, with_progress};
+use airlock_schemas::record::parse_timestamp;
 use airlock_schemas::{TimerEvent, TimerKind};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::metrics::Metrics;
-use crate::reaper::{Janitor, Run, parse_time};
+use crate::reaper::{Janitor, Run};
 
 /// Runs handled at once by a sweep.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -51,7 +53,7 @@ impl Janitor {
     /// Handles a sweep tick: skipped when stale (a backlog of ticks after downtime), otherwise one sweep,
     /// keeping the message alive while it runs.
     pub(crate) async fn sweep_tick(&self, msg: &jetstream::Message) -> Result<(), Error> {
-        if let Some(published) = airlock_runtime::consume::published_at(msg) {
+        if let Some(published) = consume::published_at(msg) {
             let age_ms = (Utc::now() - published).num_milliseconds();
             let max_age = self.settings.sweep_interval.max(Duration::from_secs(5));
             if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
@@ -60,21 +62,8 @@ impl Janitor {
                 return Ok(());
             }
         }
-        let keepalive = {
-            let msg = msg.clone();
-            let every = (self.settings.ack_wait / 3).max(Duration::from_millis(500));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if msg.ack_with(AckKind::Progress).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-        let result = self.sweep().await;
-        keepalive.abort();
-        result
+        let every = (self.settings.ack_wait / 3).max(Duration::from_millis(500));
+        with_progress(msg, every, self.sweep()).await
     }
 
     /// One sweep over the backend and the active runs.
@@ -82,7 +71,7 @@ impl Janitor {
         Metrics::inc(&self.metrics.sweeps);
         let listed_at = Utc::now();
         let listed = self
-            .k8s("Listing runs", "-", || self.backend.list_objects())
+            .with_retries("Listing runs", "-", || self.backend.list_objects())
             .await?;
         let report = SweepReport::default();
         let seen: HashSet<String> = listed.iter().map(|o| o.run_id.clone()).collect();
@@ -148,7 +137,7 @@ impl Janitor {
             return self.orphan(&objects).await;
         };
         if run.is_terminal() {
-            match run.rec.reaped_at.as_deref().and_then(parse_time) {
+            match run.record.reaped_at.as_deref().and_then(parse_timestamp) {
                 None => {
                     info!(run_id = %run_id, "Sweep found an ended run not reaped; finishing its reap");
                     return self
@@ -187,12 +176,7 @@ impl Janitor {
         if let Some(obs) = &objects.observed
             && (obs.phase.is_finished() || obs.lost)
         {
-            let ev = TimerEvent {
-                kind: TimerKind::Finished,
-                run_id: Some(run_id.to_string()),
-                attempt: Some(obs.attempt),
-                reason: None,
-            };
+            let ev = TimerEvent::for_run(TimerKind::Finished, run_id, obs.attempt);
             if self.publish_lost(&ev).await? {
                 info!(run_id = %run_id, attempt = obs.attempt, "Sweep found a finished run whose timer was lost; fired it");
             }
@@ -209,14 +193,9 @@ impl Janitor {
             return Ok(());
         }
         report.unreaped.fetch_add(1, Ordering::Relaxed);
-        let ev = TimerEvent {
-            kind: TimerKind::Deadline,
-            run_id: Some(run.id().to_string()),
-            attempt: Some(run.attempt()),
-            reason: None,
-        };
+        let ev = TimerEvent::for_run(TimerKind::Deadline, run.id(), run.attempt());
         self.publish_lost(&ev).await?;
-        warn!(run_id = %run.id(), deadline = %deadline, status = run.rec.status.map_or("none", |s| s.as_str()), "Run is past its deadline and not reaped; fired its deadline timer");
+        warn!(run_id = %run.id(), deadline = %deadline, status = run.record.status.map_or("none", |s| s.as_str()), "Run is past its deadline and not reaped; fired its deadline timer");
         Ok(())
     }
 

@@ -221,7 +221,10 @@ async fn a_sweep_removes_orphans_finishes_interrupted_reaps_and_fires_lost_timer
         .transition(
             "crashed-1",
             RunStatus::Cancelled,
-            &[(airlock_schemas::record::field::REASON, "by a test".into())],
+            &airlock_runtime::store::RecordUpdate {
+                reason: Some("by a test".into()),
+                ..Default::default()
+            },
         )
         .await?;
     // A live run the sweep must leave alone.

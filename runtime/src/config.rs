@@ -16,9 +16,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings every Airlock service takes.
+/// Where a running Airlock is: its NATS, its Redis and its prefix. Services and the CLI take the same.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
+pub struct Endpoints {
     /// NATS server URL.
     #[arg(
         long,
@@ -36,8 +36,32 @@ pub struct CommonArgs {
     pub redis_url: String,
 
     /// Prefix of every subject (`<prefix>.runs.<queue>`...) and Redis key (`<prefix>:run:<id>`).
-    #[arg(long, env = "AIRLOCK_SUBJECT_PREFIX", default_value = "airlock")]
+    #[arg(long, env = "AIRLOCK_SUBJECT_PREFIX", default_value = airlock_schemas::subjects::DEFAULT_PREFIX)]
     pub subject_prefix: String,
+}
+
+impl Endpoints {
+    /// The given servers, with the default prefix.
+    pub fn new(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            redis_url: redis_url.into(),
+            subject_prefix: airlock_schemas::subjects::DEFAULT_PREFIX.into(),
+        }
+    }
+
+    /// The subjects under the configured prefix.
+    pub fn subjects(&self) -> airlock_schemas::Subjects {
+        airlock_schemas::Subjects::new(&self.subject_prefix)
+    }
+}
+
+/// Settings every Airlock service takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Where NATS and Redis are, and the prefix.
+    #[command(flatten)]
+    pub endpoints: Endpoints,
 
     /// Secret for run tokens (HMAC of the run id); shared by dispatcher and ingester.
     #[arg(long, env = "AIRLOCK_TOKEN_SECRET", hide_env_values = true)]
@@ -72,9 +96,7 @@ impl CommonArgs {
     /// Defaults for tests and `airlock dev`, pointing at the given servers.
     pub fn for_servers(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
         Self {
-            nats_url: nats_url.into(),
-            redis_url: redis_url.into(),
-            subject_prefix: airlock_schemas::subjects::DEFAULT_PREFIX.into(),
+            endpoints: Endpoints::new(nats_url, redis_url),
             token_secret: None,
             token_secret_file: None,
             http_addr: None,
@@ -87,12 +109,13 @@ impl CommonArgs {
 
     /// The subjects under the configured prefix.
     pub fn subjects(&self) -> airlock_schemas::Subjects {
-        airlock_schemas::Subjects::new(&self.subject_prefix)
+        self.endpoints.subjects()
     }
 
     /// Connects to Redis with the configured URL, key prefix and record TTL.
     pub async fn connect_store(&self) -> Result<crate::store::Store, crate::Error> {
-        crate::store::Store::connect(&self.redis_url, &self.subject_prefix, self.record_ttl).await
+        let e = &self.endpoints;
+        crate::store::Store::connect(&e.redis_url, &e.subject_prefix, self.record_ttl).await
     }
 
     /// Reads the token secret from `--token-secret` or `--token-secret-file`.
@@ -115,5 +138,136 @@ impl CommonArgs {
             ));
         }
         Ok(secret)
+    }
+}
+
+/// Environment variable names of a service's [`ConsumerArgs`], all `AIRLOCK_<SERVICE>_<SETTING>`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerEnv {
+    /// `AIRLOCK_<SERVICE>_CONCURRENCY`.
+    pub concurrency: &'static str,
+    /// `AIRLOCK_<SERVICE>_MAX_ACK_PENDING`.
+    pub max_ack_pending: &'static str,
+    /// `AIRLOCK_<SERVICE>_ACK_WAIT`.
+    pub ack_wait: &'static str,
+    /// `AIRLOCK_<SERVICE>_MAX_DELIVER`.
+    pub max_deliver: &'static str,
+    /// `AIRLOCK_<SERVICE>_REDELIVERY_CAP`.
+    pub redelivery_cap: &'static str,
+}
+
+/// Default values of a service's [`ConsumerArgs`] (durations as humantime text, as on the command line).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerDefaults {
+    /// Handlers at once in one process.
+    pub concurrency: usize,
+    /// Messages delivered and not acknowledged, across replicas.
+    pub max_ack_pending: i64,
+    /// Ack wait.
+    pub ack_wait: &'static str,
+    /// Most deliveries of one message.
+    pub max_deliver: i64,
+    /// Longest redelivery delay.
+    pub redelivery_cap: &'static str,
+}
+
+/// A service that consumes one durable consumer: the names and defaults of its [`ConsumerArgs`].
+pub trait ConsumerService: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// Its environment variable names.
+    const ENV: ConsumerEnv;
+    /// Its defaults.
+    const DEFAULTS: ConsumerDefaults;
+}
+
+/// How a service consumes its durable consumer: the same five settings for every service, named
+/// `AIRLOCK_<SERVICE>_*` in the environment (`S` says which service, and its defaults).
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs<S: ConsumerService> {
+    /// Most messages handled at once by this process.
+    #[arg(long, env = S::ENV.concurrency, default_value_t = S::DEFAULTS.concurrency)]
+    pub concurrency: usize,
+
+    /// Most messages delivered and not yet acknowledged, across all replicas.
+    #[arg(long, env = S::ENV.max_ack_pending, default_value_t = S::DEFAULTS.max_ack_pending)]
+    pub max_ack_pending: i64,
+
+    /// How long a delivered message may stay unacknowledged before JetStream redelivers it (long handlers
+    /// send progress while they work).
+    #[arg(long, env = S::ENV.ack_wait, value_parser = humantime::parse_duration, default_value = S::DEFAULTS.ack_wait)]
+    pub ack_wait: Duration,
+
+    /// Most deliveries of one message (-1: no limit); then the server sends the max-deliveries advisory.
+    #[arg(long, env = S::ENV.max_deliver, default_value_t = S::DEFAULTS.max_deliver)]
+    pub max_deliver: i64,
+
+    /// Longest delay before a message that failed transiently is delivered again.
+    #[arg(long, env = S::ENV.redelivery_cap, value_parser = humantime::parse_duration, default_value = S::DEFAULTS.redelivery_cap)]
+    pub redelivery_cap: Duration,
+
+    #[arg(skip)]
+    service: std::marker::PhantomData<S>,
+}
+
+impl<S: ConsumerService> Default for ConsumerArgs<S> {
+    /// The service's documented defaults (what the command line gives when nothing is set).
+    fn default() -> Self {
+        let duration = |text: &str| {
+            humantime::parse_duration(text).unwrap_or_else(|_| panic!("default {text:?} parses"))
+        };
+        Self {
+            concurrency: S::DEFAULTS.concurrency,
+            max_ack_pending: S::DEFAULTS.max_ack_pending,
+            ack_wait: duration(S::DEFAULTS.ack_wait),
+            max_deliver: S::DEFAULTS.max_deliver,
+            redelivery_cap: duration(S::DEFAULTS.redelivery_cap),
+            service: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: ConsumerService> ConsumerArgs<S> {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let fail = |what: &str| Err(crate::Error::Config(format!("{what} must be at least 1")));
+        if self.concurrency == 0 {
+            return fail(S::ENV.concurrency);
+        }
+        if self.max_ack_pending < 1 {
+            return fail(S::ENV.max_ack_pending);
+        }
+        if self.max_deliver < 1 && self.max_deliver != -1 {
+            return Err(crate::Error::Config(format!(
+                "{} must be at least 1, or -1 for no limit",
+                S::ENV.max_deliver
+            )));
+        }
+        Ok(())
+    }
+
+    /// The durable consumer `durable` on `stream`, filtered to `filter`, with these settings.
+    pub fn spec(
+        &self,
+        stream: String,
+        durable: String,
+        filter: String,
+    ) -> crate::nats::ConsumerSpec {
+        crate::nats::ConsumerSpec {
+            stream,
+            durable,
+            filter,
+            max_ack_pending: self.max_ack_pending,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+        }
+    }
+
+    /// How often a handler that takes long tells JetStream it is still working (a third of the ack wait).
+    pub fn progress_every(&self) -> Duration {
+        (self.ack_wait / 3).max(Duration::from_millis(100))
+    }
+
+    /// The redelivery delay of a message on its `delivered`-th delivery.
+    pub fn redelivery_delay(&self, delivered: i64) -> Duration {
+        crate::error::redelivery_delay(delivered, self.redelivery_cap)
     }
 }

@@ -13,7 +13,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_schemas::env;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -53,6 +55,67 @@ pub fn delivered(msg: &jetstream::Message) -> i64 {
     msg.info().map(|i| i.delivered).unwrap_or(1)
 }
 
+/// The attempt a run request message is (its `Airlock-Attempt` header; the first when absent).
+pub fn attempt_of(msg: &jetstream::Message) -> u32 {
+    env::attempt_from_header(
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(env::ATTEMPT_HEADER))
+            .map(|v| v.as_str()),
+    )
+}
+
+/// Runs `work`, telling JetStream every `every` that `msg` is still being worked on, so it is not
+/// redelivered to another replica meanwhile. A failed progress ack is logged; the work goes on.
+pub async fn with_progress<T>(
+    msg: &jetstream::Message,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(subject = %msg.subject, error = %e, "Progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+/// Handlers spawned by a pull loop. On shutdown [`InFlight::drain`] gives them the grace period; what is
+/// left is aborted, unacknowledged, and JetStream redelivers it to another replica.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    tasks: JoinSet<()>,
+}
+
+impl InFlight {
+    /// Runs `task` in the background.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Forgets handlers that have finished.
+    pub fn reap_finished(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Waits up to `grace` for every handler, then aborts the rest.
+    pub async fn drain(mut self, grace: Duration) {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                "In-flight handlers did not finish within the grace period; they will be redelivered"
+            );
+            self.tasks.abort_all();
+        }
+    }
+}
+
 /// Capped exponential backoff between failed pulls (100 ms, doubling up to 5 s), cut short by shutdown.
 #[derive(Debug, Clone)]
 pub struct PullBackoff {
@@ -88,11 +151,9 @@ impl Default for PullBackoff {
 }
 
 /// When JetStream stored the message; `None` for a message without JetStream delivery info.
-pub fn published_at(msg: &jetstream::Message) -> Option<chrono::DateTime<chrono::Utc>> {
+pub fn published_at(msg: &jetstream::Message) -> Option<DateTime<Utc>> {
     let nanos = msg.info().ok()?.published.unix_timestamp_nanos();
-    Some(chrono::DateTime::from_timestamp_nanos(
-        i64::try_from(nanos).ok()?,
-    ))
+    Some(DateTime::from_timestamp_nanos(i64::try_from(nanos).ok()?))
 }
 
 /// Loop settings.
@@ -165,7 +226,7 @@ where
     let semaphore = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let handler = Arc::new(handler);
     let max_batch = opts.max_batch.max(1);
-    let mut tasks = JoinSet::new();
+    let mut tasks = InFlight::default();
     // Kept to flush the last acks before returning: acks are buffered writes.
     let mut client: Option<async_nats::Client> = None;
     let mut backoff = PullBackoff::default();
@@ -199,7 +260,7 @@ where
                 _ = shutdown.cancelled() => break 'outer,
                 n = chunks.next() => n,
             };
-            while tasks.try_join_next().is_some() {}
+            tasks.reap_finished();
             let Some(chunk) = next else { break };
             let mut msgs = Vec::with_capacity(chunk.len());
             let mut failure = None;
@@ -229,13 +290,7 @@ where
     }
 
     // Shutdown: no more pulls; let in-flight handlers finish within the grace period.
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(opts.grace, drain).await.is_err() {
-        tracing::warn!(
-            "In-flight handlers did not finish within the grace period; they will be redelivered"
-        );
-        tasks.abort_all();
-    }
+    tasks.drain(opts.grace).await;
     if let Some(c) = client
         && let Err(e) = c.flush().await
     {

@@ -9,7 +9,9 @@
 //! - [`nats`]: connecting, and idempotent set-up of the streams and durable consumers.
 //! - [`consume`]: the per-message [`consume::Outcome`] and the bounded pull loop every service runs.
 //! - [`store`]: the Redis run record with forward-only status transitions.
-//! - [`publish`]: lifecycle events, timer events and deadline schedules.
+//! - [`publish`]: run requests, lifecycle events, timer events and schedules, with one message-id scheme
+//!   ([`publish::MsgId`]).
+//! - [`service`]: start-up every service shares (health, NATS, streams, Redis), in one order.
 //! - [`error`]: the crate's error type; [`Error::is_retryable`] decides between backoff and giving up.
 
 pub mod config;
@@ -18,8 +20,9 @@ pub mod error;
 pub mod health;
 pub mod nats;
 pub mod publish;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 
-pub use error::Error;
+pub use error::{Error, NatsError};

@@ -49,7 +49,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
         .request_timeout(Some(Duration::from_secs(10)))
         .connect(url)
         .await
-        .map_err(Error::nats)
+        .map_err(Error::from)
 }
 
 /// Stream settings that are deployment choices.
@@ -162,23 +162,19 @@ pub async fn ensure_streams(
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
-    let mut last = None;
     // Two creators racing: the loser's create fails (name in use), its next update succeeds.
-    for _ in 0..5 {
+    let mut attempts = 0;
+    loop {
         match js.create_or_update_stream(config.clone()).await {
             Ok(_) => return Ok(()),
-            Err(e) => {
+            Err(e) if attempts < 4 => {
                 tracing::debug!(stream = %config.name, error = %e, "Stream set-up raced; retrying");
-                last = Some(e);
+                attempts += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Nats(format!(
-        "setting up stream {}: {}",
-        config.name,
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
 }
 
 /// Settings of a durable pull consumer.
@@ -213,23 +209,20 @@ pub async fn ensure_consumer(
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     };
-    let mut last = None;
-    for _ in 0..5 {
+    let mut attempts = 0;
+    loop {
         let attempt = async {
-            let stream = js.get_stream(&spec.stream).await.map_err(Error::nats)?;
-            stream
-                .create_consumer(config.clone())
-                .await
-                .map_err(Error::nats)
+            let stream = js.get_stream(&spec.stream).await?;
+            Ok::<_, Error>(stream.create_consumer(config.clone()).await?)
         };
         match attempt.await {
             Ok(c) => return Ok(c),
-            Err(e) => {
+            Err(e) if attempts < 4 => {
                 tracing::debug!(durable = %spec.durable, error = %e, "Consumer set-up raced; retrying");
-                last = Some(e);
+                attempts += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| Error::Nats("consumer set-up failed".into())))
 }

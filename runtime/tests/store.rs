@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use airlock_runtime::store::{ResultWrite, Store, Transition};
+use airlock_runtime::store::{RecordUpdate, ResultWrite, Store, Transition};
 use airlock_schemas::RunStatus;
 use airlock_test_support::RedisServer;
 
@@ -15,18 +15,43 @@ async fn a_status_only_moves_forward_and_a_late_event_changes_nothing() -> anyho
     let redis = RedisServer::start().await?;
     let s = store(&redis).await?;
     assert!(
-        s.transition("r1", RunStatus::Queued, &[("queue", "q".into())])
+        s.transition(
+            "r1",
+            RunStatus::Queued,
+            &RecordUpdate {
+                queue: Some("q".into()),
+                ..RecordUpdate::default()
+            }
+        )
+        .await?
+        .applied()
+    );
+    assert!(
+        s.transition("r1", RunStatus::Running, &RecordUpdate::default())
             .await?
             .applied()
     );
-    assert!(s.transition("r1", RunStatus::Running, &[]).await?.applied());
     assert!(
-        s.transition("r1", RunStatus::Succeeded, &[("exit_code", "0".into())])
-            .await?
-            .applied()
+        s.transition(
+            "r1",
+            RunStatus::Succeeded,
+            &RecordUpdate {
+                exit_code: Some(0),
+                ..RecordUpdate::default()
+            }
+        )
+        .await?
+        .applied()
     );
     let late = s
-        .transition("r1", RunStatus::Running, &[("started_at", "late".into())])
+        .transition(
+            "r1",
+            RunStatus::Running,
+            &RecordUpdate {
+                started_at: Some(chrono::Utc::now()),
+                ..RecordUpdate::default()
+            },
+        )
         .await?;
     assert_eq!(
         late,
@@ -34,7 +59,9 @@ async fn a_status_only_moves_forward_and_a_late_event_changes_nothing() -> anyho
             current: RunStatus::Succeeded
         }
     );
-    let other_terminal = s.transition("r1", RunStatus::Failed, &[]).await?;
+    let other_terminal = s
+        .transition("r1", RunStatus::Failed, &RecordUpdate::default())
+        .await?;
     assert_eq!(
         other_terminal,
         Transition::Refused {
@@ -55,10 +82,13 @@ async fn a_status_only_moves_forward_and_a_late_event_changes_nothing() -> anyho
 async fn terminal_runs_leave_the_active_set_and_expire_after_the_ttl() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let s = store(&redis).await?;
-    s.transition("r1", RunStatus::Pending, &[]).await?;
-    s.transition("r2", RunStatus::Pending, &[]).await?;
+    s.transition("r1", RunStatus::Pending, &RecordUpdate::default())
+        .await?;
+    s.transition("r2", RunStatus::Pending, &RecordUpdate::default())
+        .await?;
     assert_eq!(sorted(s.active_runs().await?), ["r1", "r2"]);
-    s.transition("r1", RunStatus::TimedOut, &[]).await?;
+    s.transition("r1", RunStatus::TimedOut, &RecordUpdate::default())
+        .await?;
     assert_eq!(s.active_runs().await?, ["r2"]);
     let mut conn = redis.connection().await?;
     let ttl: i64 = redis::cmd("TTL")
@@ -84,7 +114,8 @@ async fn the_first_result_wins_and_unknown_runs_are_refused() -> anyhow::Result<
     let redis = RedisServer::start().await?;
     let s = store(&redis).await?;
     assert_eq!(s.store_result("nope", "{}").await?, ResultWrite::UnknownRun);
-    s.transition("r1", RunStatus::Queued, &[]).await?;
+    s.transition("r1", RunStatus::Queued, &RecordUpdate::default())
+        .await?;
     assert_eq!(
         s.store_result("r1", r#"{"a":1}"#).await?,
         ResultWrite::Stored
@@ -104,7 +135,8 @@ async fn the_first_result_wins_and_unknown_runs_are_refused() -> anyhow::Result<
 async fn result_rejections_are_recorded_and_bounded() -> anyhow::Result<()> {
     let redis = RedisServer::start().await?;
     let s = store(&redis).await?;
-    s.transition("r1", RunStatus::Queued, &[]).await?;
+    s.transition("r1", RunStatus::Queued, &RecordUpdate::default())
+        .await?;
     for i in 0..25 {
         s.add_result_rejection("r1", &format!("invalid token #{i}"), 20)
             .await?;
@@ -123,17 +155,20 @@ async fn a_stopped_redis_is_an_observable_retryable_error_and_a_restart_recovers
 -> anyhow::Result<()> {
     let mut redis = RedisServer::start().await?;
     let s = store(&redis).await?;
-    s.transition("r1", RunStatus::Queued, &[]).await?;
+    s.transition("r1", RunStatus::Queued, &RecordUpdate::default())
+        .await?;
     redis.stop().await?;
     let err = s
-        .transition("r1", RunStatus::Pending, &[])
+        .transition("r1", RunStatus::Pending, &RecordUpdate::default())
         .await
         .expect_err("redis is down");
     assert!(err.is_retryable(), "{err}");
     redis.restart().await?;
     let ok =
         airlock_test_support::wait_until(Duration::from_secs(20), "redis to come back", || async {
-            s.transition("r1", RunStatus::Pending, &[]).await.ok()
+            s.transition("r1", RunStatus::Pending, &RecordUpdate::default())
+                .await
+                .ok()
         })
         .await?;
     // Nothing is persisted by the harness's redis: the record starts afresh.

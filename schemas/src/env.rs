@@ -15,3 +15,16 @@ pub const RESULT_FILE: &str = "AIRLOCK_RESULT_FILE";
 
 /// NATS header carrying the run token on a result message.
 pub const RUN_TOKEN_HEADER: &str = "Airlock-Run-Token";
+
+/// NATS header on a run request naming its attempt; absent on a client's request, which is attempt
+/// [`crate::record::FIRST_ATTEMPT`]. The janitor sets it when it dispatches a lost run again.
+pub const ATTEMPT_HEADER: &str = "Airlock-Attempt";
+
+/// The attempt a request's [`ATTEMPT_HEADER`] value names: [`crate::record::FIRST_ATTEMPT`] when absent or
+/// not a positive number.
+pub fn attempt_from_header(value: Option<&str>) -> u32 {
+    value
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|a| *a >= crate::record::FIRST_ATTEMPT)
+        .unwrap_or(crate::record::FIRST_ATTEMPT)
+}

@@ -73,6 +73,55 @@ pub struct LifecycleEvent {
     pub metadata: Option<serde_json::Value>,
 }
 
+impl LifecycleEvent {
+    /// An event for `run_id` moving to `status` now, with nothing else said.
+    pub fn now(run_id: impl Into<String>, status: RunStatus) -> Self {
+        Self {
+            run_id: run_id.into(),
+            status,
+            at: Utc::now(),
+            reason: None,
+            exit_code: None,
+            queue: None,
+            metadata: None,
+        }
+    }
+
+    /// The same event, with its reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The same event, with its queue.
+    pub fn with_queue(mut self, queue: Option<String>) -> Self {
+        self.queue = queue;
+        self
+    }
+}
+
+impl TimerEvent {
+    /// A timer of `kind` about `run_id`'s `attempt`.
+    pub fn for_run(kind: TimerKind, run_id: impl Into<String>, attempt: u32) -> Self {
+        Self {
+            kind,
+            run_id: Some(run_id.into()),
+            attempt: Some(attempt),
+            reason: None,
+        }
+    }
+
+    /// The recurring sweep tick.
+    pub fn sweep() -> Self {
+        Self {
+            kind: TimerKind::Sweep,
+            run_id: None,
+            attempt: None,
+            reason: None,
+        }
+    }
+}
+
 /// A rejected result submission, on `airlock.events.<run_id>` next to the run's [`LifecycleEvent`]s.
 ///
 /// Never carries the rejected body. Told apart from a lifecycle event by having no `status`.

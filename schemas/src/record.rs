@@ -1,5 +1,6 @@
 //! The Redis run record `airlock:run:<id>` (a hash) and the run status machine.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,26 @@ pub fn key(prefix: &str, run_id: &str) -> String {
 /// Redis key of the set of runs that are not terminal yet (for sweeps).
 pub fn active_key(prefix: &str) -> String {
     format!("{prefix}:runs:active")
+}
+
+/// The attempt a run is on when nothing says otherwise (attempts are 1-based).
+pub const FIRST_ATTEMPT: u32 = 1;
+
+/// A record timestamp: RFC 3339 in UTC with milliseconds, so timestamps sort as text.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Now, as a record [`timestamp`].
+pub fn now() -> String {
+    timestamp(Utc::now())
+}
+
+/// Parses a record timestamp (any RFC 3339 time); `None` when it is not one.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Hash field names of the run record.
@@ -53,7 +74,7 @@ pub mod field {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
-    /// Accepted by the API, not yet handled by a dispatcher.
+    /// Accepted (a valid request was read), not launched yet.
     Queued,
     /// Invalid request or refused by policy; nothing was created.
     Rejected,
@@ -190,6 +211,26 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The attempt the run is on ([`FIRST_ATTEMPT`] when the record does not say).
+    pub fn current_attempt(&self) -> u32 {
+        self.attempt.unwrap_or(FIRST_ATTEMPT).max(FIRST_ATTEMPT)
+    }
+
+    /// Whether the run has ended.
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_some_and(RunStatus::is_terminal)
+    }
+
+    /// When the request was received, parsed.
+    pub fn submitted(&self) -> Option<DateTime<Utc>> {
+        parse_timestamp(self.submitted_at.as_deref()?)
+    }
+
+    /// When the run finished, parsed.
+    pub fn finished(&self) -> Option<DateTime<Utc>> {
+        parse_timestamp(self.finished_at.as_deref()?)
+    }
+
     /// Builds a record from the hash fields of `airlock:run:<id>`.
     pub fn from_hash(id: &str, h: &std::collections::HashMap<String, String>) -> Self {
         let s = |k: &str| h.get(k).cloned();

@@ -123,11 +123,6 @@ impl Subjects {
             .strip_prefix(".cancel.")
             .filter(|q| !q.is_empty() && !q.contains('.'))
     }
-
-    /// `airlock.api.<verb>`: the request-reply API (reserved for the API service).
-    pub fn api(&self, verb: &str) -> String {
-        format!("{}.api.{verb}", self.prefix)
-    }
 }
 
 #[cfg(test)]

@@ -126,8 +126,11 @@ impl Env {
         Ok(())
     }
 
+    /// The run's record as Redis holds it (the raw hash: tests check the stored layout itself).
     pub async fn record(&self, id: &str) -> HashMap<String, String> {
-        self.store.get_raw(id).await.unwrap_or_default()
+        redis::AsyncCommands::hgetall(&mut self.store.connection(), format!("airlock:run:{id}"))
+            .await
+            .unwrap_or_default()
     }
 
     /// Waits until the run's record has `status`.

@@ -13,8 +13,8 @@ use airlock_janitor::{Config, Metrics};
 use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
 use airlock_runtime::nats::{StreamOptions, ensure_streams};
 use airlock_runtime::publish::Publisher;
-use airlock_runtime::store::{Store, now_rfc3339};
-use airlock_schemas::record::{RunRecord, field};
+use airlock_runtime::store::{RecordUpdate, Store};
+use airlock_schemas::record::RunRecord;
 use airlock_schemas::{
     LifecycleEvent, Policy, RunRequest, RunStatus, Subjects, TimerEvent, TimerKind,
 };
@@ -191,13 +191,14 @@ impl Env {
             .transition(
                 &request.id,
                 RunStatus::Pending,
-                &[
-                    (field::QUEUE, QUEUE.into()),
-                    (field::IMAGE, request.image.clone()),
-                    (field::REQUEST, serde_json::to_string(&validated.request)?),
-                    (field::SUBMITTED_AT, now_rfc3339()),
-                    (field::ATTEMPT, "1".into()),
-                ],
+                &RecordUpdate {
+                    queue: Some(QUEUE.into()),
+                    image: Some(request.image.clone()),
+                    request: Some(serde_json::to_string(&validated.request)?),
+                    submitted_at: Some(chrono::Utc::now()),
+                    attempt: Some(1),
+                    ..RecordUpdate::default()
+                },
             )
             .await?;
         Ok(())
@@ -300,12 +301,7 @@ impl Env {
                     _ = shutdown.cancelled() => return,
                     m = msgs.next() => match m { Some(Ok(m)) => m, _ => return },
                 };
-                let attempt: u32 = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(airlock_janitor::ATTEMPT_HEADER))
-                    .and_then(|v| v.as_str().parse().ok())
-                    .unwrap_or(1);
+                let attempt = airlock_runtime::consume::attempt_of(&msg);
                 let Ok(request) = serde_json::from_slice::<RunRequest>(&msg.payload) else {
                     let _ = msg.ack().await;
                     continue;

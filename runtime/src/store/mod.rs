@@ -4,16 +4,25 @@
 //! a status moves only forward ([`RunStatus::rank`]); the first genuine result wins; rejections are bounded.
 //! Non-terminal runs are kept in the set `<prefix>:runs:active` for sweeps; a terminal record expires after
 //! the configured TTL.
+//!
+//! The store is the record's one owner: every read and write of `<prefix>:run:<id>` goes through its typed
+//! methods ([`RecordUpdate`], [`RunHead`], [`StoredRun`], [`RunRecord`]); nothing else names a hash field.
+//!
+//! # Layout
+//! - this module: the connection, the Lua scripts and the methods.
+//! - `record`: the typed views of the record and the update of its fields.
+
+mod record;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use airlock_schemas::RunStatus;
-use airlock_schemas::record::{self, RunRecord, field};
-use chrono::{SecondsFormat, Utc};
+use airlock_schemas::record::{self as schema, RunRecord, field};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+pub use self::record::{RecordUpdate, RunHead, StoredRun};
 use crate::Error;
 
 /// Outcome of [`Store::transition`].
@@ -47,11 +56,6 @@ pub enum ResultWrite {
     Duplicate,
     /// No record for this run.
     UnknownRun,
-}
-
-/// Now, as RFC 3339 with milliseconds in UTC (sortable as text).
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 const TRANSITION: &str = r#"
@@ -162,27 +166,31 @@ impl Store {
         self.conn.clone()
     }
 
-    /// Key of a run's record.
-    pub fn key(&self, run_id: &str) -> String {
-        record::key(&self.prefix, run_id)
+    /// The key prefix (`<prefix>:...`), for the coordination keys services keep beside the records.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
-    /// Moves `run_id` to `status` (creating the record if needed) and sets `fields`, unless the record
+    fn key(&self, run_id: &str) -> String {
+        schema::key(&self.prefix, run_id)
+    }
+
+    /// Moves `run_id` to `status` (creating the record if needed) and applies `update`, unless the record
     /// already has that status or a later one. Terminal statuses leave the active set and start the TTL.
     pub async fn transition(
         &self,
         run_id: &str,
         status: RunStatus,
-        fields: &[(&str, String)],
+        update: &RecordUpdate,
     ) -> Result<Transition, Error> {
         let mut inv = self.transition.key(self.key(run_id));
-        inv.key(record::active_key(&self.prefix))
+        inv.key(schema::active_key(&self.prefix))
             .arg(status.as_str())
-            .arg(now_rfc3339())
+            .arg(schema::now())
             .arg(run_id)
             .arg(self.record_ttl.as_secs());
-        for (k, v) in fields {
-            inv.arg(*k).arg(v);
+        for (k, v) in update.fields() {
+            inv.arg(k).arg(v);
         }
         let (applied, prev): (i64, String) = inv.invoke_async(&mut self.conn.clone()).await?;
         let prev = RunStatus::parse(&prev);
@@ -193,12 +201,12 @@ impl Store {
         })
     }
 
-    /// Sets fields without touching the status (e.g. `logs`, `reaped_at`, `attempt`).
-    pub async fn set_fields(&self, run_id: &str, fields: &[(&str, String)]) -> Result<(), Error> {
-        if fields.is_empty() {
+    /// Applies `update` without touching the status (e.g. `logs`, `reaped_at`, `attempt`).
+    pub async fn update(&self, run_id: &str, update: &RecordUpdate) -> Result<(), Error> {
+        let items = update.fields();
+        if items.is_empty() {
             return Ok(());
         }
-        let items: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let _: () = self
             .conn
             .clone()
@@ -217,7 +225,7 @@ impl Store {
             .store_result
             .key(self.key(run_id))
             .arg(result_json)
-            .arg(now_rfc3339())
+            .arg(schema::now())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(match r.as_str() {
@@ -236,7 +244,7 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_rfc3339();
+        let now = schema::now();
         let mut pipe = redis::pipe();
         pipe.load_script(&self.store_result).ignore();
         for (run_id, result_json) in items {
@@ -262,11 +270,6 @@ impl Store {
             .collect())
     }
 
-    /// The script behind [`Store::store_result`], for callers that pipeline many writes.
-    pub fn store_result_script(&self) -> &Script {
-        &self.store_result
-    }
-
     /// Records a rejected result submission on the run (keeps the last `max`); no-op for unknown runs.
     pub async fn add_result_rejection(
         &self,
@@ -284,15 +287,57 @@ impl Store {
         Ok(())
     }
 
-    /// All fields of a run's record (empty when there is none).
-    pub async fn get_raw(&self, run_id: &str) -> Result<HashMap<String, String>, Error> {
+    async fn hash(&self, run_id: &str) -> Result<HashMap<String, String>, Error> {
         Ok(self.conn.clone().hgetall(self.key(run_id)).await?)
     }
 
     /// A run's record, or `None`.
     pub async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
-        let h = self.get_raw(run_id).await?;
+        let h = self.hash(run_id).await?;
         Ok((!h.is_empty()).then(|| RunRecord::from_hash(run_id, &h)))
+    }
+
+    /// A run's record with its accepted request, or `None`.
+    pub async fn run(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let h = self.hash(run_id).await?;
+        Ok((!h.is_empty()).then(|| StoredRun::from_hash(run_id, &h)))
+    }
+
+    /// A run's accepted request, or `None` (no record, none stored, or not a valid request).
+    pub async fn request(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<airlock_schemas::RunRequest>, Error> {
+        let raw: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.key(run_id), field::REQUEST)
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// A run's [`RunHead`] (one small read), or `None` when there is no record.
+    pub async fn head(&self, run_id: &str) -> Result<Option<RunHead>, Error> {
+        Ok(self.heads(&[run_id]).await?.pop().flatten())
+    }
+
+    /// The [`RunHead`] of each run in `run_ids`, in order, in one pipelined round trip.
+    pub async fn heads(&self, run_ids: &[&str]) -> Result<Vec<Option<RunHead>>, Error> {
+        let mut pipe = redis::pipe();
+        for id in run_ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(id))
+                .arg(&RunHead::FIELDS[..]);
+        }
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        if replies.len() != run_ids.len() {
+            return Err(Error::Corrupt(format!(
+                "heads: {} replies for {} runs",
+                replies.len(),
+                run_ids.len()
+            )));
+        }
+        Ok(replies.into_iter().map(RunHead::from_values).collect())
     }
 
     /// A run's status, or `None`.
@@ -310,7 +355,7 @@ impl Store {
         Ok(self
             .conn
             .clone()
-            .smembers(record::active_key(&self.prefix))
+            .smembers(schema::active_key(&self.prefix))
             .await?)
     }
 }
