@@ -129,50 +129,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         &data_dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )?;
-    let nats_bin = find(&a.nats_server, "nats-server")?;
-    let redis_bin = find(&a.redis_server, "redis-server")?;
-    let nats_port = pick_port(a.nats_port)?;
-    let redis_port = pick_port(a.redis_port)?;
-
-    std::fs::create_dir_all(data_dir.join("redis"))?;
-    let mut nats = Command::new(&nats_bin)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &nats_port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(data_dir.join("nats"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", nats_bin.display()))?;
-    let mut redis = Command::new(&redis_bin)
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ])
-        .arg("--dir")
-        .arg(data_dir.join("redis"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", redis_bin.display()))?;
-    wait_port(nats_port, &mut nats, "nats-server").await?;
-    wait_port(redis_port, &mut redis, "redis-server").await?;
-
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let mut servers = Servers::start(&a, &data_dir).await?;
+    let (nats_url, redis_url) = (servers.nats_url.clone(), servers.redis_url.clone());
     let secret = token_secret_file(&data_dir)?;
     let sandbox_dir = data_dir.join("sandbox");
     let common = |bin: &str| -> Vec<String> {
@@ -208,6 +166,101 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         airlock_dispatcher::Config::try_parse_from(backend(common("airlock-dispatcher")))?;
     let ingester_cfg = airlock_ingester::Config::try_parse_from(common("airlock-ingester"))?;
     let janitor_cfg = airlock_janitor::Config::try_parse_from(backend(common("airlock-janitor")))?;
+    let mut services = spawn_services(dispatcher_cfg, ingester_cfg, janitor_cfg, &shutdown);
+    print_banner(&data_dir, &nats_url, &redis_url);
+    let outcome = if a.demo {
+        tokio::select! {
+            r = demo(&nats_url, &redis_url) => r,
+            Some(r) = services.join_next() => Err(anyhow::anyhow!("a service stopped early: {:?}", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}"))))),
+        }
+    } else {
+        tokio::select! {
+            _ = signals.cancelled() => Ok(()),
+            Some(r) = services.join_next() => Err(anyhow::anyhow!("a service stopped early: {:?}", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}"))))),
+        }
+    };
+    shutdown.cancel();
+    while let Some(r) = services.join_next().await {
+        if let Ok(Err(e)) = r {
+            eprintln!("service error during shutdown: {e:#}");
+        }
+    }
+    servers.stop().await;
+    outcome
+}
+
+/// The NATS and Redis servers `airlock dev` runs, on loopback, with their state under the data dir.
+struct Servers {
+    nats: tokio::process::Child,
+    redis: tokio::process::Child,
+    nats_url: String,
+    redis_url: String,
+}
+
+impl Servers {
+    async fn start(a: &DevArgs, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let nats_bin = find(&a.nats_server, "nats-server")?;
+        let redis_bin = find(&a.redis_server, "redis-server")?;
+        let nats_port = pick_port(a.nats_port)?;
+        let redis_port = pick_port(a.redis_port)?;
+
+        std::fs::create_dir_all(data_dir.join("redis"))?;
+        let mut nats = Command::new(&nats_bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(data_dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", nats_bin.display()))?;
+        let mut redis = Command::new(&redis_bin)
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(data_dir.join("redis"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", redis_bin.display()))?;
+        wait_port(nats_port, &mut nats, "nats-server").await?;
+        wait_port(redis_port, &mut redis, "redis-server").await?;
+        Ok(Self {
+            nats,
+            redis,
+            nats_url: format!("nats://127.0.0.1:{nats_port}"),
+            redis_url: format!("redis://127.0.0.1:{redis_port}"),
+        })
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.nats.kill().await;
+        let _ = self.redis.kill().await;
+    }
+}
+
+/// Runs the three services in this process until `shutdown`.
+fn spawn_services(
+    dispatcher_cfg: airlock_dispatcher::Config,
+    ingester_cfg: airlock_ingester::Config,
+    janitor_cfg: airlock_janitor::Config,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinSet<anyhow::Result<()>> {
     let mut services = tokio::task::JoinSet::new();
     let s = shutdown.clone();
     services.spawn(async move {
@@ -231,6 +284,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             .context("janitor")
     });
 
+    services
+}
+
+fn print_banner(data_dir: &std::path::Path, nats_url: &str, redis_url: &str) {
     eprintln!();
     eprintln!(
         "Airlock is running (local sandbox runtime). State: {}",
@@ -245,27 +302,6 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     );
     eprintln!("Stop with Ctrl-C.");
     eprintln!();
-
-    let outcome = if a.demo {
-        tokio::select! {
-            r = demo(&nats_url, &redis_url) => r,
-            Some(r) = services.join_next() => Err(anyhow::anyhow!("a service stopped early: {:?}", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}"))))),
-        }
-    } else {
-        tokio::select! {
-            _ = signals.cancelled() => Ok(()),
-            Some(r) = services.join_next() => Err(anyhow::anyhow!("a service stopped early: {:?}", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}"))))),
-        }
-    };
-    shutdown.cancel();
-    while let Some(r) = services.join_next().await {
-        if let Ok(Err(e)) = r {
-            eprintln!("service error during shutdown: {e:#}");
-        }
-    }
-    let _ = nats.kill().await;
-    let _ = redis.kill().await;
-    outcome
 }
 
 async fn demo(nats_url: &str, redis_url: &str) -> anyhow::Result<()> {

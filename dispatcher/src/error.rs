@@ -31,18 +31,6 @@ impl Error {
     }
 }
 
-impl From<airlock_runtime::NatsError> for Error {
-    fn from(e: airlock_runtime::NatsError) -> Self {
-        Error::Runtime(e.into())
-    }
-}
-
-impl From<redis::RedisError> for Error {
-    fn from(e: redis::RedisError) -> Self {
-        Error::Runtime(e.into())
-    }
-}
-
 /// A configuration error.
 pub(crate) fn config(message: impl Into<String>) -> Error {
     Error::Runtime(airlock_runtime::Error::Config(message.into()))

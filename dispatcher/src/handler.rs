@@ -293,5 +293,5 @@ async fn fail(
     if cleanup && let Err(e) = ctx.backend.remove(id).await {
         warn!(run_id = %id, error = %e, "Removing a failed run's objects failed; the janitor's sweep will");
     }
-    ctx.slots.release(id).await
+    Ok(ctx.slots.release(id).await?)
 }

@@ -32,8 +32,8 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
-use crate::Error;
 use crate::config::QueueCap;
+use airlock_runtime::Error;
 
 const ACQUIRE: &str = r#"
 local now = ARGV[2]

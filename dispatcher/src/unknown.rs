@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use airlock_runtime::NatsError;
 use airlock_runtime::consume;
 use airlock_runtime::nats::stream_name;
 use airlock_schemas::subjects::STREAM_RUNS;
@@ -118,17 +117,17 @@ pub async fn scan(
     let stream = js
         .get_stream_no_info(stream_name(&ctx.subjects, STREAM_RUNS))
         .await
-        .map_err(NatsError::from)?;
+        .map_err(airlock_runtime::Error::from)?;
     let mut stray: Vec<String> = stream
         .info_with_subjects(ctx.subjects.runs_all())
         .await
-        .map_err(NatsError::from)?
+        .map_err(airlock_runtime::Error::from)?
         .try_filter_map(|(subject, count)| async move {
             Ok((count > 0 && !is_configured(ctx, &subject)).then_some(subject))
         })
         .try_collect()
         .await
-        .map_err(NatsError::from)?;
+        .map_err(airlock_runtime::Error::from)?;
     stray.sort_unstable();
     held_elsewhere.retain(|s| stray.contains(s));
     for subject in stray {
@@ -193,7 +192,7 @@ async fn drain(
     let consumer: PullConsumer = match stream.create_consumer(config).await {
         Ok(c) => c,
         Err(e) if is_overlap(&e) => return Ok(Drain::HeldElsewhere),
-        Err(e) => return Err(NatsError::from(e).into()),
+        Err(e) => return Err(airlock_runtime::Error::from(e).into()),
     };
     let name = consumer.cached_info().name.clone();
     let result = drain_with(ctx, &consumer, subject, shutdown).await;
@@ -220,10 +219,10 @@ async fn drain_with(
             .expires(Duration::from_secs(1))
             .messages()
             .await
-            .map_err(NatsError::from)?;
+            .map_err(airlock_runtime::Error::from)?;
         let mut got = 0;
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(NatsError::Receive)?;
+            let msg = msg.map_err(airlock_runtime::Error::receive)?;
             got += 1;
             settle_one(ctx, &msg, queue, &reason).await?;
             settled += 1;
@@ -269,7 +268,10 @@ async fn settle_one(
             AckKind::Term
         }
     };
-    Ok(msg.double_ack_with(kind).await.map_err(NatsError::Ack)?)
+    Ok(msg
+        .double_ack_with(kind)
+        .await
+        .map_err(airlock_runtime::Error::ack)?)
 }
 
 #[cfg(test)]

@@ -26,15 +26,3 @@ impl Error {
         }
     }
 }
-
-impl From<airlock_runtime::NatsError> for Error {
-    fn from(e: airlock_runtime::NatsError) -> Self {
-        Error::Runtime(e.into())
-    }
-}
-
-impl From<redis::RedisError> for Error {
-    fn from(e: redis::RedisError) -> Self {
-        Error::Runtime(e.into())
-    }
-}

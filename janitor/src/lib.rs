@@ -40,7 +40,7 @@ use std::time::Duration;
 use airlock_backend::Backend;
 use airlock_runtime::consume::{LoopOptions, run_loop};
 use airlock_runtime::nats::{self, ensure_consumer};
-use airlock_runtime::{NatsError, service};
+use airlock_runtime::service;
 use airlock_schemas::subjects::STREAM_TIMERS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -101,9 +101,9 @@ pub async fn run_with_metrics(
     let cancels = client
         .queue_subscribe(subjects.cancel_all(), DURABLE.into())
         .await
-        .map_err(NatsError::from)?;
+        .map_err(airlock_runtime::Error::from)?;
     // Make sure the server has the subscription before we say we are ready.
-    client.flush().await.map_err(NatsError::from)?;
+    client.flush().await.map_err(airlock_runtime::Error::from)?;
 
     let grace = config.common.shutdown_grace;
     let cancel_server = tokio::spawn(cancel::serve(

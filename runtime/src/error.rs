@@ -59,6 +59,16 @@ impl Error {
             _ => None,
         }
     }
+
+    /// An acknowledgement failed (async-nats reports these untyped).
+    pub fn ack(e: async_nats::Error) -> Self {
+        Error::Nats(NatsError::Ack(e))
+    }
+
+    /// A message of a fetched batch could not be received (async-nats reports these untyped).
+    pub fn receive(e: async_nats::Error) -> Self {
+        Error::Nats(NatsError::Receive(e))
+    }
 }
 
 /// A NATS or JetStream failure. Each variant keeps the async-nats error, whose kind decides the retry.

@@ -272,71 +272,89 @@ impl RunRequest {
         queue: &str,
         policy: &Policy,
     ) -> Result<ValidatedRun, Vec<FieldError>> {
-        let mut errs = Vec::new();
-        let mut err = |p: String, m: String| errs.push(FieldError::new(p, m));
-
+        let mut p = Problems::default();
         if !is_valid_name(queue) {
-            err(
-                "queue".into(),
-                "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into(),
-            );
+            p.add("queue", NAME_RULE);
         }
         if !is_valid_name(&self.id) {
-            err(
-                "id".into(),
-                "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends".into(),
-            );
+            p.add("id", NAME_RULE);
         }
+        self.check_image(policy, &mut p);
+        self.check_argv_and_env(&mut p);
+        self.check_labels(&mut p);
+        self.check_deadline_and_egress(policy, &mut p);
+        self.fill_resources(&policy.default_resources);
+        check_resources(&self.resources, policy, &mut p);
+        if !p.0.is_empty() {
+            return Err(p.0);
+        }
+        let deadline_seconds = self
+            .deadline_seconds
+            .unwrap_or(policy.default_deadline_seconds);
+        self.deadline_seconds = Some(deadline_seconds);
+        Ok(ValidatedRun {
+            request: self,
+            queue: queue.to_string(),
+            deadline_seconds,
+        })
+    }
+
+    fn check_image(&self, policy: &Policy, p: &mut Problems) {
+        let allowed = |a: &String| {
+            self.image == *a || (a.ends_with('/') && self.image.starts_with(a.as_str()))
+        };
         if self.image.is_empty() {
-            err("image".into(), "required".into());
+            p.add("image", "required");
         } else if self.image.len() > 512 || !IMAGE_RE.is_match(&self.image) {
-            err("image".into(), "not a valid image reference".into());
-        } else if !policy.image_allowlist.is_empty()
-            && !policy.image_allowlist.iter().any(|allowed| {
-                self.image == *allowed
-                    || (allowed.ends_with('/') && self.image.starts_with(allowed.as_str()))
-            })
+            p.add("image", "not a valid image reference");
+        } else if !policy.image_allowlist.is_empty() && !policy.image_allowlist.iter().any(allowed)
         {
-            err(
-                "image".into(),
-                "image not in the operator's allowlist".into(),
-            );
+            p.add("image", "image not in the operator's allowlist");
         }
+    }
+
+    fn check_argv_and_env(&self, p: &mut Problems) {
         for (name, list) in [("command", &self.command), ("args", &self.args)] {
             for (i, a) in list.iter().enumerate() {
                 if a.contains('\0') {
-                    err(format!("{name}.{i}"), "contains a NUL byte".into());
+                    p.add(format!("{name}.{i}"), "contains a NUL byte");
                 }
             }
         }
         for (k, v) in &self.env {
             let path = format!("env.{k}");
             if k.starts_with(env::RESERVED_PREFIX) {
-                err(path, "reserved prefix".into());
+                p.add(path, "reserved prefix");
             } else if !ENV_RE.is_match(k) {
-                err(
-                    path,
-                    "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
-                );
+                p.add(path, "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)");
             } else if v.contains('\0') {
-                err(path, "value contains a NUL byte".into());
+                p.add(path, "value contains a NUL byte");
             }
         }
+    }
+
+    fn check_labels(&self, p: &mut Problems) {
         for (k, v) in &self.labels {
             let path = format!("labels.{k}");
             if k.starts_with(labels::RESERVED_PREFIX) || k == labels::MANAGED_BY {
-                err(path.clone(), "reserved label".into());
+                p.add(path.clone(), "reserved label");
             } else if !valid_label_key(k) {
-                err(path.clone(), "not a valid label key".into());
+                p.add(path.clone(), "not a valid label key");
             }
             if !LABEL_VALUE_RE.is_match(v) {
-                err(path, "not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)".into());
+                p.add(
+                    path,
+                    "not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)",
+                );
             }
         }
+    }
+
+    fn check_deadline_and_egress(&self, policy: &Policy, p: &mut Problems) {
         match self.deadline_seconds {
-            Some(0) => err("deadline_seconds".into(), "must be at least 1".into()),
-            Some(d) if d > policy.max_deadline_seconds => err(
-                "deadline_seconds".into(),
+            Some(0) => p.add("deadline_seconds", "must be at least 1"),
+            Some(d) if d > policy.max_deadline_seconds => p.add(
+                "deadline_seconds",
                 format!(
                     "exceeds the policy maximum of {}",
                     policy.max_deadline_seconds
@@ -346,91 +364,96 @@ impl RunRequest {
         }
         for (i, name) in self.egress.iter().enumerate() {
             if !policy.egress.contains_key(name) {
-                err(
+                p.add(
                     format!("egress.{i}"),
                     format!("unknown egress destination {name:?}"),
                 );
             }
         }
-        // Resources: fill defaults, then check bounds and that requests do not exceed limits.
-        let d = &policy.default_resources;
+    }
+
+    /// Fills what the request leaves out of its resources from the policy's defaults.
+    fn fill_resources(&mut self, d: &Resources) {
         let r = &mut self.resources;
         fill(&mut r.requests.cpu, &d.requests.cpu);
         fill(&mut r.requests.memory, &d.requests.memory);
         fill(&mut r.limits.cpu, &d.limits.cpu);
         fill(&mut r.limits.memory, &d.limits.memory);
-        let mut cpu = [None, None];
-        let mut mem = [None, None];
-        for (i, (kind, list)) in [("requests", &r.requests), ("limits", &r.limits)]
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(q) = &list.cpu {
-                match quantity::cpu_millis(q) {
-                    None => err(
-                        format!("resources.{kind}.cpu"),
-                        format!("not a valid quantity: {q:?}"),
-                    ),
-                    Some(v) if v > policy.max_cpu_millis => err(
-                        format!("resources.{kind}.cpu"),
-                        format!("exceeds the policy maximum of {}m", policy.max_cpu_millis),
-                    ),
-                    Some(0) => err(format!("resources.{kind}.cpu"), "must be positive".into()),
-                    Some(v) => cpu[i] = Some(v),
-                }
-            }
-            if let Some(q) = &list.memory {
-                match quantity::bytes(q) {
-                    None => err(
-                        format!("resources.{kind}.memory"),
-                        format!("not a valid quantity: {q:?}"),
-                    ),
-                    Some(v) if v > policy.max_memory_bytes => err(
-                        format!("resources.{kind}.memory"),
-                        format!(
-                            "exceeds the policy maximum of {} bytes",
-                            policy.max_memory_bytes
-                        ),
-                    ),
-                    Some(0) => err(
-                        format!("resources.{kind}.memory"),
-                        "must be positive".into(),
-                    ),
-                    Some(v) => mem[i] = Some(v),
-                }
-            }
-        }
-        if let [Some(req), Some(lim)] = cpu
-            && req > lim
-        {
-            err(
-                "resources.requests.cpu".into(),
-                "exceeds resources.limits.cpu".into(),
-            );
-        }
-        if let [Some(req), Some(lim)] = mem
-            && req > lim
-        {
-            err(
-                "resources.requests.memory".into(),
-                "exceeds resources.limits.memory".into(),
-            );
-        }
+    }
+}
 
-        if errs.is_empty() {
-            let deadline_seconds = self
-                .deadline_seconds
-                .unwrap_or(policy.default_deadline_seconds);
-            self.deadline_seconds = Some(deadline_seconds);
-            Ok(ValidatedRun {
-                request: self,
-                queue: queue.to_string(),
-                deadline_seconds,
-            })
-        } else {
-            Err(errs)
+const NAME_RULE: &str = "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends";
+
+/// Every problem found, with its path.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+}
+
+/// Checks each quantity against the policy bounds, and that requests do not exceed limits.
+fn check_resources(r: &Resources, policy: &Policy, p: &mut Problems) {
+    let mut cpu = [None, None];
+    let mut mem = [None, None];
+    for (i, (kind, list)) in [("requests", &r.requests), ("limits", &r.limits)]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(q) = &list.cpu {
+            let path = format!("resources.{kind}.cpu");
+            let max = format!("exceeds the policy maximum of {}m", policy.max_cpu_millis);
+            cpu[i] = bounded(
+                quantity::cpu_millis(q),
+                q,
+                policy.max_cpu_millis,
+                max,
+                path,
+                p,
+            );
+        }
+        if let Some(q) = &list.memory {
+            let path = format!("resources.{kind}.memory");
+            let max = format!(
+                "exceeds the policy maximum of {} bytes",
+                policy.max_memory_bytes
+            );
+            mem[i] = bounded(quantity::bytes(q), q, policy.max_memory_bytes, max, path, p);
         }
     }
+    if let [Some(req), Some(lim)] = cpu
+        && req > lim
+    {
+        p.add("resources.requests.cpu", "exceeds resources.limits.cpu");
+    }
+    if let [Some(req), Some(lim)] = mem
+        && req > lim
+    {
+        p.add(
+            "resources.requests.memory",
+            "exceeds resources.limits.memory",
+        );
+    }
+}
+
+/// The parsed quantity `q` when it is valid, positive and at most `max`; otherwise records why at `path`.
+fn bounded(
+    parsed: Option<u64>,
+    q: &str,
+    max: u64,
+    too_big: String,
+    path: String,
+    p: &mut Problems,
+) -> Option<u64> {
+    match parsed {
+        None => p.add(path, format!("not a valid quantity: {q:?}")),
+        Some(v) if v > max => p.add(path, too_big),
+        Some(0) => p.add(path, "must be positive"),
+        Some(v) => return Some(v),
+    }
+    None
 }
 
 fn fill(slot: &mut Option<String>, default: &Option<String>) {
