@@ -21,6 +21,7 @@
 //!   be cleaned up?" (the janitor's sweep.)
 //!
 //! # Layout
+//! - `error`: [`BackendError`], with its typed source and retry class.
 //! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
 //! - `local`: bubblewrap process trees supervised by the dispatcher, state in a directory the janitor reads.
 

@@ -40,11 +40,7 @@ use tracing::{debug, warn};
 
 use self::api::unless_status;
 pub use self::api::{classify, client};
-pub use self::config::{
-    DEFAULT_API_TIMEOUT, DEFAULT_DNS_NAMESPACE_LABELS, DEFAULT_DNS_POD_LABELS,
-    DEFAULT_IMAGE_PULL_POLICY, DEFAULT_NAMESPACE, DEFAULT_NATS_EGRESS_PORT, DEFAULT_RUN_AS_USER,
-    DEFAULT_TERMINATION_GRACE_SECONDS, KubeArgs, KubeConfig,
-};
+pub use self::config::{KubeArgs, KubeConfig};
 use self::objects::check_ours;
 pub use self::observe::observe_pod;
 use crate::{BackendError, LaunchSpec, Launched, Removed};

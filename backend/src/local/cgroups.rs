@@ -38,7 +38,7 @@ impl Cgroups {
             if ok {
                 out.v2 = Some(dir);
             } else {
-                warn!(dir = %dir.display(), "cgroup v2 is not writable; falling back to rlimits");
+                warn!(dir = %dir.display(), "Cgroup v2 is not writable; falling back to rlimits");
             }
             return out;
         }
@@ -51,7 +51,7 @@ impl Cgroups {
             match std::fs::create_dir_all(&dir) {
                 Ok(()) => Some(dir),
                 Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "cgroup v1 controller not writable; skipping it");
+                    warn!(dir = %dir.display(), error = %e, "Cgroup v1 controller not writable; skipping it");
                     None
                 }
             }
@@ -164,7 +164,7 @@ impl Cgroups {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    warn!(group, dir = %d.display(), error = %e, "could not remove the run's cgroup")
+                    warn!(group, dir = %d.display(), error = %e, "Could not remove the run's cgroup")
                 }
             }
         }

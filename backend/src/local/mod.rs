@@ -73,12 +73,7 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use self::cgroups::Cgroups;
-pub use self::config::{
-    DEFAULT_BWRAP, DEFAULT_CGROUPS, DEFAULT_MAX_CPU_SECONDS, DEFAULT_MAX_FILE_SIZE,
-    DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_PROCESSES, DEFAULT_MAX_RESULT_BYTES, DEFAULT_MEMORY,
-    DEFAULT_SLOTS, DEFAULT_STATE_DIR, DEFAULT_TMP_SIZE, DEFAULT_UID_BASE, DEFAULT_UID_LOCK_DIR,
-    LocalArgs, LocalConfig,
-};
+pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig};
 use self::sandbox::{Limits, job_env};
 use crate::{BackendError, LaunchSpec, Launched, Observed, Removed};
 
@@ -160,6 +155,7 @@ impl LocalBackend {
         })
     }
 
+    /// The configuration (with the state directory made absolute).
     fn config(&self) -> &LocalConfig {
         &self.inner.config
     }

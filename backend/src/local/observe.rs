@@ -16,6 +16,7 @@ use super::state::{StatusFile, read_json};
 use crate::{BackendError, Observed, Phase, RunObjects};
 
 impl LocalBackend {
+    /// The run's `status.json`; `None` when it does not exist.
     pub(super) fn read_status(&self, run_id: &str) -> Result<Option<StatusFile>, BackendError> {
         let path = self.run_dir(run_id).join(STATUS);
         read_json(&path).map_err(BackendError::io("reading", &path))

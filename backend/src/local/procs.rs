@@ -64,6 +64,6 @@ pub(crate) fn sigkill(pid: u32) {
     if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL)
         && e != rustix::io::Errno::SRCH
     {
-        warn!(pid, error = %e, "kill failed");
+        warn!(pid, error = %e, "Kill failed");
     }
 }

@@ -13,6 +13,7 @@ use super::uids::UidLock;
 use crate::BackendError;
 
 impl LocalBackend {
+    /// `slots/<slot>`: which run of this state directory last claimed the slot's uid.
     fn slot_file(&self, slot: u32) -> PathBuf {
         self.config().state_dir.join("slots").join(slot.to_string())
     }

@@ -16,9 +16,11 @@ use super::sandbox::{Limits, SandboxCommand};
 
 /// A started sandbox.
 pub(super) struct Spawned {
+    /// The sandbox root (`bwrap`).
     pub child: tokio::process::Child,
     /// Fires when the log thread has seen the end of the output.
     pub pump: tokio::sync::oneshot::Receiver<()>,
+    /// When it was started.
     pub started_at: DateTime<Utc>,
 }
 

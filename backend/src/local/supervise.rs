@@ -27,11 +27,13 @@ use super::uids::UidLock;
 
 /// What a supervise task owns for its run.
 pub(super) struct Run {
+    /// The run id.
     pub run_id: String,
     /// The run's uid, host-wide; released at step 3.
     pub uid_lock: UidLock,
     /// Proof that this task supervises the run; released at step 6.
     pub supervision: SupervisionLock,
+    /// The job's wall-clock deadline.
     pub deadline: Duration,
     /// The run token the result is published with.
     pub token: Option<String>,
@@ -149,6 +151,7 @@ impl LocalBackend {
         self.write_final(run_id, &status);
     }
 
+    /// Writes the final status and emits it on the watch.
     fn write_final(&self, run_id: &str, status: &StatusFile) {
         if let Err(e) = write_json(&self.run_dir(run_id).join(STATUS), status) {
             warn!(run_id, error = %e, "Could not write the final status");
