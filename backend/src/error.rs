@@ -95,7 +95,7 @@ impl BackendError {
         }
     }
 
-    /// An [`BackendError::Io`] for `what` on `path`.
+    /// Makes a [`BackendError::Io`] for `what` on `path` from an io error (for `map_err`).
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,
@@ -110,5 +110,37 @@ fn class_prefix(retryable: bool) -> &'static str {
         "transient backend error: "
     } else {
         "backend refused: "
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    #[test]
+    fn an_io_error_keeps_its_kind_and_source_and_is_transient() {
+        let e = BackendError::io("writing", "/state/runs/r/status.json")(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        ));
+        assert!(e.is_retryable());
+        assert_eq!(e.metric_label(), "transient");
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            source.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::StorageFull)
+        );
+        assert!(
+            e.to_string()
+                .starts_with("transient backend error: writing /state/runs/r/status.json: "),
+            "{e}"
+        );
+        let not_ours = BackendError::NotOurs {
+            name: "Pod/x".into(),
+            run_id: "x".into(),
+        };
+        assert_eq!(
+            (not_ours.is_retryable(), not_ours.metric_label()),
+            (false, "not_ours")
+        );
     }
 }
