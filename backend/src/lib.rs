@@ -21,6 +21,7 @@
 //!   be cleaned up?" (the janitor's sweep.)
 //!
 //! # Layout
+//! - `error`: [`BackendError`], with its typed source and retry class.
 //! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
 //! - `local`: bubblewrap process trees supervised by the dispatcher, state in a directory the janitor reads.
 
@@ -30,8 +31,11 @@ use airlock_schemas::{EgressDestination, Subjects, ValidatedRun};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
+mod error;
 pub mod kube;
 pub mod local;
+
+pub use error::BackendError;
 
 /// Which backend runs the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -197,32 +201,6 @@ pub enum Removed {
     Deleted,
     /// Nothing was there (already reaped).
     Absent,
-}
-
-/// A backend failure; [`BackendError::is_retryable`] decides between backoff and giving up.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// 429, 5xx, timeouts, connection errors: retry with backoff.
-    #[error("transient backend error: {0}")]
-    Transient(String),
-    /// An object with the run's name exists but is not this run's (labels differ).
-    #[error("object {name} exists but does not belong to run {run_id}")]
-    NotOurs {
-        /// Object name.
-        name: String,
-        /// Run id.
-        run_id: String,
-    },
-    /// The backend refused the request for good (400, 403, 422, invalid spec, image not allowed...).
-    #[error("backend refused: {0}")]
-    Permanent(String),
-}
-
-impl BackendError {
-    /// Whether retrying may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, BackendError::Transient(_))
-    }
 }
 
 /// The configured backend. An enum rather than a trait object: two variants, static dispatch.

@@ -38,14 +38,8 @@ impl UidLock {
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)?;
-        loop {
-            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(Some(Self { uid, file })),
-                Err(Errno::WOULDBLOCK) => return Ok(None),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Ok(try_flock(&file, FlockOperation::NonBlockingLockExclusive)?
+            .then_some(Self { uid, file }))
     }
 
     /// The uid this lock holds.
@@ -61,13 +55,23 @@ impl UidLock {
     }
 }
 
+/// Applies the non-blocking `flock` operation `op` to `file`: `Ok(false)` if another open file description
+/// holds a conflicting lock (one of this process included).
+pub(crate) fn try_flock(file: &std::fs::File, op: FlockOperation) -> std::io::Result<bool> {
+    loop {
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Creates the lock directory (0700) and checks it is a root-owned directory, not a symlink.
 pub(crate) fn prepare_dir(dir: &Path) -> Result<(), BackendError> {
-    let io = |what: &str, e: std::io::Error| {
-        BackendError::Transient(format!("{what} {}: {e}", dir.display()))
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| io("inspecting", e))?;
+    std::fs::create_dir_all(dir).map_err(BackendError::io("creating", dir))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(BackendError::io("inspecting", dir))?;
     if !meta.is_dir() || meta.uid() != 0 {
         return Err(BackendError::Permanent(format!(
             "the sandbox uid lock directory {} must be a directory owned by root",
@@ -75,7 +79,7 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), BackendError> {
         )));
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io("chmod", e))
+        .map_err(BackendError::io("chmod", dir))
 }
 
 #[cfg(test)]

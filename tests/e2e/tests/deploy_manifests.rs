@@ -523,9 +523,9 @@ fn every_airlock_variable_a_deployment_sets_is_one_its_service_reads() -> Result
     let objects = all_objects()?;
     let common = ["runtime/src/config.rs"];
     let backend = [
-        "runtime/src/backend/mod.rs",
-        "runtime/src/backend/kube.rs",
-        "runtime/src/backend/local.rs",
+        "backend/src/lib.rs",
+        "backend/src/kube/config.rs",
+        "backend/src/local/config.rs",
     ];
     for (service, own) in [
         ("airlock-dispatcher", vec!["dispatcher/src/config.rs"]),

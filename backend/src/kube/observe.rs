@@ -1,0 +1,259 @@
+//! Reading runs back: a pod as [`Observed`], logs, listings and the pod watch.
+
+use std::collections::BTreeMap;
+
+use airlock_schemas::labels;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{ListParams, LogParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use tracing::warn;
+
+use super::api::unless_status;
+use super::{CONTAINER, KubeBackend};
+use crate::{BackendError, Observed, Phase, RunObjects};
+
+impl KubeBackend {
+    /// The run's pod as [`Observed`], or `None` when it does not exist.
+    pub async fn observe(&self, run_id: &str) -> Result<Option<Observed>, BackendError> {
+        let name = labels::object_name(run_id);
+        let pod = self.call("get Pod", self.pods().get_opt(&name)).await?;
+        Ok(pod.as_ref().and_then(observe_pod))
+    }
+
+    /// The last `max_bytes` of the job container's log.
+    pub async fn logs_tail(&self, run_id: &str, max_bytes: usize) -> Result<String, BackendError> {
+        let name = labels::object_name(run_id);
+        let lp = LogParams {
+            container: Some(CONTAINER.into()),
+            tail_lines: Some(((max_bytes / 16).max(100)) as i64),
+            limit_bytes: Some((max_bytes.saturating_mul(4)).max(1024) as i64),
+            ..Default::default()
+        };
+        // 400 or 404: gone, or the container never started: no logs.
+        let logs = unless_status(
+            self.call("get logs", self.pods().logs(&name, &lp)).await,
+            &[400, 404],
+        )?;
+        Ok(logs
+            .map(|s| tail(&s, max_bytes).to_string())
+            .unwrap_or_default())
+    }
+
+    /// Every managed pod in the sandbox namespace.
+    pub async fn list(&self) -> Result<Vec<Observed>, BackendError> {
+        let lp = ListParams::default().labels(&labels::managed_selector());
+        let pods = self.call("list Pods", self.pods().list(&lp)).await?;
+        Ok(pods.items.iter().filter_map(observe_pod).collect())
+    }
+
+    /// One entry per run id found on a managed Pod or NetworkPolicy in the sandbox namespace (so a policy
+    /// whose pod is gone or was never created is reported, with `observed: None`), in run id order.
+    pub async fn list_objects(&self) -> Result<Vec<RunObjects>, BackendError> {
+        let lp = ListParams::default().labels(&labels::managed_selector());
+        let (pods_api, policies_api) = (self.pods(), self.policies());
+        let (pods, policies) = tokio::try_join!(
+            self.call("list Pods", pods_api.list(&lp)),
+            self.call("list NetworkPolicies", policies_api.list(&lp)),
+        )?;
+        let mut runs: BTreeMap<String, RunObjects> = BTreeMap::new();
+        for pod in &pods.items {
+            if let Some(entry) = add_object(&mut runs, &pod.metadata) {
+                entry.observed = observe_pod(pod);
+            }
+        }
+        for np in &policies.items {
+            add_object(&mut runs, &np.metadata);
+        }
+        Ok(runs.into_values().collect())
+    }
+
+    /// Changes of managed pods (a `kube-runtime` watcher with backoff): the current state of each first,
+    /// then every change. A pod deleted before it finished is reported `Failed`, reason `Deleted`, `lost`.
+    pub fn watch(&self) -> BoxStream<'static, Observed> {
+        let cfg = watcher::Config::default().labels(&labels::managed_selector());
+        let stream = watcher(self.pods(), cfg)
+            .default_backoff()
+            .filter_map(|ev| async move {
+                match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => observe_pod(&p),
+                    Ok(watcher::Event::Delete(p)) => observe_pod(&p).map(deleted),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(e) => {
+                        warn!(error = %e, "Pod watch failed; will retry");
+                        None
+                    }
+                }
+            });
+        Box::pin(stream)
+    }
+}
+
+/// A deleted pod as the watch reports it: lost, unless it had finished.
+fn deleted(mut o: Observed) -> Observed {
+    if !o.phase.is_finished() {
+        o.phase = Phase::Failed;
+        o.reason = Some("Deleted".into());
+        o.message = Some("the pod was deleted before it finished".into());
+        o.lost = true;
+    }
+    o
+}
+
+fn to_chrono(t: &Time) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+}
+
+/// Counts one object into its run's entry of `runs` (oldest creation time; terminating only while every
+/// object is); `None` for an object without a run id label.
+fn add_object<'a>(
+    runs: &'a mut BTreeMap<String, RunObjects>,
+    meta: &ObjectMeta,
+) -> Option<&'a mut RunObjects> {
+    let run_id = meta.labels.as_ref()?.get(labels::RUN_ID)?;
+    let created = meta.creation_timestamp.as_ref().and_then(to_chrono);
+    let terminating = meta.deletion_timestamp.is_some();
+    let entry = runs.entry(run_id.clone()).or_insert_with(|| RunObjects {
+        run_id: run_id.clone(),
+        observed: None,
+        created_at: created,
+        terminating,
+    });
+    entry.created_at = match (entry.created_at, created) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    entry.terminating &= terminating;
+    Some(entry)
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Pod status reasons meaning the pod was lost through no fault of the job.
+const LOST_REASONS: [&str; 5] = [
+    "Evicted",
+    "NodeLost",
+    "NodeShutdown",
+    "Terminated",
+    "Preempting",
+];
+
+/// Maps a pod to what the janitor and the watcher need; `None` for pods without a run id label.
+pub fn observe_pod(pod: &Pod) -> Option<Observed> {
+    let l = pod.metadata.labels.as_ref()?;
+    let run_id = l.get(labels::RUN_ID)?.clone();
+    let status = pod.status.clone().unwrap_or_default();
+    let cs: Option<&ContainerStatus> = status
+        .container_statuses
+        .as_ref()
+        .and_then(|v| v.iter().find(|c| c.name == CONTAINER).or_else(|| v.first()));
+    let state = cs.and_then(|c| c.state.as_ref());
+    let terminated = state.and_then(|s| s.terminated.as_ref());
+    let running = state.and_then(|s| s.running.as_ref());
+    let waiting = state.and_then(|s| s.waiting.as_ref());
+    let unschedulable = status.conditions.as_ref().and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    });
+    let disrupted = status.conditions.as_ref().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    });
+    let phase = match status.phase.as_deref() {
+        Some("Running") => Phase::Running,
+        Some("Succeeded") => Phase::Succeeded,
+        Some("Failed") => Phase::Failed,
+        _ => Phase::Pending,
+    };
+    let reason = status
+        .reason
+        .clone()
+        .or_else(|| terminated.and_then(|t| t.reason.clone()))
+        .or_else(|| waiting.and_then(|w| w.reason.clone()))
+        .or_else(|| unschedulable.and_then(|c| c.reason.clone()));
+    let message = status
+        .message
+        .clone()
+        .or_else(|| terminated.and_then(|t| t.message.clone()))
+        .or_else(|| waiting.and_then(|w| w.message.clone()))
+        .or_else(|| unschedulable.and_then(|c| c.message.clone()));
+    let lost = status
+        .reason
+        .as_deref()
+        .is_some_and(|r| LOST_REASONS.contains(&r))
+        || (disrupted && phase == Phase::Failed && terminated.is_none_or(|t| t.exit_code != 0));
+    Some(Observed {
+        run_id,
+        queue: l.get(labels::QUEUE).cloned(),
+        attempt: l
+            .get(labels::ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1),
+        phase,
+        exit_code: terminated.map(|t| t.exit_code),
+        reason,
+        message,
+        started_at: running
+            .and_then(|r| r.started_at.as_ref())
+            .or_else(|| terminated.and_then(|t| t.started_at.as_ref()))
+            .and_then(to_chrono),
+        finished_at: terminated
+            .and_then(|t| t.finished_at.as_ref())
+            .and_then(to_chrono),
+        lost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(run_id: Option<&str>, created: i64, deleting: bool) -> ObjectMeta {
+        let time = |secs: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(secs)
+                .ok()
+                .map(Time)
+        };
+        ObjectMeta {
+            name: run_id.map(labels::object_name),
+            labels: run_id.map(|id| BTreeMap::from([(labels::RUN_ID.to_string(), id.to_string())])),
+            creation_timestamp: time(created),
+            deletion_timestamp: if deleting { time(created + 5) } else { None },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn objects_are_grouped_by_run_with_the_oldest_creation_time_and_terminating_only_when_all_are()
+    {
+        let mut runs = BTreeMap::new();
+        // A run with a pod (being deleted) and its policy (not): something still needs a delete.
+        assert!(add_object(&mut runs, &meta(Some("a"), 200, true)).is_some());
+        add_object(&mut runs, &meta(Some("a"), 100, false));
+        // A policy alone, being deleted.
+        add_object(&mut runs, &meta(Some("b"), 300, true));
+        // Not a run's object.
+        assert!(add_object(&mut runs, &meta(None, 400, false)).is_none());
+        let a = &runs["a"];
+        assert_eq!(a.created_at, DateTime::from_timestamp(100, 0));
+        assert!(!a.terminating && a.observed.is_none());
+        let b = &runs["b"];
+        assert_eq!(b.created_at, DateTime::from_timestamp(300, 0));
+        assert!(b.terminating);
+        assert_eq!(runs.len(), 2);
+    }
+}

@@ -1,0 +1,247 @@
+//! The local runtime's settings: [`LocalArgs`] (flags and environment) and [`LocalConfig`].
+//!
+//! Every default is a `DEFAULT_*` constant below, read by both the flags and [`LocalConfig::new`]; sizes
+//! are spelled as quantities (`512Mi`) so `--help` shows them that way.
+
+use std::path::PathBuf;
+
+use airlock_schemas::quantity;
+
+/// Default state directory (`--local-dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/airlock-local";
+/// Default `bwrap` binary.
+pub const DEFAULT_BWRAP: &str = "bwrap";
+/// Default memory limit of a run whose request sets none.
+pub const DEFAULT_MEMORY: &str = "512Mi";
+/// Default largest CPU time of any process of a run, in seconds.
+pub const DEFAULT_MAX_CPU_SECONDS: u64 = 6 * 3600;
+/// Default largest number of processes of a run.
+pub const DEFAULT_MAX_PROCESSES: u64 = 256;
+/// Default largest file a job may write.
+pub const DEFAULT_MAX_FILE_SIZE: &str = "256Mi";
+/// Default size of each of the private `/tmp` and working directory.
+pub const DEFAULT_TMP_SIZE: &str = "256Mi";
+/// Default first sandbox uid/gid.
+pub const DEFAULT_UID_BASE: u32 = 1_000_000_000;
+/// Default number of slots (concurrent runs).
+pub const DEFAULT_SLOTS: u32 = 256;
+/// Default host-wide directory of sandbox uid locks.
+pub const DEFAULT_UID_LOCK_DIR: &str = "/run/airlock/uids";
+/// Default largest result file published, in bytes.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// Default largest log kept per run, in bytes (not a flag).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+/// Whether cgroups are used (when writable) by default.
+pub const DEFAULT_CGROUPS: bool = true;
+
+/// Host paths hidden from every job by default (besides the state directory and `--local-hide`).
+const DEFAULT_HIDE_PATHS: [&str; 11] = [
+    "/root",
+    "/home",
+    "/mnt",
+    "/media",
+    "/srv",
+    "/boot",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/mail",
+    "/var/backups",
+];
+
+/// Configuration of the local sandbox runtime.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// State directory shared by the dispatcher and janitor on this machine; created 0711 (its parents must be
+    /// traversable by other users, since `bwrap` runs as the sandbox uid and bind-mounts the result file).
+    pub state_dir: PathBuf,
+    /// The `bwrap` binary.
+    pub bwrap: PathBuf,
+    /// The `setpriv` binary (util-linux).
+    pub setpriv: PathBuf,
+    /// The `prlimit` binary (util-linux).
+    pub prlimit: PathBuf,
+    /// Memory limit when the request sets none, in bytes.
+    pub default_memory_bytes: u64,
+    /// Largest CPU time of any process of a run, in seconds (also capped at deadline × CPU limit).
+    pub max_cpu_seconds: u64,
+    /// Largest number of processes (threads included) of a run.
+    pub max_processes: u64,
+    /// Largest file a job may write, in bytes.
+    pub max_file_bytes: u64,
+    /// Size of each of the private `/tmp` and working directory tmpfs, in bytes.
+    pub tmp_bytes: u64,
+    /// First uid (and gid) of the sandbox range; run slot `n` runs as `sandbox_uid_base + n`.
+    pub sandbox_uid_base: u32,
+    /// Number of slots, i.e. of runs that may run at once.
+    pub sandbox_slots: u32,
+    /// Host-wide directory of uid locks (`<uid>.lock`, created 0700 root). Every local runtime on the host must
+    /// use the same one: it is what keeps runtimes with different state directories off each other's uids.
+    pub uid_lock_dir: PathBuf,
+    /// Largest result file published, in bytes.
+    pub max_result_bytes: usize,
+    /// Largest log kept per run, in bytes (the rest is discarded).
+    pub max_log_bytes: u64,
+    /// Use cgroups (v2, or v1 `memory`/`pids`/`cpu`) when writable; otherwise rlimits only.
+    pub cgroups: bool,
+    /// Cgroup filesystem root.
+    pub cgroup_root: PathBuf,
+    /// Name of the parent group of the per-run groups.
+    pub cgroup_name: String,
+    /// Host paths hidden from jobs (directories behind an empty tmpfs, files behind `/dev/null`).
+    pub hide_paths: Vec<PathBuf>,
+}
+
+impl LocalConfig {
+    /// Defaults for everything but the state directory.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            bwrap: DEFAULT_BWRAP.into(),
+            setpriv: "setpriv".into(),
+            prlimit: "prlimit".into(),
+            default_memory_bytes: default_bytes(DEFAULT_MEMORY),
+            max_cpu_seconds: DEFAULT_MAX_CPU_SECONDS,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_file_bytes: default_bytes(DEFAULT_MAX_FILE_SIZE),
+            tmp_bytes: default_bytes(DEFAULT_TMP_SIZE),
+            sandbox_uid_base: DEFAULT_UID_BASE,
+            sandbox_slots: DEFAULT_SLOTS,
+            uid_lock_dir: DEFAULT_UID_LOCK_DIR.into(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            cgroups: DEFAULT_CGROUPS,
+            cgroup_root: "/sys/fs/cgroup".into(),
+            cgroup_name: "airlock".into(),
+            hide_paths: DEFAULT_HIDE_PATHS.into_iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+/// A `DEFAULT_*` quantity in bytes.
+fn default_bytes(q: &str) -> u64 {
+    quantity::bytes(q).expect("the DEFAULT_* quantities are valid (tested)")
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    quantity::bytes(s).ok_or_else(|| format!("not a quantity: {s:?} (e.g. 256Mi)"))
+}
+
+/// Command-line/environment options of the local runtime (embedded by the dispatcher and janitor).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    /// State directory shared by dispatcher and janitor on this machine.
+    #[arg(long = "local-dir", env = "AIRLOCK_LOCAL_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub local_dir: PathBuf,
+    /// The bubblewrap binary.
+    #[arg(long = "local-bwrap", env = "AIRLOCK_LOCAL_BWRAP", default_value = DEFAULT_BWRAP)]
+    pub local_bwrap: PathBuf,
+    /// Memory limit when the request sets none.
+    #[arg(long = "local-memory", env = "AIRLOCK_LOCAL_MEMORY", default_value = DEFAULT_MEMORY, value_parser = parse_bytes)]
+    pub local_memory: u64,
+    /// Largest CPU time per process, in seconds.
+    #[arg(long = "local-max-cpu-seconds", env = "AIRLOCK_LOCAL_MAX_CPU_SECONDS", default_value_t = DEFAULT_MAX_CPU_SECONDS)]
+    pub local_max_cpu_seconds: u64,
+    /// Largest number of processes per run.
+    #[arg(long = "local-max-processes", env = "AIRLOCK_LOCAL_MAX_PROCESSES", default_value_t = DEFAULT_MAX_PROCESSES)]
+    pub local_max_processes: u64,
+    /// Largest file a job may write.
+    #[arg(long = "local-max-file-size", env = "AIRLOCK_LOCAL_MAX_FILE_SIZE", default_value = DEFAULT_MAX_FILE_SIZE, value_parser = parse_bytes)]
+    pub local_max_file_size: u64,
+    /// Size of the private /tmp and working directory, each.
+    #[arg(long = "local-tmp-size", env = "AIRLOCK_LOCAL_TMP_SIZE", default_value = DEFAULT_TMP_SIZE, value_parser = parse_bytes)]
+    pub local_tmp_size: u64,
+    /// First sandbox uid/gid.
+    #[arg(long = "local-uid-base", env = "AIRLOCK_LOCAL_UID_BASE", default_value_t = DEFAULT_UID_BASE)]
+    pub local_uid_base: u32,
+    /// Number of concurrent runs (uids from the base).
+    #[arg(long = "local-slots", env = "AIRLOCK_LOCAL_SLOTS", default_value_t = DEFAULT_SLOTS)]
+    pub local_slots: u32,
+    /// Host-wide directory of sandbox uid locks; the same for every local runtime on the host.
+    #[arg(long = "local-uid-lock-dir", env = "AIRLOCK_LOCAL_UID_LOCK_DIR", default_value = DEFAULT_UID_LOCK_DIR)]
+    pub local_uid_lock_dir: PathBuf,
+    /// Largest result file published, in bytes.
+    #[arg(long = "local-max-result-bytes", env = "AIRLOCK_LOCAL_MAX_RESULT_BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES)]
+    pub local_max_result_bytes: usize,
+    /// Use cgroups when writable.
+    #[arg(long = "local-cgroups", env = "AIRLOCK_LOCAL_CGROUPS", default_value_t = DEFAULT_CGROUPS, action = clap::ArgAction::Set)]
+    pub local_cgroups: bool,
+    /// Extra host paths to hide from jobs (comma-separated), e.g. the services' secret files.
+    #[arg(long = "local-hide", env = "AIRLOCK_LOCAL_HIDE", value_delimiter = ',')]
+    pub local_hide: Vec<PathBuf>,
+}
+
+impl LocalArgs {
+    /// The configuration these options describe.
+    pub fn config(&self) -> LocalConfig {
+        let mut c = LocalConfig::new(&self.local_dir);
+        c.bwrap.clone_from(&self.local_bwrap);
+        c.default_memory_bytes = self.local_memory;
+        c.max_cpu_seconds = self.local_max_cpu_seconds;
+        c.max_processes = self.local_max_processes;
+        c.max_file_bytes = self.local_max_file_size;
+        c.tmp_bytes = self.local_tmp_size;
+        c.sandbox_uid_base = self.local_uid_base;
+        c.sandbox_slots = self.local_slots;
+        c.uid_lock_dir.clone_from(&self.local_uid_lock_dir);
+        c.max_result_bytes = self.local_max_result_bytes;
+        c.cgroups = self.local_cgroups;
+        c.hide_paths.extend(self.local_hide.iter().cloned());
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_and_new_agree() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            local: LocalArgs,
+        }
+        let args = <Cli as clap::Parser>::try_parse_from(["test"]).map(|c| c.local);
+        let Ok(args) = args else {
+            panic!("the defaults parse: {args:?}");
+        };
+        let (a, n) = (args.config(), LocalConfig::new(DEFAULT_STATE_DIR));
+        assert_eq!(a.state_dir, n.state_dir);
+        assert_eq!(
+            (a.default_memory_bytes, a.max_file_bytes, a.tmp_bytes),
+            (n.default_memory_bytes, n.max_file_bytes, n.tmp_bytes)
+        );
+        assert_eq!(n.default_memory_bytes, 512 * 1024 * 1024);
+        assert_eq!(
+            (
+                a.max_cpu_seconds,
+                a.max_processes,
+                a.sandbox_uid_base,
+                a.sandbox_slots
+            ),
+            (
+                n.max_cpu_seconds,
+                n.max_processes,
+                n.sandbox_uid_base,
+                n.sandbox_slots
+            )
+        );
+        assert_eq!(
+            (
+                &a.bwrap,
+                &a.uid_lock_dir,
+                a.max_result_bytes,
+                a.cgroups,
+                &a.hide_paths
+            ),
+            (
+                &n.bwrap,
+                &n.uid_lock_dir,
+                n.max_result_bytes,
+                n.cgroups,
+                &n.hide_paths
+            )
+        );
+    }
+}

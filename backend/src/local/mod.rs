@@ -1,0 +1,263 @@
+//! Local sandbox runtime (`AIRLOCK_RUNTIME=local`): each run is a bubblewrap process tree on this host.
+//!
+//! The job runs on the host's read-only root filesystem: the request's `image` is recorded in `spec.json` but
+//! never pulled. Isolation (see `docs/LOCAL_SANDBOX.md`): new user, PID, IPC, UTS, cgroup, mount and network
+//! namespaces (only loopback, no route), a uid/gid of its own per run (a slot from a configured range), no
+//! capabilities, no new privileges, private size-capped `/tmp` and working directory, the host's `/sys`,
+//! `/run`, home directories and the state directory hidden. Limits: wall-clock deadline (supervisor kills the
+//! tree), CPU time (`RLIMIT_CPU`) and rate (cgroup), memory (cgroup, else `RLIMIT_AS`), processes (cgroup
+//! pids and `RLIMIT_NPROC` on the run's own uid), file size (`RLIMIT_FSIZE`, tmpfs sizes).
+//!
+//! The dispatcher process supervises its sandboxes in tokio tasks. When a job exits its supervisor publishes
+//! the job's result file to `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
+//! as on Kubernetes), flushes, and only then writes the final `status.json` and emits it on
+//! [`LocalBackend::watch`]. Other processes (the janitor) use the same type: `observe`, `logs_tail`, `list`,
+//! `list_objects` and `remove` read the state directory and signal processes after checking they belong to
+//! the run.
+//!
+//! Result file policy: absent or empty → nothing is published; larger than `max_result_bytes` → nothing is
+//! published and the status message says so; otherwise its bytes are published as they are (the ingester
+//! validates them).
+//!
+//! # Layout
+//! - `config`: [`LocalConfig`], [`LocalArgs`] and their defaults.
+//! - `rundir`: the state directory and a run's directory: paths, atomic population, removal.
+//! - `state`: `spec.json` / `status.json` and atomic writes.
+//! - `slots`: a run's uid: this state directory's slot file plus the host-wide uid lock.
+//! - `uids`: host-wide uid claims (`flock` on `<uid_lock_dir>/<uid>.lock`).
+//! - `liveness`: whether a run's supervisor is still there (process identity and the run's supervision lock).
+//! - `sandbox`: limits, environment and the `sh → prlimit → setpriv → bwrap` command line.
+//! - `cgroups`: per-run cgroups.
+//! - `procs`: `/proc` inspection and SIGKILL.
+//! - `spawn`: starting the sandbox and pumping its output into the capped log.
+//! - `supervise`: one run from start to final status (deadline, exit classification, clean-up).
+//! - `result`: publishing the job's result file on NATS.
+//! - `kill`: killing everything of a run.
+//! - `observe`: status, logs, listings and the watch.
+//!
+//! On disk, `<state_dir>` (0711, root) holds `runs/<run_id>/` (0711) with `spec.json`, `status.json`, `log`
+//! and `supervisor.lock` (0600, root) and `sandbox/result.json` (owned by the run's uid, the only host file
+//! the job can write), and `slots/<n>` (which run of this state directory last claimed uid `uid_base + n`). A
+//! run directory is populated under a temporary name and renamed into place, so launching is atomic and
+//! idempotent.
+//!
+//! # Uids are claimed host-wide
+//! Runtimes with different state directories may share a uid range (two `airlock dev`, tests in parallel). The
+//! claim that counts is the uid's host-wide lock ([`uids::UidLock`]): the supervisor takes it before writing the
+//! slot file and holds it until the run's processes are dead and the slot file is released. Processes are killed
+//! by uid only while holding that lock (the supervisor; the janitor's `remove` only when it can take the lock
+//! itself, i.e. the supervisor is gone). A launch that finds every uid of its range locked fails with
+//! `Transient("no free sandbox uid ...")`, and the dispatcher retries it later.
+//! Per-run cgroups are named `<run_id>-<tag of the state directory>`, so runtimes never share one either.
+
+mod cgroups;
+mod config;
+mod kill;
+mod liveness;
+mod observe;
+mod procs;
+mod result;
+mod rundir;
+mod sandbox;
+mod slots;
+mod spawn;
+mod state;
+mod supervise;
+mod uids;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_schemas::{Subjects, env, is_valid_name};
+use tokio::sync::broadcast;
+use tracing::info;
+
+use self::cgroups::Cgroups;
+pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig};
+use self::sandbox::{Limits, job_env};
+use crate::{BackendError, LaunchSpec, Launched, Observed, Removed};
+
+/// Local bubblewrap sandboxes; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("state_dir", &self.inner.config.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the clones of one backend share. Nothing here is about other values: whether a run is supervised
+/// is asked of the kernel (see `liveness`), so any value, in any process, gets the same answer.
+struct Inner {
+    config: LocalConfig,
+    cgroups: Cgroups,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    /// Changes made by this value's supervisors, for [`LocalBackend::watch`].
+    events: broadcast::Sender<Observed>,
+    /// This process's pid and start time, recorded as the supervisor of the runs it launches.
+    me: u32,
+    my_start: Option<u64>,
+    /// Tells this state directory's cgroups apart from other runtimes' (run ids are the clients').
+    cgroup_tag: String,
+}
+
+impl LocalBackend {
+    /// Prepares the state directory (0711) and detects cgroups; the process must run as root.
+    pub fn new(
+        config: LocalConfig,
+        nats: async_nats::Client,
+        subjects: Subjects,
+    ) -> Result<Self, BackendError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(BackendError::Permanent(
+                "the local runtime must run as root (it runs each sandbox under a uid of its own)"
+                    .into(),
+            ));
+        }
+        if config.sandbox_slots == 0
+            || config
+                .sandbox_uid_base
+                .checked_add(config.sandbox_slots)
+                .is_none()
+        {
+            return Err(BackendError::Permanent(
+                "sandbox uid range is empty or overflows".into(),
+            ));
+        }
+        uids::prepare_dir(&config.uid_lock_dir)?;
+        let mut config = config;
+        config.state_dir = rundir::prepare_state_dir(&config.state_dir)?;
+        let cgroups = if config.cgroups {
+            Cgroups::detect(&config.cgroup_root, &config.cgroup_name)
+        } else {
+            Cgroups::default()
+        };
+        info!(state_dir = %config.state_dir.display(), cgroups = ?cgroups, "Local sandbox runtime ready");
+        let me = std::process::id();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                my_start: procs::proc_start_time(me),
+                cgroup_tag: fnv1a_hex(config.state_dir.as_os_str().as_encoded_bytes()),
+                config,
+                cgroups,
+                nats,
+                subjects,
+                events,
+                me,
+            }),
+        })
+    }
+
+    /// The configuration (with the state directory made absolute).
+    fn config(&self) -> &LocalConfig {
+        &self.inner.config
+    }
+
+    /// The name of the run's cgroups: unique on the host (run ids are only unique per state directory).
+    fn cgroup_key(&self, run_id: &str) -> String {
+        format!("{run_id}-{}", self.inner.cgroup_tag)
+    }
+
+    /// Creates what the run needs and starts it (idempotent per run id and attempt).
+    pub async fn launch(&self, spec: &LaunchSpec) -> Result<Launched, BackendError> {
+        let run_id = spec.run_id().to_string();
+        if !is_valid_name(&run_id) {
+            return Err(BackendError::Permanent(format!(
+                "invalid run id {run_id:?}"
+            )));
+        }
+        let req = &spec.run.request;
+        if req.command.is_empty() {
+            return Err(BackendError::Permanent(
+                "the local runtime does not pull images: the request must set `command`".into(),
+            ));
+        }
+        if let Some(existing) = self.observe(&run_id).await? {
+            if existing.attempt == spec.attempt {
+                return Ok(Launched::AlreadyExisted);
+            }
+            if !(existing.phase.is_finished() || existing.lost) {
+                return Err(BackendError::NotOurs {
+                    name: self.run_dir(&run_id).display().to_string(),
+                    run_id,
+                });
+            }
+            info!(run_id = %run_id, old = existing.attempt, new = spec.attempt, "Replacing a previous attempt");
+            self.remove(&run_id).await?;
+        }
+        let limits = Limits::resolve(self.config(), spec);
+        let (slot, uid_lock) = self.take_slot(&run_id)?;
+        let supervision = match self.populate(spec, slot, uid_lock.uid()) {
+            Ok(Some(lock)) => lock,
+            other => {
+                self.release_slot(slot, &run_id);
+                return other.map(|_| Launched::AlreadyExisted);
+            }
+        };
+        let argv: Vec<String> = req.command.iter().chain(req.args.iter()).cloned().collect();
+        let token = spec.env.get(env::RUN_TOKEN).cloned();
+        let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
+        // Spawn here (not in the task) so the sandbox's parent thread is a runtime worker that lives as long as
+        // the process: bwrap's --die-with-parent follows the thread that forked it.
+        let spawned = self.spawn(&run_id, uid_lock.uid(), limits, &job_env(&spec.env), argv);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let run = supervise::Run {
+                run_id,
+                uid_lock,
+                supervision,
+                deadline,
+                token,
+            };
+            this.supervise(run, spawned).await;
+        });
+        Ok(Launched::Created)
+    }
+
+    /// Kills the run if it is still going and deletes its directory, cgroups and slot (idempotent).
+    pub async fn remove(&self, run_id: &str) -> Result<Removed, BackendError> {
+        if !is_valid_name(run_id) {
+            return Ok(Removed::Absent);
+        }
+        let status = self.read_status(run_id).unwrap_or_else(|e| {
+            tracing::warn!(run_id, error = %e, "Unreadable status; removing anyway");
+            None
+        });
+        if !self.run_dir(run_id).exists() {
+            return Ok(Removed::Absent);
+        }
+        if let Some(s) = &status {
+            let (this, rid, pid, uid, slot) =
+                (self.clone(), run_id.to_string(), s.pid, s.uid, s.slot);
+            let _ =
+                tokio::task::spawn_blocking(move || this.kill_removed(&rid, pid, uid, slot)).await;
+        }
+        self.inner.cgroups.remove(&self.cgroup_key(run_id));
+        let Some(trash) = self.move_to_trash(run_id)? else {
+            return Ok(Removed::Absent);
+        };
+        if let Some(s) = &status {
+            self.release_slot(s.slot, run_id);
+        }
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
+        info!(run_id, "Run removed");
+        Ok(Removed::Deleted)
+    }
+}
+
+/// FNV-1a (64 bits) of `bytes`, in hex: a short stable tag.
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
