@@ -270,14 +270,14 @@ fn both_kustomizations_build_and_every_rendered_object_validates_against_kuberne
 /// The Kubernetes API calls each service makes, as (API group, resource, verb). Derived by reading the code;
 /// update this list together with the code and deploy/base/rbac.yaml.
 ///
-/// dispatcher — runtime/src/backend/kube.rs:
+/// dispatcher — backend/src/kube/:
 ///   `KubeBackend::launch`: `policies.create`, `policies.get_opt` (on 409), `pods.create`, `pods.get_opt`
 ///   (on 409), `policies.patch` (merge patch of ownerReferences);
 ///   `KubeBackend::remove` (dispatcher/src/handler.rs, a failed run's cleanup): `pods.delete`,
 ///   `policies.delete`;
 ///   `KubeBackend::watch` (dispatcher/src/watcher.rs): a kube-runtime watcher on Pods = list + watch;
 ///   `KubeBackend::list` (slot reconciliation in dispatcher/src/watcher.rs): `pods.list`.
-/// janitor — runtime/src/backend/kube.rs via janitor/src/reaper.rs and janitor/src/sweep.rs:
+/// janitor — backend/src/kube/ via janitor/src/reaper.rs and janitor/src/sweep.rs:
 ///   `KubeBackend::observe`: `pods.get_opt`; `KubeBackend::logs_tail`: `pods.logs` (get pods/log);
 ///   `KubeBackend::remove`: `pods.delete`, `policies.delete`; `KubeBackend::list`: `pods.list`;
 ///   `Sweep::policy_run_ids`: NetworkPolicy `list`. The janitor never watches.
@@ -502,42 +502,27 @@ fn the_sandbox_namespace_enforces_pod_security_restricted_behind_a_default_deny_
 // ---------------------------------------------------------------------------------------------------------
 // Configuration
 
-/// Every `env = "AIRLOCK_..."` a clap struct in these source files declares.
-fn env_vars_read_by(files: &[&str]) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for f in files {
-        let path = workspace_root().join(f);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        for piece in text.split("env = \"").skip(1) {
-            if let Some(end) = piece.find('"') {
-                out.insert(piece[..end].to_string());
-            }
-        }
-    }
-    Ok(out)
+/// Every environment variable `binary` reads, as its `--help` names them (`[env: AIRLOCK_...=]`).
+fn env_vars_read_by(binary: &str) -> Result<BTreeSet<String>> {
+    let path = airlock_test_support::our_binary(binary)?;
+    let out = std::process::Command::new(&path)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .with_context(|| format!("running {} --help", path.display()))?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    Ok(help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|piece| piece.split_once('=').map(|(name, _)| name.to_string()))
+        .collect())
 }
 
 #[test]
 fn every_airlock_variable_a_deployment_sets_is_one_its_service_reads() -> Result<()> {
     let objects = all_objects()?;
-    let common = ["runtime/src/config.rs"];
-    let backend = [
-        "backend/src/lib.rs",
-        "backend/src/kube/config.rs",
-        "backend/src/local/config.rs",
-    ];
-    for (service, own) in [
-        ("airlock-dispatcher", vec!["dispatcher/src/config.rs"]),
-        ("airlock-ingester", vec!["ingester/src/lib.rs"]),
-        ("airlock-janitor", vec!["janitor/src/config.rs"]),
-    ] {
-        let mut sources: Vec<&str> = common.to_vec();
-        sources.extend(own);
-        if service != "airlock-ingester" {
-            sources.extend(backend);
-        }
-        let known = env_vars_read_by(&sources)?;
+    for service in ["airlock-dispatcher", "airlock-ingester", "airlock-janitor"] {
+        let known = env_vars_read_by(service)?;
         ensure!(
             known.contains("AIRLOCK_NATS_URL"),
             "could not read the env names of {service}"

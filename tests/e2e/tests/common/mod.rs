@@ -88,7 +88,7 @@ impl Runtime {
     }
 }
 
-/// A private temp directory the sandbox uid can traverse (0711; see `runtime/src/backend/local.rs`).
+/// A private temp directory the sandbox uid can traverse (0711; see `backend/src/local/rundir.rs`).
 pub fn traversable_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let d = tempfile::Builder::new().prefix(prefix).tempdir()?;
