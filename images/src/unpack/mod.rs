@@ -188,16 +188,13 @@ impl Compression {
         }
     }
 
-    /// By magic bytes first (some tools label uncompressed layers `.tar.gzip`), then by media type.
-    fn detect(head: &[u8], media_type: &str) -> Self {
+    /// By magic bytes: a gzip or zstd stream cannot start otherwise, and some tools label uncompressed
+    /// layers `.tar.gzip`; the media type (`+gzip`, `+zstd`, `.tar`) only names what was expected.
+    fn detect(head: &[u8]) -> Self {
         if head.starts_with(&[0x1f, 0x8b]) {
             Self::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Self::Zstd
-        } else if media_type.ends_with("+zstd") {
-            Self::Zstd
-        } else if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-            Self::Gzip
         } else {
             Self::None
         }
@@ -219,7 +216,8 @@ pub(crate) fn unpack_layer(
     };
     let mut input = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(host)?);
     let head = input.fill_buf().map_err(host)?.to_vec();
-    let compression = Compression::detect(&head, media_type);
+    let compression = Compression::detect(&head);
+    tracing::debug!(media_type, compression = compression.name(), "unpacking a layer");
     let decoded: Box<dyn Read> = match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(ZstdFrames::new(input)),
@@ -321,6 +319,10 @@ impl Layer<'_> {
         let Some(dir) = dir else {
             return Err(LayerError::InvalidName { entry: show(&raw) });
         };
+        // The parents are part of this layer too (an opaque whiteout keeps them, minus lower content).
+        for n in 1..=parent.len() {
+            self.touched.insert(path.prefix(n));
+        }
         let io_err = |source| LayerError::Io {
             entry: show(&raw),
             source,
@@ -565,3 +567,6 @@ impl<R: BufRead> Read for ZstdFrames<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
