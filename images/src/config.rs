@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn pull_policies_parse_case_insensitively() {
         assert_eq!("Never".parse::<PullPolicy>().ok(), Some(PullPolicy::Never));
-        assert_eq!("always".parse::<PullPolicy>().ok(), Some(PullPolicy::Always));
+        assert_eq!(
+            "always".parse::<PullPolicy>().ok(),
+            Some(PullPolicy::Always)
+        );
         assert!("sometimes".parse::<PullPolicy>().is_err());
         assert_eq!(PullPolicy::default(), PullPolicy::IfNotPresent);
     }

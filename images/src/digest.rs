@@ -17,8 +17,11 @@ impl Digest {
     /// Parses `sha256:<64 lowercase hex>`; anything else (other algorithms included) is `None`.
     pub fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_string()))
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_string()))
     }
 
     /// The digest of `bytes`.

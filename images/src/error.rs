@@ -35,7 +35,7 @@ pub enum ImageError {
         reference: String,
         /// The registry's answer.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// The registry wants credentials, or refused the ones configured.
     #[error(
@@ -48,7 +48,7 @@ pub enum ImageError {
         registry: String,
         /// The registry's answer.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// 429 Too Many Requests.
     #[error("failed to pull image {reference:?}: registry {registry} is rate-limiting pulls")]
@@ -59,7 +59,7 @@ pub enum ImageError {
         registry: String,
         /// The registry's answer.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// The registry could not be reached, or answered with a server error (5xx).
     #[error("failed to pull image {reference:?}: registry {registry} unavailable: {detail}")]
@@ -72,10 +72,12 @@ pub enum ImageError {
         detail: String,
         /// The client's error.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// The registry's TLS certificate is not trusted or not valid for its name.
-    #[error("failed to pull image {reference:?}: TLS certificate of registry {registry} refused: {detail}")]
+    #[error(
+        "failed to pull image {reference:?}: TLS certificate of registry {registry} refused: {detail}"
+    )]
     Certificate {
         /// The reference.
         reference: String,
@@ -85,7 +87,7 @@ pub enum ImageError {
         detail: String,
         /// The client's error.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// Any other refusal or protocol violation by the registry (other 4xx, malformed manifest…).
     #[error("failed to pull image {reference:?}: registry {registry}: {detail}")]
@@ -98,7 +100,7 @@ pub enum ImageError {
         detail: String,
         /// The client's error.
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     /// An image index without an entry for the configured platform.
     #[error("failed to pull image {reference:?}: no image for platform {platform} in its index")]
@@ -230,15 +232,12 @@ impl ImageError {
     }
 
     /// Classifies an `oci-client` error by its variant, status code and OCI error codes.
-    pub(crate) fn from_registry(
-        reference: &str,
-        registry: &str,
-        e: OciDistributionError,
-    ) -> Self {
+    pub(crate) fn from_registry(reference: &str, registry: &str, e: OciDistributionError) -> Self {
         let reference = reference.to_string();
         let registry = registry.to_string();
         let detail = chain(&e);
-        match &e {
+        let e = Box::new(e);
+        match &*e {
             OciDistributionError::RegistryError { envelope, .. } => {
                 let has = |c: &[OciErrorCode]| envelope.errors.iter().any(|e| c.contains(&e.code));
                 if has(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
@@ -377,19 +376,28 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// A rustls certificate error somewhere in the chain (rustls errors travel inside `io::Error`s).
+/// A rustls certificate error somewhere in the chain (rustls errors travel inside `io::Error`s, possibly
+/// nested, whose payload `source()` skips, so those are opened with `get_ref`).
 fn find_tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
-            c.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)) = tls {
+    let mut todo: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    let mut seen = 0;
+    while let Some(c) = todo.pop() {
+        seen += 1;
+        if seen > 64 {
+            break;
+        }
+        if let Some(
+            t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = c.downcast_ref::<rustls::Error>()
+        {
             return Some(t.to_string());
         }
-        cur = c.source();
+        if let Some(inner) = c.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            todo.push(inner);
+        }
+        if let Some(s) = c.source() {
+            todo.push(s);
+        }
     }
     None
 }

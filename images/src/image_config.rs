@@ -99,7 +99,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<ParsedConfig, String> {
         .map(|r| r.diff_ids)
         .unwrap_or_default()
         .iter()
-        .map(|d| Digest::parse(d).ok_or_else(|| format!("image config has an invalid diff_id {d:?}")))
+        .map(|d| {
+            Digest::parse(d).ok_or_else(|| format!("image config has an invalid diff_id {d:?}"))
+        })
         .collect::<Result<_, _>>()?;
     Ok(ParsedConfig {
         config: ImageConfig {

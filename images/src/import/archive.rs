@@ -23,8 +23,7 @@ pub(crate) fn extract(archive: &Path, dest: &Path) -> Result<(), String> {
     } else {
         Box::new(input)
     };
-    fs::create_dir_all(dest.join("blobs").join("sha256"))
-        .map_err(|e| format!("staging: {e}"))?;
+    fs::create_dir_all(dest.join("blobs").join("sha256")).map_err(|e| format!("staging: {e}"))?;
     let mut tar = tar::Archive::new(reader);
     let entries = tar
         .entries()

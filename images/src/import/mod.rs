@@ -130,7 +130,11 @@ impl ImageStore {
             }
             let digest = blob_digest(shown, &entry.digest)?;
             self.import_image(shown, dir, &reference, &digest).await?;
-            let (l, k, d) = (self.inner().layout.clone(), reference.clone(), digest.clone());
+            let (l, k, d) = (
+                self.inner().layout.clone(),
+                reference.clone(),
+                digest.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 l.update_refs(|m| {
                     m.insert(k, d);

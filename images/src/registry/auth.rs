@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn docker_hub_url_keys_and_username_password_fields_are_understood() {
-        let f = file(r#"{"auths":{"https://index.docker.io/v1/":{"username":"u","password":"p"}}}"#);
+        let f =
+            file(r#"{"auths":{"https://index.docker.io/v1/":{"username":"u","password":"p"}}}"#);
         let a = credentials_for(f.path(), "docker.io").expect("auth");
         assert_eq!(basic(a), Some(("u".into(), "p".into())));
     }

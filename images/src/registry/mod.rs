@@ -120,10 +120,10 @@ impl Registry {
         let key = r.whole();
         let auth = self.credentials(r)?;
         let (manifest, raw, digest) = self.fetch_manifest(r, &key, &auth).await?;
-        if let Some(want) = r.digest() {
-            if want != digest.as_str() {
-                return Err(mismatch(&key, want, &digest));
-            }
+        if let Some(want) = r.digest()
+            && want != digest.as_str()
+        {
+            return Err(mismatch(&key, want, &digest));
         }
         let index = match manifest {
             OciManifest::Image(manifest) => {

@@ -67,10 +67,11 @@ impl ImageBuild {
         max_image_bytes: u64,
     ) -> Result<Self, ImageError> {
         let config_digest = check_manifest(key, m)?;
-        let parsed = image_config::parse(config_bytes).map_err(|what| ImageError::InvalidImage {
-            reference: key.into(),
-            what,
-        })?;
+        let parsed =
+            image_config::parse(config_bytes).map_err(|what| ImageError::InvalidImage {
+                reference: key.into(),
+                what,
+            })?;
         if !parsed.diff_ids.is_empty() && parsed.diff_ids.len() != m.layers.len() {
             return Err(ImageError::InvalidImage {
                 reference: key.into(),
@@ -129,7 +130,8 @@ impl ImageBuild {
         let media_type = desc.media_type.clone();
         let mut budget = std::mem::take(&mut self.budget);
         let (budget, result) = tokio::task::spawn_blocking(move || {
-            let r = unpack::unpack_layer(&blob, &media_type, &rootfs, diff_id.as_ref(), &mut budget);
+            let r =
+                unpack::unpack_layer(&blob, &media_type, &rootfs, diff_id.as_ref(), &mut budget);
             let _ = std::fs::remove_file(&blob);
             (budget, r)
         })

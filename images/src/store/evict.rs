@@ -46,7 +46,7 @@ pub(crate) fn list(layout: &Layout) -> Result<Vec<ImageInfo>, ImageError> {
             digest: d,
         });
     }
-    out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+    out.sort_by_key(|i| std::cmp::Reverse(i.last_used));
     Ok(out)
 }
 

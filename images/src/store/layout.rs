@@ -95,7 +95,9 @@ impl Layout {
 
     pub(crate) fn ref_lock(&self, key: &str) -> PathBuf {
         let h = Digest::of(key.as_bytes());
-        self.root.join("locks").join(format!("ref-{}.lock", h.hex()))
+        self.root
+            .join("locks")
+            .join(format!("ref-{}.lock", h.hex()))
     }
 
     pub(crate) fn store_lock(&self) -> PathBuf {
@@ -121,11 +123,16 @@ impl Layout {
     /// Digests of the images in the store.
     pub(crate) fn image_digests(&self) -> Result<Vec<Digest>, ImageError> {
         let dir = self.images();
-        let rd = fs::read_dir(&dir).map_err(|e| ImageError::io(format!("listing {}", dir.display()), e))?;
+        let rd = fs::read_dir(&dir)
+            .map_err(|e| ImageError::io(format!("listing {}", dir.display()), e))?;
         let mut out = Vec::new();
         for e in rd {
             let e = e.map_err(|e| ImageError::io(format!("listing {}", dir.display()), e))?;
-            if let Some(d) = e.file_name().to_str().and_then(|n| Digest::parse(&format!("sha256:{n}"))) {
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::parse(&format!("sha256:{n}")))
+            {
                 out.push(d);
             }
         }
@@ -176,7 +183,8 @@ impl Layout {
         let file = RefsFile {
             refs: refs.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ImageError::io("encoding refs", io::Error::other(e)))?;
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| ImageError::io("encoding refs", io::Error::other(e)))?;
         write_atomic(&self.refs_file(), &bytes)
     }
 }

@@ -82,10 +82,7 @@ pub(crate) fn create(dir: &Path) -> io::Result<Lease> {
         super::layout::now_unix()
     );
     let tmp = dir.join(format!(".{id}.new"));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&tmp)?;
+    let file = OpenOptions::new().create_new(true).write(true).open(&tmp)?;
     rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)?;
     let path = dir.join(&id);
     fs::rename(&tmp, &path)?;
@@ -108,10 +105,8 @@ pub(crate) fn count_live(dir: &Path, clean: bool) -> io::Result<usize> {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         {
             // Being created: locked before it is renamed, so count it as live only once it is.
-            if clean {
-                if let Some(_l) = FileLock::try_exclusive(&path, false).unwrap_or(None) {
-                    let _ = fs::remove_file(&path);
-                }
+            if clean && let Some(_l) = FileLock::try_exclusive(&path, false).unwrap_or(None) {
+                let _ = fs::remove_file(&path);
             }
             continue;
         }

@@ -33,8 +33,8 @@ use crate::error::ImageError;
 use crate::image_config::ImageConfig;
 use crate::registry::Registry;
 pub(crate) use build::{ImageBuild, check_manifest};
-pub use lease::LeasedImage;
 pub(crate) use layout::Layout;
+pub use lease::LeasedImage;
 use lock::FileLock;
 
 /// Takes image `d`'s lock exclusively (to build it), waiting for it.
@@ -136,7 +136,11 @@ impl ImageStore {
             }
         }
         let slot = {
-            let mut map = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
         let result = async {
@@ -152,13 +156,20 @@ impl ImageStore {
             }
             let digest = self.pull(&r, &key).await?;
             let img = self.lease(&digest, &key).await?.ok_or_else(|| {
-                ImageError::io("leasing a pulled image", std::io::ErrorKind::NotFound.into())
+                ImageError::io(
+                    "leasing a pulled image",
+                    std::io::ErrorKind::NotFound.into(),
+                )
             })?;
             Ok((img, true))
         }
         .await;
         {
-            let mut map = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if Arc::strong_count(&slot) <= 2 {
                 map.remove(&key);
             }
@@ -177,9 +188,10 @@ impl ImageStore {
     async fn cached(&self, r: &Reference, key: &str) -> Result<Option<LeasedImage>, ImageError> {
         let layout = self.inner.layout.clone();
         let k = key.to_string();
-        let from_refs = tokio::task::spawn_blocking(move || layout.refs().map(|m| m.get(&k).cloned()))
-            .await
-            .map_err(|e| ImageError::io("reading refs", std::io::Error::other(e)))??;
+        let from_refs =
+            tokio::task::spawn_blocking(move || layout.refs().map(|m| m.get(&k).cloned()))
+                .await
+                .map_err(|e| ImageError::io("reading refs", std::io::Error::other(e)))??;
         let by_digest = r.digest().and_then(Digest::parse);
         for d in from_refs.into_iter().chain(by_digest) {
             if let Some(img) = self.lease(&d, key).await? {
@@ -235,9 +247,11 @@ impl ImageStore {
             }
         }
         let (layout, key, d) = (layout.clone(), key.to_string(), digest.clone());
-        tokio::task::spawn_blocking(move || layout.update_refs(|m| {
-            m.insert(key, d);
-        }))
+        tokio::task::spawn_blocking(move || {
+            layout.update_refs(|m| {
+                m.insert(key, d);
+            })
+        })
         .await
         .map_err(|e| ImageError::io("recording the reference", std::io::Error::other(e)))??;
         Ok(digest)

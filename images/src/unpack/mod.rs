@@ -217,7 +217,11 @@ pub(crate) fn unpack_layer(
     let mut input = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(host)?);
     let head = input.fill_buf().map_err(host)?.to_vec();
     let compression = Compression::detect(&head);
-    tracing::debug!(media_type, compression = compression.name(), "unpacking a layer");
+    tracing::debug!(
+        media_type,
+        compression = compression.name(),
+        "unpacking a layer"
+    );
     let decoded: Box<dyn Read> = match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(ZstdFrames::new(input)),
@@ -306,7 +310,8 @@ impl Layer<'_> {
         let Some((parent, name)) = path.split_last() else {
             // The root itself ("./"): only a directory entry makes sense, and only its mode applies.
             if kind.is_dir() {
-                self.dir_modes.push((RelPath::root(), mode & KEPT_MODE_BITS));
+                self.dir_modes
+                    .push((RelPath::root(), mode & KEPT_MODE_BITS));
                 return Ok(());
             }
             return Err(LayerError::InvalidName { entry: show(&raw) });

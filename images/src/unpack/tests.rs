@@ -131,11 +131,17 @@ fn files_directories_symlinks_and_hard_links_are_unpacked() {
         .file("etc/deep/file", "implicit parents")
         .finish();
     w.layer(tar).expect("unpack");
-    assert_eq!(std::fs::read_to_string(w.at("bin/tool")).expect("tool"), "#!/bin/sh\n");
+    assert_eq!(
+        std::fs::read_to_string(w.at("bin/tool")).expect("tool"),
+        "#!/bin/sh\n"
+    );
     let m = std::fs::metadata(w.at("bin/tool")).expect("meta");
     assert_eq!(m.permissions().mode() & 0o7777, 0o755);
     assert_eq!(m.nlink(), 2);
-    assert_eq!(std::fs::read_link(w.at("bin/sh")).expect("link"), Path::new("tool"));
+    assert_eq!(
+        std::fs::read_link(w.at("bin/sh")).expect("link"),
+        Path::new("tool")
+    );
     assert_eq!(
         std::fs::read_to_string(w.at("etc/deep/file")).expect("deep"),
         "implicit parents"
@@ -156,7 +162,10 @@ fn device_nodes_and_fifos_are_dropped_and_setuid_bits_cleared() {
     assert!(!exists(&w.at("dev/sda")));
     assert!(!exists(&w.at("dev/null")));
     assert!(!exists(&w.at("run/fifo")));
-    let mode = std::fs::metadata(w.at("bin/su")).expect("su").permissions().mode();
+    let mode = std::fs::metadata(w.at("bin/su"))
+        .expect("su")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o755);
     assert_eq!(w.budget.dropped_special, 3);
     assert_eq!(w.budget.cleared_setid, 1);
@@ -168,7 +177,10 @@ fn an_entry_climbing_out_with_dotdot_is_refused() {
     let err = w
         .layer(RawTar::default().file("../../canary", "pwned").finish())
         .expect_err("refused");
-    assert_eq!(err.to_string(), r#"entry "../../canary" escapes the rootfs"#);
+    assert_eq!(
+        err.to_string(),
+        r#"entry "../../canary" escapes the rootfs"#
+    );
     assert!(!err.is_retryable());
     w.assert_host_untouched();
 }
@@ -180,7 +192,10 @@ fn an_absolute_entry_is_refused() {
     let err = w
         .layer(RawTar::default().file(&abs, "pwned").finish())
         .expect_err("refused");
-    assert_eq!(err.to_string(), format!("entry {abs:?} is an absolute path"));
+    assert_eq!(
+        err.to_string(),
+        format!("entry {abs:?} is an absolute path")
+    );
     w.assert_host_untouched();
 }
 
@@ -203,10 +218,18 @@ fn writing_through_a_symlink_planted_in_the_same_layer_is_refused() {
 #[test]
 fn writing_through_a_symlink_from_a_lower_layer_is_refused() {
     let mut w = World::new();
-    w.layer(RawTar::default().symlink("usr/lib/evil", "../../../..").finish())
-        .expect("lower layer");
+    w.layer(
+        RawTar::default()
+            .symlink("usr/lib/evil", "../../../..")
+            .finish(),
+    )
+    .expect("lower layer");
     let err = w
-        .layer(RawTar::default().file("usr/lib/evil/canary", "pwned").finish())
+        .layer(
+            RawTar::default()
+                .file("usr/lib/evil/canary", "pwned")
+                .finish(),
+        )
         .expect_err("refused");
     assert_eq!(
         err.to_string(),
@@ -231,7 +254,11 @@ fn an_entry_replaces_a_symlink_at_its_own_name_instead_of_following_it() {
         std::fs::read_to_string(w.at("etc/passwd")).expect("passwd"),
         "root:x:0:0"
     );
-    assert!(!std::fs::symlink_metadata(w.at("etc/passwd")).expect("m").is_symlink());
+    assert!(
+        !std::fs::symlink_metadata(w.at("etc/passwd"))
+            .expect("m")
+            .is_symlink()
+    );
     w.assert_host_untouched();
 }
 
@@ -258,7 +285,10 @@ fn a_hard_link_through_a_symlinked_directory_is_refused() {
         .hardlink("shadow", "hostetc/shadow")
         .finish();
     let err = w.layer(tar).expect_err("refused");
-    assert!(err.to_string().contains("points outside the rootfs"), "{err}");
+    assert!(
+        err.to_string().contains("points outside the rootfs"),
+        "{err}"
+    );
     assert!(!exists(&w.at("shadow")));
 }
 
@@ -301,7 +331,10 @@ fn whiteouts_delete_lower_content_but_not_this_layers() {
     assert!(!exists(&w.at("dir/sub/old2")));
     assert!(exists(&w.at("dir/sub/new")));
     assert!(exists(&w.at("dir/new2")));
-    assert_eq!(std::fs::read_to_string(w.at("both")).expect("both"), "upper");
+    assert_eq!(
+        std::fs::read_to_string(w.at("both")).expect("both"),
+        "upper"
+    );
     assert!(!exists(&w.at(".wh.gone")));
 }
 
@@ -317,7 +350,10 @@ fn a_whiteout_through_a_symlink_is_refused() {
                 .finish(),
         )
         .expect_err("refused");
-    assert!(err.to_string().contains("goes through the symlink"), "{err}");
+    assert!(
+        err.to_string().contains("goes through the symlink"),
+        "{err}"
+    );
     w.assert_host_untouched();
 }
 
@@ -327,7 +363,8 @@ fn gzip_zstd_and_plain_layers_are_detected_by_their_magic_bytes() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).expect("gzip");
     let gz = gz.finish().expect("gzip");
-    let zst = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let zst =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
     for (bytes, mt) in [
         (&gz, "application/vnd.docker.image.rootfs.diff.tar.gzip"),
         (&zst, "application/vnd.oci.image.layer.v1.tar+zstd"),
@@ -336,7 +373,10 @@ fn gzip_zstd_and_plain_layers_are_detected_by_their_magic_bytes() {
     ] {
         let mut w = World::new();
         w.layer_as(bytes, mt, Some(&Digest::of(&tar))).expect(mt);
-        assert_eq!(std::fs::read_to_string(w.at("hello")).expect("hello"), "world");
+        assert_eq!(
+            std::fs::read_to_string(w.at("hello")).expect("hello"),
+            "world"
+        );
     }
 }
 
@@ -345,7 +385,11 @@ fn a_layer_whose_content_differs_from_its_diff_id_is_refused() {
     let mut w = World::new();
     let tar = RawTar::default().file("a", "b").finish();
     let err = w
-        .layer_as(&tar, "application/vnd.oci.image.layer.v1.tar", Some(&Digest::of(b"other")))
+        .layer_as(
+            &tar,
+            "application/vnd.oci.image.layer.v1.tar",
+            Some(&Digest::of(b"other")),
+        )
         .expect_err("refused");
     assert!(matches!(err, LayerError::DiffIdMismatch { .. }), "{err}");
 }
@@ -364,7 +408,14 @@ fn a_layer_over_the_size_budget_is_refused() {
 fn garbage_is_not_a_tar_stream() {
     let mut w = World::new();
     let err = w
-        .layer_as(&[0x1f, 0x8b, 1, 2, 3], "application/vnd.oci.image.layer.v1.tar+gzip", None)
+        .layer_as(
+            &[0x1f, 0x8b, 1, 2, 3],
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            None,
+        )
         .expect_err("refused");
-    assert!(err.to_string().starts_with("not a valid gzip tar stream"), "{err}");
+    assert!(
+        err.to_string().starts_with("not a valid gzip tar stream"),
+        "{err}"
+    );
 }
