@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`path`]: lexical checks of entry paths (no absolute paths, no `..` above the root).
 //! - [`fsops`]: descriptor-relative operations that never follow a symlink.
+//! - `error`: [`LayerError`], the reasons a layer is refused.
+//! - `zstd`: multi-frame zstd decoding.
 //! - this file: decompression (gzip, zstd, plain tar), the entry loop, whiteouts, the diff_id check.
 //!
 //! The rules, for every entry of every layer:
@@ -19,132 +21,25 @@
 //! The caller unpacks into a fresh directory and renames it into place only when every layer succeeded,
 //! so a refused layer leaves nothing behind.
 
+mod error;
 pub(crate) mod fsops;
 pub(crate) mod path;
+mod zstd;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode};
 
 use crate::digest::{Digest, HashingReader, LimitExceeded};
+pub use error::LayerError;
 use fsops::WalkError;
 use path::{PathProblem, RelPath, show};
-
-/// Why a layer was refused (the reason part of a pull error).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LayerError {
-    /// A `..` climbs above the rootfs.
-    #[error("entry {entry:?} escapes the rootfs")]
-    Escapes {
-        /// The entry's name as written in the layer.
-        entry: String,
-    },
-    /// An absolute path.
-    #[error("entry {entry:?} is an absolute path")]
-    Absolute {
-        /// The entry's name.
-        entry: String,
-    },
-    /// A parent directory of the entry is a symlink.
-    #[error("entry {entry:?} goes through the symlink {symlink:?}")]
-    ThroughSymlink {
-        /// The entry's name.
-        entry: String,
-        /// The symlink's path in the rootfs.
-        symlink: String,
-    },
-    /// A parent directory of the entry is a file.
-    #[error("entry {entry:?} goes through {component:?}, which is not a directory")]
-    NotADirectory {
-        /// The entry's name.
-        entry: String,
-        /// The offending path in the rootfs.
-        component: String,
-    },
-    /// A hard link whose target is absolute, climbs above the rootfs or goes through a symlink.
-    #[error("hard link {entry:?} points outside the rootfs (to {target:?})")]
-    HardLinkOutside {
-        /// The link's name.
-        entry: String,
-        /// Its target as written in the layer.
-        target: String,
-    },
-    /// A hard link whose target is missing or not a file.
-    #[error("hard link {entry:?} points to {target:?}, which is not a file in the image")]
-    HardLinkTarget {
-        /// The link's name.
-        entry: String,
-        /// Its target.
-        target: String,
-    },
-    /// A name that cannot be a file name (NUL bytes, an empty whiteout).
-    #[error("entry {entry:?} has an invalid name")]
-    InvalidName {
-        /// The entry's name.
-        entry: String,
-    },
-    /// Nested deeper than the store allows.
-    #[error("entry {entry:?} is nested more than {max} directories deep")]
-    TooDeep {
-        /// The entry's name.
-        entry: String,
-        /// The limit.
-        max: usize,
-    },
-    /// An entry type the store does not unpack (e.g. GNU sparse files).
-    #[error("entry {entry:?} has an unsupported type ({kind})")]
-    UnsupportedType {
-        /// The entry's name.
-        entry: String,
-        /// The tar type.
-        kind: String,
-    },
-    /// The blob is not a readable (compressed) tar stream.
-    #[error("not a valid {format} tar stream: {source}")]
-    Corrupt {
-        /// `gzip`, `zstd` or `uncompressed`.
-        format: &'static str,
-        /// What the decoder said.
-        #[source]
-        source: io::Error,
-    },
-    /// The uncompressed content does not match the image config's diff_id.
-    #[error("uncompressed content does not match the config's diff_id {expected} (got {actual})")]
-    DiffIdMismatch {
-        /// From the config.
-        expected: String,
-        /// Computed.
-        actual: String,
-    },
-    /// The image unpacks to more than the store allows.
-    #[error("the image unpacks to more than {limit} bytes")]
-    TooLarge {
-        /// The limit (`StoreConfig::max_image_bytes`).
-        limit: u64,
-    },
-    /// A host filesystem error while writing the rootfs (not the layer's fault).
-    #[error("writing {entry:?} into the rootfs: {source}")]
-    Io {
-        /// The entry being written.
-        entry: String,
-        /// The host's error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl LayerError {
-    /// Only host I/O failures may go away on a retry; everything else is in the layer's content.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Io { .. })
-    }
-}
 
 /// Counts across the layers of one image.
 #[derive(Debug, Default, Clone)]
@@ -224,7 +119,7 @@ pub(crate) fn unpack_layer(
     );
     let decoded: Box<dyn Read> = match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
-        Compression::Zstd => Box::new(ZstdFrames::new(input)),
+        Compression::Zstd => Box::new(zstd::ZstdFrames::new(input)),
         Compression::None => Box::new(input),
     };
     let root = fsops::open_root(rootfs).map_err(host)?;
@@ -505,8 +400,6 @@ impl Layer<'_> {
     }
 }
 
-use std::os::unix::ffi::OsStrExt;
-
 fn parse_path(raw: &[u8]) -> Result<RelPath, LayerError> {
     RelPath::parse(raw).map_err(|p| match p {
         PathProblem::Absolute => LayerError::Absolute { entry: show(raw) },
@@ -533,43 +426,6 @@ fn walk_error(raw: &[u8], parent: &RelPath, e: WalkError) -> LayerError {
             entry: show(raw),
             source,
         },
-    }
-}
-
-/// A zstd stream of one or more frames (`zstd -T0` writes several).
-struct ZstdFrames<R: BufRead> {
-    input: Option<R>,
-    frame: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(input: R) -> Self {
-        Self {
-            input: Some(input),
-            frame: None,
-        }
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(frame) = self.frame.as_mut() {
-                let n = frame.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
-                }
-                self.input = self.frame.take().map(|f| f.into_inner());
-            }
-            let Some(mut input) = self.input.take() else {
-                return Ok(0);
-            };
-            if input.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let frame = ruzstd::decoding::StreamingDecoder::new(input).map_err(io::Error::other)?;
-            self.frame = Some(frame);
-        }
     }
 }
 
