@@ -10,6 +10,8 @@
 //! Binaries are found through `AIRLOCK_NATS_SERVER` / `AIRLOCK_REDIS_SERVER`, then the project venv
 //! (`.venv/bin/nats-server`), then `PATH`. Nothing here talks to anything but 127.0.0.1.
 
+pub mod registry;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
