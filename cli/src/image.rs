@@ -12,6 +12,9 @@ use clap::{Args, Subcommand};
 /// `airlock image …`.
 #[derive(Debug, Args)]
 pub struct ImageArgs {
+    /// The image store directory (`airlock dev` keeps it under its data dir).
+    #[arg(long, env = "AIRLOCK_IMAGE_DIR", default_value = ".airlock/images")]
+    pub store_dir: PathBuf,
     #[command(subcommand)]
     pub command: ImageCommand,
 }

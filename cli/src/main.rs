@@ -7,6 +7,7 @@
 
 mod client;
 mod dev;
+mod image;
 mod job;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Cancel(client::CancelArgs),
     /// Inside a job: publish the job's result with its run token.
     Result(job::ResultArgs),
+    /// Manage the local image store (import OCI layouts for air-gapped machines, list, remove).
+    Image(image::ImageArgs),
 }
 
 #[tokio::main]
@@ -42,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(a) => client::status(a).await,
         Command::Cancel(a) => client::cancel(a).await,
         Command::Result(a) => job::result(a).await,
+        Command::Image(a) => image::run(a.command, &a.store_dir).await,
     }
 }
