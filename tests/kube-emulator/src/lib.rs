@@ -74,6 +74,7 @@ pub mod emulator;
 pub mod faults;
 pub mod kinds;
 pub mod kubelet;
+pub mod quantity;
 pub mod schema;
 pub mod selector;
 pub mod status;

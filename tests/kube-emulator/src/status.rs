@@ -93,11 +93,16 @@ impl ApiError {
             .map(|(field, _, msg)| format!("{field}: {msg}"))
             .collect();
         let message = if joined.len() == 1 {
-            format!("{} \"{}\" is invalid: {}", kind.name(), name, joined[0])
+            format!(
+                "{} \"{}\" is invalid: {}",
+                kind.qualified_name(),
+                name,
+                joined[0]
+            )
         } else {
             format!(
                 "{} \"{}\" is invalid: [{}]",
-                kind.name(),
+                kind.qualified_name(),
                 name,
                 joined.join(", ")
             )
