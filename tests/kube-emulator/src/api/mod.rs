@@ -8,9 +8,11 @@
 //! - `watch`, `logs`, `admin` (`/__emulator/`).
 
 mod admin;
+mod apply;
 mod delete;
 mod discovery;
 mod logs;
+mod openapi;
 mod patch;
 mod read;
 mod request;
@@ -26,9 +28,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use crate::faults::{FaultAction, FaultRule, RequestRecord};
+use crate::kinds::Kind;
 use crate::kubelet::Kubelet;
 use crate::status::{ApiError, json_response};
 use crate::store::Store;
@@ -130,50 +132,22 @@ async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    let get_only = |r: Value| -> Result<Response, ApiError> {
-        if method == Method::GET {
-            Ok(json_response(200, &r))
-        } else {
-            Err(ApiError::method_not_allowed(method.as_str()))
-        }
-    };
     match segs.as_slice() {
-        [] => get_only(
-            json!({"paths": ["/api", "/api/v1", "/apis", "/apis/networking.k8s.io", "/apis/networking.k8s.io/v1", "/healthz", "/livez", "/readyz", "/version"]}),
-        ),
-        ["version"] => get_only(json!({
-            "major": "1", "minor": "33", "emulationMajor": "1", "emulationMinor": "33",
-            "minCompatibilityMajor": "1", "minCompatibilityMinor": "32",
-            "gitVersion": GIT_VERSION, "gitCommit": "airlock-kube-emulator", "gitTreeState": "clean",
-            "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc",
-            "platform": "linux/amd64",
-        })),
         ["healthz" | "livez" | "readyz", ..] => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
         }
-        ["api"] => get_only(json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
-        })),
-        ["api", "v1"] => get_only(discovery::resource_list("v1", "")),
-        ["apis"] => get_only(json!({
-            "kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [discovery::group_body()],
-        })),
-        ["apis", "networking.k8s.io"] => get_only(json!({
-            "kind": "APIGroup", "apiVersion": "v1",
-            "name": "networking.k8s.io",
-            "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"},
-        })),
-        ["apis", "networking.k8s.io", "v1"] => get_only(discovery::resource_list(
-            "networking.k8s.io/v1",
-            "networking.k8s.io",
-        )),
-        ["api", "v1", rest @ ..] => request::resource(app, "", rest, req).await,
-        ["apis", "networking.k8s.io", "v1", rest @ ..] => {
-            request::resource(app, "networking.k8s.io", rest, req).await
+        ["api", "v1", rest @ ..] if !rest.is_empty() => request::resource(app, "", rest, req).await,
+        ["apis", group, "v1", rest @ ..] if !rest.is_empty() && Kind::GROUPS.contains(group) => {
+            request::resource(app, group, rest, req).await
         }
-        _ => Err(ApiError::path_not_found()),
+        ["openapi", ..] => openapi::serve(&segs[1..]),
+        _ => {
+            let doc = discovery::document(&segs).ok_or_else(ApiError::path_not_found)?;
+            if method == Method::GET {
+                Ok(json_response(200, &doc))
+            } else {
+                Err(ApiError::method_not_allowed(method.as_str()))
+            }
+        }
     }
 }

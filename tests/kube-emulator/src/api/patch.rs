@@ -1,11 +1,12 @@
-//! PATCH: JSON merge, JSON patch and strategic merge (applied as a merge patch).
+//! PATCH: JSON merge, JSON patch and strategic merge (applied as a merge patch); server-side
+//! apply is in `apply`.
 
 use std::sync::Arc;
 
 use axum::response::Response;
 use serde_json::Value;
 
-use super::write::{create, update_object};
+use super::write::update_object;
 use super::{App, Q};
 use crate::kinds::Kind;
 use crate::status::ApiError;
@@ -22,20 +23,18 @@ pub(super) fn patch(
     raw: &[u8],
 ) -> Result<Response, ApiError> {
     let ct = ct.split(';').next().unwrap_or("").trim().to_string();
+    if ct == "application/apply-patch+yaml" && !status_only {
+        return super::apply::apply(app, kind, ns, name, q, raw);
+    }
     let patch_body: Value = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let current = app.store.get(kind, ns, name);
     let Some(current) = current else {
-        if ct == "application/apply-patch+yaml" && !status_only {
-            return create(app, kind, ns, q, raw);
-        }
         return Err(ApiError::not_found(kind, name));
     };
     let mut next = current.clone();
     match ct.as_str() {
-        "application/merge-patch+json"
-        | "application/strategic-merge-patch+json"
-        | "application/apply-patch+yaml" => {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             if !patch_body.is_object() {
                 return Err(ApiError::bad_request(
                     "error decoding patch: json: cannot unmarshal non-object into Go value of type map[string]interface {}",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
 
 use super::delete::{delete, delete_collection};
@@ -99,6 +99,9 @@ pub(super) async fn resource(
     let raw = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
         .await
         .map_err(|e| ApiError::bad_request(format!("unable to read request body: {e}")))?;
+    if matches!(method, Method::POST | Method::PUT) {
+        check_body_media_type(&headers)?;
+    }
     let ns = t.ns.unwrap_or("");
     match (t.name, t.sub, method.clone()) {
         (None, None, Method::GET) => {
@@ -131,6 +134,25 @@ pub(super) async fn resource(
         (Some(name), None, Method::DELETE) => delete(app, t.kind, ns, name, &q, &raw),
         (Some(name), Some("log"), Method::GET) => logs(app, ns, name, &q).await,
         _ => Err(ApiError::method_not_allowed(method.as_str())),
+    }
+}
+
+/// Bodies of create and update must be JSON: protobuf (what kubectl sends first for built-in
+/// kinds) gets 415, after which client-go retries the request as JSON.
+fn check_body_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim();
+    if media.is_empty() || media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json",
+        ))
     }
 }
 
