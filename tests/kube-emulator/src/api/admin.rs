@@ -14,6 +14,10 @@ use crate::kubelet::ForcedState;
 use crate::selector::LabelSelector;
 use crate::status::{ApiError, json_response};
 
+/// Serve one admin request.
+///
+/// Longer than 80 lines on purpose: it is the admin API's route table, one short arm per
+/// endpoint, and reads best as one list.
 pub(super) async fn admin(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     let q = query_of(&req);
     let method = req.method().clone();

@@ -52,6 +52,10 @@ pub(super) fn delete_opts(q: &Q, raw: &[u8]) -> Result<DeleteOpts, ApiError> {
     })
 }
 
+/// Delete one object, honouring preconditions and dry runs.
+///
+/// Longer than 80 lines on purpose: after the shared preconditions, one arm per kind says how
+/// that kind goes away (graceful pods, protected and terminating namespaces, plain removal).
 pub(super) fn delete(
     app: &Arc<App>,
     kind: Kind,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{App, Q};
 use crate::kinds::Kind;
+use crate::kubelet::PodLog;
 use crate::status::ApiError;
 
 pub(super) async fn logs(
@@ -83,38 +84,9 @@ pub(super) async fn logs(
         return Ok(resp);
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let mut sent_total = log.bytes().len();
-    let mut budget = limit.unwrap_or(usize::MAX);
-    tokio::spawn(async move {
-        let mut sub = log.subscribe();
-        let first: Vec<u8> = data.into_iter().take(budget).collect();
-        budget -= first.len();
-        if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
-            return;
-        }
-        loop {
-            if budget == 0 {
-                return;
-            }
-            let all = log.bytes();
-            if all.len() > sent_total {
-                let chunk: Vec<u8> = all[sent_total..].iter().copied().take(budget).collect();
-                sent_total = all.len();
-                budget -= chunk.len();
-                if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if log.is_closed() {
-                return;
-            }
-            tokio::select! {
-                r = sub.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
-            }
-        }
-    });
+    let sent_total = log.bytes().len();
+    let budget = limit.unwrap_or(usize::MAX);
+    tokio::spawn(follow_log(tx, log, data, sent_total, budget));
     let mut resp = Response::new(Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
@@ -137,4 +109,43 @@ pub(super) fn tail_lines(data: &[u8], n: usize) -> Vec<u8> {
         }
     }
     data.to_vec()
+}
+
+/// Stream `data` (what the log held), then whatever the log gains, within `budget` bytes, until
+/// the container's output closes or the client leaves.
+async fn follow_log(
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    log: Arc<PodLog>,
+    data: Vec<u8>,
+    mut sent_total: usize,
+    mut budget: usize,
+) {
+    let mut sub = log.subscribe();
+    let first: Vec<u8> = data.into_iter().take(budget).collect();
+    budget -= first.len();
+    if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
+        return;
+    }
+    loop {
+        if budget == 0 {
+            return;
+        }
+        let all = log.bytes();
+        if all.len() > sent_total {
+            let chunk: Vec<u8> = all[sent_total..].iter().copied().take(budget).collect();
+            sent_total = all.len();
+            budget -= chunk.len();
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if log.is_closed() {
+            return;
+        }
+        tokio::select! {
+            r = sub.changed() => if r.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
 }

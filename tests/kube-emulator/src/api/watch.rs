@@ -51,7 +51,7 @@ pub(super) fn watch(
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let mut initial: Vec<Bytes> = Vec::new();
-    let (mut live, start_rv): (broadcast::Receiver<Arc<Change>>, u64);
+    let (live, start_rv): (broadcast::Receiver<Arc<Change>>, u64);
     if rv_param.is_empty() || rv_param == "0" || send_initial {
         let (items, rv, r) = app.store.snapshot_and_subscribe(kind);
         for o in &items {
@@ -102,8 +102,57 @@ pub(super) fn watch(
             }
         }
     }
-    let interval = app.bookmark_interval;
-    tokio::spawn(async move {
+    let pump = Pump {
+        tx,
+        live,
+        kind,
+        start_rv,
+        bookmarks,
+        interval: app.bookmark_interval,
+        timeout,
+    };
+    tokio::spawn(pump.run(initial, matches));
+    Ok(stream_response(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+pub(super) fn stream_response(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    resp
+}
+
+/// The live half of a watch: sends the initial events, then matching changes and bookmarks
+/// until the client leaves, the timeout passes or the history is lost (410 `ERROR`).
+struct Pump {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    live: broadcast::Receiver<Arc<Change>>,
+    kind: Kind,
+    start_rv: u64,
+    bookmarks: bool,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Pump {
+    async fn run(self, initial: Vec<Bytes>, matches: impl Fn(&Change) -> bool) {
+        let Pump {
+            tx,
+            mut live,
+            kind,
+            start_rv,
+            bookmarks,
+            interval,
+            timeout,
+        } = self;
         for line in initial {
             if tx.send(Ok(line)).await.is_err() {
                 return;
@@ -142,21 +191,5 @@ pub(super) fn watch(
                 }
             }
         }
-    });
-    Ok(stream_response(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    )))
-}
-
-pub(super) fn stream_response(body: Body) -> Response {
-    let mut resp = Response::new(body);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, private"),
-    );
-    resp
+    }
 }
