@@ -366,3 +366,21 @@ async fn a_request_above_its_limit_is_refused_with_422_invalid() {
         "Pod \"q5\" is invalid: spec.containers[0].resources.requests: Invalid value: \"1Gi\": must be less than or equal to memory limit of 512Mi"
     );
 }
+
+#[tokio::test]
+async fn a_protobuf_body_is_refused_with_415_unsupported_media_type() {
+    let emu = start().await;
+    let (code, status) = raw(
+        &emu,
+        "POST",
+        "/api/v1/namespaces",
+        "application/vnd.kubernetes.protobuf",
+        "k8s\u{0}\n\u{c}\n\u{2}v1\u{12}\tNamespace",
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+    assert!(emu.object(Kind::Namespace, "", "x").is_none());
+}
