@@ -1,83 +1,107 @@
-//! Kubernetes resource quantities, parsed enough to compare them with policy bounds.
+//! Kubernetes resource quantities, parsed exactly as the API server's `ParseQuantity` accepts them.
+//!
+//! The accepted language is that of k8s.io/apimachinery `pkg/api/resource` (v0.33), quirks included:
+//! `+64Mi`, `1.`, `.5` and `1E` (exa) are quantities, `1e` and `1K` are not, and so is nothing with
+//! whitespace in it (the API server's JSON decoding trims surrounding whitespace first; Airlock does not).
+//! The table `schemas/tests/data/quantities.json`, shared with the Kubernetes emulator's own parser,
+//! holds the cases both must agree on.
 
-/// Parses a quantity (`500m`, `2`, `1.5`, `256Mi`, `1G`, `1e3`) into its value in base units.
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// The scanner's shape: sign, digits, optional fraction, then suffix letters, sign and digits.
 ///
-/// Returns `None` for anything Kubernetes would not accept.
+/// Every string this does not match is refused with ErrFormatWrong; what matches may still have a bad
+/// suffix or, with no digits at all, a bad numeric part.
+static SHAPE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?([eEinumkKMGTP]*[+-]?[0-9]*)$")
+        .expect("valid regex")
+});
+
+/// A suffix's meaning: a power of ten or a power of two.
+#[derive(Debug, Clone, Copy)]
+enum Scale {
+    Ten(i32),
+    Two(u32),
+}
+
+fn suffix_scale(suffix: &str) -> Option<Scale> {
+    let scale = match suffix {
+        "" => Scale::Ten(0),
+        "n" => Scale::Ten(-9),
+        "u" => Scale::Ten(-6),
+        "m" => Scale::Ten(-3),
+        "k" => Scale::Ten(3),
+        "M" => Scale::Ten(6),
+        "G" => Scale::Ten(9),
+        "T" => Scale::Ten(12),
+        "P" => Scale::Ten(15),
+        "E" => Scale::Ten(18),
+        "Ki" => Scale::Two(10),
+        "Mi" => Scale::Two(20),
+        "Gi" => Scale::Two(30),
+        "Ti" => Scale::Two(40),
+        "Pi" => Scale::Two(50),
+        "Ei" => Scale::Two(60),
+        _ => {
+            let rest = suffix.strip_prefix(['e', 'E'])?;
+            // Go's strconv.ParseInt(rest, 10, 64), then a truncating int32 conversion.
+            let digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let exp: i64 = rest.parse().ok()?;
+            Scale::Ten(exp as i32)
+        }
+    };
+    Some(scale)
+}
+
+/// Whether a quantity whose number has no digit at all (`Mi`, `.`, `-`) parses: upstream reads it as 0
+/// on its fast path, but its slow path (big binary suffixes, scales below nano) needs a digit.
+fn digitless_parses(scale: Scale) -> bool {
+    match scale {
+        Scale::Ten(exp) => exp >= -9,
+        // precision = 15 - 1 - exp*3/10 - 1 must not be negative.
+        Scale::Two(exp) => 13 >= exp * 3 / 10,
+    }
+}
+
+/// Parses a quantity (`500m`, `2`, `1.5`, `256Mi`, `1G`, `1e3`, `-1`) into its value in base units.
+///
+/// Returns `None` for anything Kubernetes' `ParseQuantity` refuses. A valid quantity too large for an
+/// `f64` is infinite.
 pub fn parse(q: &str) -> Option<f64> {
-    let q = q.trim();
-    if q.is_empty() || q.len() > 64 {
+    if q.is_empty() {
         return None;
     }
-    let (num, mult) = split_suffix(q)?;
-    if num.is_empty()
-        || !num
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.' || c == '+')
-    {
-        return None;
+    let caps = SHAPE.captures(q)?;
+    let group = |i: usize| caps.get(i).map_or("", |m| m.as_str());
+    let (sign, int, frac, suffix) = (group(1), group(2), group(3), group(4));
+    let scale = suffix_scale(suffix)?;
+    if int.is_empty() && frac.is_empty() {
+        return digitless_parses(scale).then_some(0.0);
     }
-    let unsigned = num.strip_prefix('+').unwrap_or(num);
-    if unsigned.is_empty()
-        || unsigned.matches('.').count() > 1
-        || unsigned == "."
-        || unsigned.contains('+')
-    {
-        return None;
-    }
-    let v: f64 = unsigned.parse().ok()?;
-    let out = v * mult;
-    out.is_finite().then_some(out)
+    let int = if int.is_empty() { "0" } else { int };
+    let frac = if frac.is_empty() { "0" } else { frac };
+    let magnitude = match scale {
+        Scale::Ten(exp) => format!("{int}.{frac}e{exp}").parse::<f64>().ok()?,
+        Scale::Two(exp) => format!("{int}.{frac}").parse::<f64>().ok()? * 2f64.powi(exp as i32),
+    };
+    Some(if sign == "-" { -magnitude } else { magnitude })
 }
 
-fn split_suffix(q: &str) -> Option<(&str, f64)> {
-    const BINARY: [(&str, f64); 6] = [
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-    ];
-    for (s, m) in BINARY {
-        if let Some(n) = q.strip_suffix(s) {
-            return Some((n, m));
-        }
-    }
-    if let Some(idx) = q.find(['e', 'E']) {
-        let (n, e) = (&q[..idx], &q[idx + 1..]);
-        let exp: i32 = e.parse().ok()?;
-        if !(-30..=30).contains(&exp) {
-            return None;
-        }
-        return Some((n, 10f64.powi(exp)));
-    }
-    const DECIMAL: [(char, f64); 9] = [
-        ('n', 1e-9),
-        ('u', 1e-6),
-        ('m', 1e-3),
-        ('k', 1e3),
-        ('M', 1e6),
-        ('G', 1e9),
-        ('T', 1e12),
-        ('P', 1e15),
-        ('E', 1e18),
-    ];
-    for (s, m) in DECIMAL {
-        if let Some(n) = q.strip_suffix(s) {
-            return Some((n, m));
-        }
-    }
-    Some((q, 1.0))
-}
-
-/// CPU quantity in millicores, rounded up.
+/// CPU quantity in millicores, rounded up; `None` if invalid or negative.
 pub fn cpu_millis(q: &str) -> Option<u64> {
-    parse(q).map(|v| (v * 1000.0).ceil() as u64)
+    parse(q)
+        .filter(|v| *v >= 0.0)
+        .map(|v| (v * 1000.0).ceil() as u64)
 }
 
-/// Memory quantity in bytes, rounded up.
+/// Memory quantity in bytes, rounded up; `None` if invalid or negative.
 pub fn bytes(q: &str) -> Option<u64> {
-    parse(q).map(|v| v.ceil() as u64)
+    parse(q).filter(|v| *v >= 0.0).map(|v| v.ceil() as u64)
 }
 
 #[cfg(test)]
@@ -85,16 +109,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantities_parse_like_kubernetes() {
+    fn resource_amounts_round_up_and_refuse_negatives() {
         assert_eq!(cpu_millis("500m"), Some(500));
         assert_eq!(cpu_millis("2"), Some(2000));
         assert_eq!(cpu_millis("0.25"), Some(250));
+        assert_eq!(cpu_millis("1n"), Some(1));
         assert_eq!(bytes("256Mi"), Some(256 * 1024 * 1024));
         assert_eq!(bytes("1G"), Some(1_000_000_000));
         assert_eq!(bytes("1e3"), Some(1000));
         assert_eq!(bytes("128974848"), Some(128_974_848));
-        for bad in ["", "abc", "1.2.3", "Mi", "-1", "1 Gi", "1Xi", "1ee3", "."] {
-            assert_eq!(parse(bad), None, "{bad:?} should not parse");
-        }
+        assert_eq!(bytes("1e400"), Some(u64::MAX));
+        assert_eq!(cpu_millis("-1"), None);
+        assert_eq!(bytes("-1Mi"), None);
+        assert_eq!(bytes("1 Gi"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! A strict Kubernetes API server emulator with a process kubelet.
 //!
-//! It serves `pods` (with `status` and `log`), `networkpolicies`, `namespaces` and `events`
+//! It serves `pods` (with `status` and `log`), `networkpolicies`, `namespaces` and `events`,
+//! and stores what `deploy/` applies (Deployments, StatefulSets, RBAC, ConfigMaps, Secrets,
+//! ServiceAccounts, Services, LimitRanges, ResourceQuotas, PodDisruptionBudgets) generically,
 //! over plain HTTP on 127.0.0.1, so the real `kube` client (via the kubeconfig the
 //! emulator writes) and `kubectl` talk to it unchanged. Its kubelet runs each pod's first
 //! container `command` + `args` as a local process group.
@@ -9,14 +11,17 @@
 //!
 //! - [`emulator`]: [`Emulator::start`], [`EmulatorConfig`] and the [`EmulatorHandle`]
 //!   tests use (kubeconfig, stored objects, faults, holds, waits, counters, validation).
-//! - [`api`]: routing, discovery, create/get/list/watch/update/patch/delete, logs, the
-//!   admin API under `/__emulator/`.
+//! - [`api`]: routing, discovery, OpenAPI v3, create/get/list/watch/update/patch/delete,
+//!   server-side apply, logs, the admin API under `/__emulator/`.
 //! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
 //!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
 //! - [`kubelet`]: scheduling, Unschedulable holds, processes, logs, phases, exit codes,
 //!   `activeDeadlineSeconds`, forced final states.
 //! - [`validation`]: strict decoding into k8s-openapi types (unknown fields → 400),
-//!   RFC 1123 names and other 422 checks, API-server defaults.
+//!   quantities (bad → 400, negative or request > limit → 422), RFC 1123 names and other
+//!   422 checks, API-server defaults.
+//! - [`quantity`]: `ParseQuantity` and `Quantity.UnmarshalJSON`, ported (not shared with the
+//!   product) and tested on the table in `schemas/tests/data/quantities.json`.
 //! - [`status`]: `metav1.Status` bodies. [`selector`]: label/field selectors.
 //! - [`faults`]: fault rules (429, 500, dropped connection) and the request log.
 //! - [`schema`]: validation against the official 1.33 OpenAPI-derived JSON schemas
@@ -45,8 +50,16 @@
 //! - Field validation is `Strict` by default (unknown fields → 400); `fieldValidation=Warn`
 //!   or `Ignore` accept them (Warn adds `Warning` headers).
 //! - PATCH supports merge, JSON patch, and strategic merge (applied as a JSON merge patch:
-//!   lists are replaced, not merged by key); server-side apply is applied as a merge patch
-//!   and creates missing objects.
+//!   lists are replaced, not merged by key). Server-side apply needs `fieldManager`, creates
+//!   missing objects, merges, drops fields its manager stopped applying, keeps
+//!   `managedFields`, and answers 409 on a conflict with another manager (lists are atomic).
+//! - Request bodies of create/update must be JSON: protobuf (and YAML) get 415. kubectl 1.32
+//!   does not fall back to JSON on 415, so `kubectl create namespace` (protobuf) fails;
+//!   `kubectl apply`/`create -f` send JSON and work.
+//! - `/openapi/v3` and its group-version documents list paths whose PATCH takes
+//!   `fieldValidation`, so kubectl validates server-side (no `--validate=false` needed);
+//!   they carry no component schemas (`kubectl explain` does not work). No `/openapi/v2`.
+//! - Quantities are stored as sent (trimmed), not in the API server's canonical form.
 //! - Watches: newline-delimited JSON events; no `resourceVersion` (or `0`) starts with
 //!   synthetic ADDED events; `sendInitialEvents=true` ends them with the
 //!   `k8s.io/initial-events-end` bookmark; too-old resourceVersions yield an `ERROR`
@@ -74,6 +87,7 @@ pub mod emulator;
 pub mod faults;
 pub mod kinds;
 pub mod kubelet;
+pub mod quantity;
 pub mod schema;
 pub mod selector;
 pub mod status;

@@ -93,11 +93,16 @@ impl ApiError {
             .map(|(field, _, msg)| format!("{field}: {msg}"))
             .collect();
         let message = if joined.len() == 1 {
-            format!("{} \"{}\" is invalid: {}", kind.name(), name, joined[0])
+            format!(
+                "{} \"{}\" is invalid: {}",
+                kind.qualified_name(),
+                name,
+                joined[0]
+            )
         } else {
             format!(
                 "{} \"{}\" is invalid: [{}]",
-                kind.name(),
+                kind.qualified_name(),
                 name,
                 joined.join(", ")
             )
@@ -130,7 +135,7 @@ impl ApiError {
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct})"
             ),
         )
     }

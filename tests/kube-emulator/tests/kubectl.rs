@@ -151,3 +151,39 @@ async fn the_standalone_binary_writes_a_kubeconfig_that_kubectl_uses() {
     assert!(names.contains("namespace/airlock-sandbox"), "{names}");
     emu.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn kubectl_applies_all_of_deploy_server_side_with_validation_and_again_idempotently() {
+    let Some(bin) = kubectl() else { return };
+    let emu = start().await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    for dir in ["", "dev-deps"] {
+        let path = deploy.join(dir);
+        let path = path.to_str().unwrap();
+        let out = run(&bin, &emu, &["apply", "--server-side", "-k", path]).await;
+        assert!(out.contains("serverside-applied"), "{out}");
+    }
+    let d = emu
+        .object(Kind::Deployment, "airlock-system", "airlock-dispatcher")
+        .expect("the dispatcher Deployment is stored");
+    assert_eq!(d["metadata"]["managedFields"][0]["manager"], "kubectl");
+    assert_eq!(d["metadata"]["managedFields"][0]["operation"], "Apply");
+    assert!(
+        emu.object(Kind::Role, "airlock-sandbox", "airlock-dispatcher")
+            .is_some()
+    );
+    assert!(
+        emu.object(Kind::StatefulSet, "airlock-system", "nats")
+            .is_some()
+    );
+    let again = run(
+        &bin,
+        &emu,
+        &["apply", "--server-side", "-k", deploy.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        again.contains("deployment.apps/airlock-dispatcher serverside-applied"),
+        "{again}"
+    );
+}

@@ -289,3 +289,98 @@ async fn every_accepted_pod_and_network_policy_validates_against_the_kubernetes_
     let r = airlock_kube_emulator::schema::validate_objects(None, &[bad]).unwrap();
     assert!(!r.is_ok());
 }
+
+fn pod_with_resources(name: &str, resources: serde_json::Value) -> serde_json::Value {
+    let mut body = pod_json(name);
+    body["spec"]["containers"][0]["resources"] = resources;
+    body
+}
+
+#[tokio::test]
+async fn a_quantity_with_an_inner_space_is_refused_with_400_as_the_api_server_decodes_it() {
+    let emu = start().await;
+    let body = pod_with_resources("q1", json!({"requests": {"memory": "256 Mi"}}));
+    let (code, status) = raw(&emu, "POST", PODS, "application/json", &body.to_string()).await;
+    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+    assert_eq!(
+        status["message"],
+        "Pod in version \"v1\" cannot be handled as a Pod: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+    );
+    assert!(emu.objects(Kind::Pod).is_empty());
+}
+
+#[tokio::test]
+async fn a_quantity_with_an_unknown_suffix_is_refused_with_400() {
+    let emu = start().await;
+    let body = pod_with_resources("q2", json!({"limits": {"cpu": "1K"}}));
+    let (code, status) = raw(&emu, "POST", PODS, "application/json", &body.to_string()).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        status["message"],
+        "Pod in version \"v1\" cannot be handled as a Pod: unable to parse quantity's suffix"
+    );
+}
+
+#[tokio::test]
+async fn a_quantity_with_surrounding_whitespace_is_accepted_and_stored_trimmed() {
+    let emu = start().await;
+    let body = pod_with_resources(
+        "q3",
+        json!({"requests": {"memory": " 256Mi", "cpu": 0.5}, "limits": {"cpu": "1."}}),
+    );
+    let (code, created) = raw(&emu, "POST", PODS, "application/json", &body.to_string()).await;
+    assert_eq!(code, 201, "{created}");
+    let res = &created["spec"]["containers"][0]["resources"];
+    assert_eq!(res["requests"]["memory"], "256Mi");
+    assert_eq!(res["requests"]["cpu"], "0.5");
+    assert_eq!(res["limits"]["cpu"], "1.");
+}
+
+#[tokio::test]
+async fn a_negative_request_is_refused_with_422_invalid() {
+    let emu = start().await;
+    let body = pod_with_resources("q4", json!({"requests": {"cpu": "-1"}}));
+    let (code, status) = raw(&emu, "POST", PODS, "application/json", &body.to_string()).await;
+    assert_eq!((code, status["reason"].as_str()), (422, Some("Invalid")));
+    assert_eq!(
+        status["message"],
+        "Pod \"q4\" is invalid: spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"
+    );
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "spec.containers[0].resources.requests[cpu]"
+    );
+}
+
+#[tokio::test]
+async fn a_request_above_its_limit_is_refused_with_422_invalid() {
+    let emu = start().await;
+    let body = pod_with_resources(
+        "q5",
+        json!({"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}}),
+    );
+    let (code, status) = raw(&emu, "POST", PODS, "application/json", &body.to_string()).await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["message"],
+        "Pod \"q5\" is invalid: spec.containers[0].resources.requests: Invalid value: \"1Gi\": must be less than or equal to memory limit of 512Mi"
+    );
+}
+
+#[tokio::test]
+async fn a_protobuf_body_is_refused_with_415_unsupported_media_type() {
+    let emu = start().await;
+    let (code, status) = raw(
+        &emu,
+        "POST",
+        "/api/v1/namespaces",
+        "application/vnd.kubernetes.protobuf",
+        "k8s\u{0}\n\u{c}\n\u{2}v1\u{12}\tNamespace",
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+    assert!(emu.object(Kind::Namespace, "", "x").is_none());
+}

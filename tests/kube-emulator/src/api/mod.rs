@@ -1,0 +1,153 @@
+//! The HTTP front: routing, discovery, CRUD, watch, logs, fault injection and the admin API.
+//!
+//! # Layout
+//!
+//! - this file: [`App`] (shared state), [`entry`] (faults, request log) and top-level routing.
+//! - `discovery`: `/api`, `/apis` and resource lists. `request`: path → target, verb dispatch.
+//! - `read` and `table`: get/list. `write`: create/update and admission. `patch`, `delete`.
+//! - `watch`, `logs`, `admin` (`/__emulator/`).
+
+mod admin;
+mod apply;
+mod delete;
+mod discovery;
+mod logs;
+mod openapi;
+mod patch;
+mod read;
+mod request;
+mod table;
+mod watch;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::faults::{FaultAction, FaultRule, RequestRecord};
+use crate::kinds::Kind;
+use crate::kubelet::Kubelet;
+use crate::status::{ApiError, json_response};
+use crate::store::Store;
+
+/// The Kubernetes version the emulator claims to be.
+pub const GIT_VERSION: &str = "v1.33.0";
+
+/// Shared server state.
+#[derive(Debug)]
+pub struct App {
+    /// The object store.
+    pub store: Arc<Store>,
+    /// The kubelet.
+    pub kubelet: Arc<Kubelet>,
+    /// Pending fault rules.
+    pub faults: Mutex<Vec<FaultRule>>,
+    /// Served requests.
+    pub requests: Mutex<Vec<RequestRecord>>,
+    /// Interval between watch bookmarks.
+    pub bookmark_interval: Duration,
+    /// Schema directory for validation, if known.
+    pub schema_dir: Option<std::path::PathBuf>,
+}
+
+type Q = HashMap<String, String>;
+
+fn query_of(req: &Request) -> Q {
+    Query::<Q>::try_from_uri(req.uri())
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+impl App {
+    fn take_fault(&self, method: &str, path: &str, query: &str) -> Option<FaultAction> {
+        let mut faults = self.faults.lock().ok()?;
+        let rule = faults.iter_mut().find(|r| r.matches(method, path, query))?;
+        rule.count -= 1;
+        let action = rule.action;
+        faults.retain(|r| r.count > 0);
+        Some(action)
+    }
+
+    fn record(&self, method: &str, uri: &str, status: u16, injected: bool) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.push(RequestRecord {
+                method: method.to_string(),
+                uri: uri.to_string(),
+                status,
+                injected,
+            });
+        }
+    }
+}
+
+/// The single axum handler: every request goes through here.
+pub async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let uri = req.uri().to_string();
+    if path.starts_with("/__emulator") {
+        return admin::admin(&app, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    if let Some(action) = app.take_fault(&method, &path, &query) {
+        tracing::debug!(%method, %uri, ?action, "injecting fault");
+        let resp = match action {
+            FaultAction::TooManyRequests {
+                retry_after_seconds,
+            } => ApiError::too_many_requests(retry_after_seconds).into_response(),
+            FaultAction::InternalError => ApiError::internal("injected fault").into_response(),
+            FaultAction::DropConnection => dropped_connection(),
+        };
+        let status = if action == FaultAction::DropConnection {
+            0
+        } else {
+            resp.status().as_u16()
+        };
+        app.record(&method, &uri, status, true);
+        return resp;
+    }
+    let resp = route(&app, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    app.record(&method, &uri, resp.status().as_u16(), false);
+    resp
+}
+
+/// A response whose body fails before anything is written: hyper closes the connection.
+fn dropped_connection() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("injected dropped connection"))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
+        }
+        ["api", "v1", rest @ ..] if !rest.is_empty() => request::resource(app, "", rest, req).await,
+        ["apis", group, "v1", rest @ ..] if !rest.is_empty() && Kind::GROUPS.contains(group) => {
+            request::resource(app, group, rest, req).await
+        }
+        ["openapi", ..] => openapi::serve(&segs[1..]),
+        _ => {
+            let doc = discovery::document(&segs).ok_or_else(ApiError::path_not_found)?;
+            if method == Method::GET {
+                Ok(json_response(200, &doc))
+            } else {
+                Err(ApiError::method_not_allowed(method.as_str()))
+            }
+        }
+    }
+}
