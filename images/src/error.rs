@@ -232,6 +232,8 @@ impl ImageError {
     }
 
     /// Classifies an `oci-client` error by its variant, status code and OCI error codes.
+    // Long on purpose: one arm per oci-client error variant and status, so the whole classification reads as
+    // one table.
     pub(crate) fn from_registry(reference: &str, registry: &str, e: OciDistributionError) -> Self {
         let reference = reference.to_string();
         let registry = registry.to_string();

@@ -58,6 +58,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 /// [`run`], counting into `metrics` (tests and an in-process caller read them).
+// Long on purpose: start-up in its one order (config, service, backend, schedule, consumer, cancel
+// subscription, ready), then the loop and the shutdown sequence.
 pub async fn run_with_metrics(
     config: Config,
     metrics: Arc<Metrics>,

@@ -213,6 +213,8 @@ pub struct BatchOptions {
 /// `max_batch`, never waiting for a batch to fill) to `handler`, which settles them itself. At most
 /// `concurrency` batches are in flight. Returns after in-flight batches finished or the grace period passed,
 /// with the last acks flushed.
+// Long on purpose: pulling, the permit taken before each pull, and the shutdown drain share state whose
+// ordering is the invariant described above; split, it would be spread over several signatures.
 pub async fn run_batch_loop<H, Fut>(
     consumer: PullConsumer,
     opts: BatchOptions,

@@ -188,6 +188,7 @@ impl Layer<'_> {
         }
     }
 
+    // Long on purpose: one tar entry type per arm, each with its own escape checks side by side.
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
         let raw = entry.path_bytes().into_owned();
         let kind = entry.header().entry_type();

@@ -21,6 +21,8 @@ pub(super) fn event_line(etype: &str, object: &Value) -> Bytes {
     Bytes::from(v)
 }
 
+// Long on purpose: the initial list, the resume from a resourceVersion (or 410) and the live stream are one
+// response body built in order.
 pub(super) fn watch(
     app: &Arc<App>,
     kind: Kind,
