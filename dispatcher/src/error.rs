@@ -21,14 +21,6 @@ impl Error {
             Error::Backend(e) => e.is_retryable(),
         }
     }
-
-    /// The JetStream API error code the server answered with, if this is such an error.
-    pub fn jetstream_code(&self) -> Option<async_nats::jetstream::ErrorCode> {
-        match self {
-            Error::Runtime(e) => e.jetstream_code(),
-            Error::Backend(_) => None,
-        }
-    }
 }
 
 /// A configuration error.

@@ -232,133 +232,97 @@ impl ImageError {
     }
 
     /// Classifies an `oci-client` error by its variant, status code and OCI error codes.
-    // Long on purpose: one arm per oci-client error variant and status, so the whole classification reads as
-    // one table.
     pub(crate) fn from_registry(reference: &str, registry: &str, e: OciDistributionError) -> Self {
         let reference = reference.to_string();
         let registry = registry.to_string();
         let detail = chain(&e);
-        let e = Box::new(e);
-        match &*e {
+        let class = RegistryClass::of(&e);
+        let source = Box::new(e);
+        match class {
+            RegistryClass::Unauthorized => Self::Unauthorized {
+                reference,
+                registry,
+                source,
+            },
+            RegistryClass::RateLimited => Self::RateLimited {
+                reference,
+                registry,
+                source,
+            },
+            RegistryClass::NotFound => Self::NotFound { reference, source },
+            RegistryClass::Unavailable => Self::Unavailable {
+                reference,
+                registry,
+                detail,
+                source,
+            },
+            RegistryClass::Certificate(detail) => Self::Certificate {
+                reference,
+                registry,
+                detail,
+                source,
+            },
+            RegistryClass::Other => Self::Registry {
+                reference,
+                registry,
+                detail,
+                source,
+            },
+        }
+    }
+}
+
+/// What a registry failure was, which picks its [`ImageError`] variant.
+enum RegistryClass {
+    Unauthorized,
+    RateLimited,
+    NotFound,
+    Unavailable,
+    /// With what rustls said.
+    Certificate(String),
+    Other,
+}
+
+impl RegistryClass {
+    fn of(e: &OciDistributionError) -> Self {
+        match e {
             OciDistributionError::RegistryError { envelope, .. } => {
                 let has = |c: &[OciErrorCode]| envelope.errors.iter().any(|e| c.contains(&e.code));
                 if has(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
-                    Self::Unauthorized {
-                        reference,
-                        registry,
-                        source: e,
-                    }
+                    Self::Unauthorized
                 } else if has(&[OciErrorCode::Toomanyrequests]) {
-                    Self::RateLimited {
-                        reference,
-                        registry,
-                        source: e,
-                    }
+                    Self::RateLimited
                 } else if has(&[
                     OciErrorCode::ManifestUnknown,
                     OciErrorCode::NameUnknown,
                     OciErrorCode::NotFound,
                     OciErrorCode::BlobUnknown,
                 ]) {
-                    Self::NotFound {
-                        reference,
-                        source: e,
-                    }
+                    Self::NotFound
                 } else {
-                    Self::Registry {
-                        reference,
-                        registry,
-                        detail,
-                        source: e,
-                    }
+                    Self::Other
                 }
             }
             OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => Self::Unauthorized {
-                reference,
-                registry,
-                source: e,
-            },
+            | OciDistributionError::AuthenticationFailure(_) => Self::Unauthorized,
             OciDistributionError::ServerError { code, .. } => match *code {
-                401 | 403 => Self::Unauthorized {
-                    reference,
-                    registry,
-                    source: e,
-                },
-                404 => Self::NotFound {
-                    reference,
-                    source: e,
-                },
-                429 => Self::RateLimited {
-                    reference,
-                    registry,
-                    source: e,
-                },
-                408 | 500..=599 => Self::Unavailable {
-                    reference,
-                    registry,
-                    detail,
-                    source: e,
-                },
-                _ => Self::Registry {
-                    reference,
-                    registry,
-                    detail,
-                    source: e,
-                },
+                401 | 403 => Self::Unauthorized,
+                404 => Self::NotFound,
+                429 => Self::RateLimited,
+                408 | 500..=599 => Self::Unavailable,
+                _ => Self::Other,
             },
-            OciDistributionError::RequestError(re) => {
-                if let Some(tls) = find_tls_error(re) {
-                    return Self::Certificate {
-                        reference,
-                        registry,
-                        detail: tls,
-                        source: e,
-                    };
-                }
-                match re.status() {
-                    Some(s) if s.as_u16() == 429 => Self::RateLimited {
-                        reference,
-                        registry,
-                        source: e,
-                    },
-                    Some(s) if s.is_client_error() => Self::Registry {
-                        reference,
-                        registry,
-                        detail,
-                        source: e,
-                    },
-                    _ if re.is_builder() => Self::Registry {
-                        reference,
-                        registry,
-                        detail,
-                        source: e,
-                    },
-                    // Connection refused/reset, timeouts, bodies cut short, 5xx.
-                    _ => Self::Unavailable {
-                        reference,
-                        registry,
-                        detail,
-                        source: e,
-                    },
-                }
-            }
-            OciDistributionError::IoError(_) => Self::Unavailable {
-                reference,
-                registry,
-                detail,
-                source: e,
+            OciDistributionError::RequestError(re) => match (find_tls_error(re), re.status()) {
+                (Some(tls), _) => Self::Certificate(tls),
+                (None, Some(s)) if s.as_u16() == 429 => Self::RateLimited,
+                (None, Some(s)) if s.is_client_error() => Self::Other,
+                (None, _) if re.is_builder() => Self::Other,
+                // Connection refused/reset, timeouts, bodies cut short, 5xx.
+                _ => Self::Unavailable,
             },
-            OciDistributionError::ImageManifestNotFoundError(_) => Self::NotFound {
-                reference,
-                source: e,
-            },
-            _ => Self::Registry {
-                reference,
-                registry,
-                detail,
-                source: e,
-            },
+            OciDistributionError::IoError(_) => Self::Unavailable,
+            OciDistributionError::ImageManifestNotFoundError(_) => Self::NotFound,
+            _ => Self::Other,
         }
     }
 }

@@ -94,8 +94,8 @@ impl Janitor {
     }
 
     async fn cancel(&self, run_id: &str, reason: Option<String>) -> serde_json::Value {
-        let status = match self.store.status(run_id).await {
-            Ok(s) => s,
+        let status = match self.store.head(run_id).await {
+            Ok(h) => h.and_then(|h| h.status),
             Err(e) => {
                 warn!(run_id = %run_id, error = %e, "Reading the run for a cancel request failed");
                 return json!({"ok": false, "error": "the run store is unavailable; try again"});

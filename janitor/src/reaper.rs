@@ -43,7 +43,8 @@ pub(crate) struct Settings {
     pub logs_max_bytes: usize,
     pub max_attempts: u32,
     pub sweep_interval: Duration,
-    pub ack_wait: Duration,
+    /// How often a long sweep tells JetStream it is still working.
+    pub progress_every: Duration,
     pub redelivery_cap: Duration,
     pub orphan_grace: Duration,
     pub lost_timer_grace: Duration,
@@ -55,16 +56,13 @@ impl From<&Config> for Settings {
             logs_max_bytes: c.logs_max_bytes,
             max_attempts: c.max_attempts,
             sweep_interval: c.sweep_interval,
-            ack_wait: c.consumer.ack_wait,
+            progress_every: c.consumer.progress_every(),
             redelivery_cap: c.consumer.redelivery_cap,
             orphan_grace: c.orphan_grace,
             lost_timer_grace: c.lost_timer_grace,
         }
     }
 }
-
-/// A run as the reaper reads it: its record and accepted request.
-pub(crate) type Run = StoredRun;
 
 /// Everything a handler needs; shared by the consumer loop, the cancel server and sweeps.
 #[derive(Debug)]
@@ -148,7 +146,7 @@ impl Janitor {
     }
 
     /// The run's record, or `None`.
-    pub(crate) async fn load(&self, run_id: &str) -> Result<Option<Run>, Error> {
+    pub(crate) async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
         Ok(self.store.run(run_id).await?)
     }
 
@@ -285,7 +283,7 @@ impl Janitor {
     /// Records the terminal status, then finishes the reap.
     pub(crate) async fn end(
         &self,
-        run: &Run,
+        run: &StoredRun,
         obs: Option<&Observed>,
         v: Verdict,
         delivered: i64,
@@ -326,7 +324,7 @@ impl Janitor {
     }
 
     /// Steps 3-5 for a terminal run: remove its objects, publish its event, set `reaped_at`.
-    pub(crate) async fn finish(&self, run: &Run) -> Result<(), Error> {
+    pub(crate) async fn finish(&self, run: &StoredRun) -> Result<(), Error> {
         if run.record.reaped_at.is_some() {
             return Ok(());
         }
@@ -365,7 +363,7 @@ impl Janitor {
         Ok(())
     }
 
-    async fn publish_end(&self, run: &Run) -> Result<(), Error> {
+    async fn publish_end(&self, run: &StoredRun) -> Result<(), Error> {
         let Some(status) = run.record.status else {
             return Ok(());
         };
@@ -378,7 +376,7 @@ impl Janitor {
     }
 
     /// A lifecycle event of `run` moving to `status` now, with its queue and metadata.
-    fn event(&self, run: &Run, status: RunStatus) -> LifecycleEvent {
+    fn event(&self, run: &StoredRun, status: RunStatus) -> LifecycleEvent {
         let mut ev = LifecycleEvent::now(run.id(), status).with_queue(run.record.queue.clone());
         ev.metadata = run.metadata();
         ev
@@ -389,7 +387,7 @@ impl Janitor {
     /// the whole run.
     async fn redispatch(
         &self,
-        run: &Run,
+        run: &StoredRun,
         attempt: u32,
         obs: Option<&Observed>,
         why: String,

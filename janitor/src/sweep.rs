@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use airlock_backend::{Removed, RunObjects};
 use airlock_runtime::consume::{self, with_progress};
+use airlock_runtime::store::StoredRun;
 use airlock_schemas::record::parse_timestamp;
 use airlock_schemas::{TimerEvent, TimerKind};
 use async_nats::jetstream;
@@ -34,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::metrics::Metrics;
-use crate::reaper::{Janitor, Run};
+use crate::reaper::Janitor;
 
 /// Runs handled at once by a sweep.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -62,8 +63,7 @@ impl Janitor {
                 return Ok(());
             }
         }
-        let every = (self.settings.ack_wait / 3).max(Duration::from_millis(500));
-        with_progress(msg, every, self.sweep()).await
+        with_progress(msg, self.settings.progress_every, self.sweep()).await
     }
 
     /// One sweep over the backend and the active runs.
@@ -185,7 +185,7 @@ impl Janitor {
     }
 
     /// Fires the deadline timer of a live run whose deadline passed long ago.
-    async fn check_deadline(&self, run: &Run, report: &SweepReport) -> Result<(), Error> {
+    async fn check_deadline(&self, run: &StoredRun, report: &SweepReport) -> Result<(), Error> {
         let Some(deadline) = run.deadline() else {
             return Ok(());
         };

@@ -23,8 +23,5 @@ pub const ATTEMPT_HEADER: &str = "Airlock-Attempt";
 /// The attempt a request's [`ATTEMPT_HEADER`] value names: [`crate::record::FIRST_ATTEMPT`] when absent or
 /// not a positive number.
 pub fn attempt_from_header(value: Option<&str>) -> u32 {
-    value
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|a| *a >= crate::record::FIRST_ATTEMPT)
-        .unwrap_or(crate::record::FIRST_ATTEMPT)
+    crate::record::attempt_or_first(value.and_then(|v| v.trim().parse::<u32>().ok()))
 }

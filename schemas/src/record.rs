@@ -17,6 +17,11 @@ pub fn active_key(prefix: &str) -> String {
 /// The attempt a run is on when nothing says otherwise (attempts are 1-based).
 pub const FIRST_ATTEMPT: u32 = 1;
 
+/// The attempt a stored or requested attempt number stands for: [`FIRST_ATTEMPT`] when absent or zero.
+pub fn attempt_or_first(attempt: Option<u32>) -> u32 {
+    attempt.unwrap_or(FIRST_ATTEMPT).max(FIRST_ATTEMPT)
+}
+
 /// A record timestamp: RFC 3339 in UTC with milliseconds, so timestamps sort as text.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -213,7 +218,7 @@ pub struct RunRecord {
 impl RunRecord {
     /// The attempt the run is on ([`FIRST_ATTEMPT`] when the record does not say).
     pub fn current_attempt(&self) -> u32 {
-        self.attempt.unwrap_or(FIRST_ATTEMPT).max(FIRST_ATTEMPT)
+        attempt_or_first(self.attempt)
     }
 
     /// Whether the run has ended.

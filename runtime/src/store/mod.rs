@@ -340,16 +340,6 @@ impl Store {
         Ok(replies.into_iter().map(RunHead::from_values).collect())
     }
 
-    /// A run's status, or `None`.
-    pub async fn status(&self, run_id: &str) -> Result<Option<RunStatus>, Error> {
-        let s: Option<String> = self
-            .conn
-            .clone()
-            .hget(self.key(run_id), field::STATUS)
-            .await?;
-        Ok(s.as_deref().and_then(RunStatus::parse))
-    }
-
     /// Ids of runs that are not terminal.
     pub async fn active_runs(&self) -> Result<Vec<String>, Error> {
         Ok(self

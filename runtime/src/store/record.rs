@@ -91,11 +91,7 @@ impl RunHead {
         let status = status?;
         Some(Self {
             status: RunStatus::parse(&status),
-            attempt: RunRecord {
-                attempt: attempt.and_then(|a| a.parse().ok()),
-                ..RunRecord::default()
-            }
-            .current_attempt(),
+            attempt: record::attempt_or_first(attempt.and_then(|a| a.parse().ok())),
             reaped_at: reaped_at.as_deref().and_then(record::parse_timestamp),
             queue,
             image,
