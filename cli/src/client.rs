@@ -147,6 +147,7 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
         None => RunRequest {
             id: a.id.clone().unwrap_or_else(new_run_id),
             image: a.image.clone(),
+            image_pull_policy: None,
             command: a.command.clone(),
             args: Vec::new(),
             env: a.env.iter().cloned().collect::<BTreeMap<_, _>>(),

@@ -324,6 +324,7 @@ async fn demo(nats_url: &str, redis_url: &str) -> anyhow::Result<()> {
     let request = RunRequest {
         id: client::new_run_id(),
         image: "docker.io/library/busybox:1.36".into(),
+        image_pull_policy: None,
         command: vec!["/bin/sh".into(), "-c".into()],
         args: vec![
             "echo \"computing in $(pwd) as uid $(id -u)\"; printf '{\"answer\": %d, \"run\": \"%s\"}' $((6 * 7)) \"$AIRLOCK_RUN_ID\" > \"$AIRLOCK_RESULT_FILE\"".into(),

@@ -27,8 +27,8 @@ pub mod token;
 pub use event::{LifecycleEvent, ResultRejected, TimerEvent, TimerKind};
 pub use record::{RunStatus, TransitionError};
 pub use request::{
-    EgressDestination, EgressPort, FieldError, Policy, ResourceList, Resources, RunRequest,
-    ValidatedRun, decode_request, is_valid_name,
+    EgressDestination, EgressPort, FieldError, ImagePullPolicy, Policy, ResourceList, Resources,
+    RunRequest, ValidatedRun, decode_request, is_valid_name,
 };
 pub use subjects::Subjects;
 

@@ -19,6 +19,9 @@ pub struct RunRequest {
     pub id: String,
     /// Container image reference, e.g. `docker.io/library/python:3.12`.
     pub image: String,
+    /// When to pull the image: `IfNotPresent` (the default), `Always` or `Never`, as Kubernetes means them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
     /// Entrypoint override.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -43,6 +46,29 @@ pub struct RunRequest {
     /// Opaque JSON echoed in lifecycle events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+}
+
+/// When the runtime pulls a run's image (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull only when the image is not cached.
+    #[default]
+    IfNotPresent,
+    /// Resolve the reference at the registry on every run (cached layers are reused).
+    Always,
+    /// Never contact a registry: the image must already be cached.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling (`IfNotPresent`, `Always`, `Never`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Always => "Always",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// Requests and limits.
