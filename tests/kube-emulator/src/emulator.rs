@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::api::App;
 use crate::faults::{FaultAction, FaultRule, RequestRecord};
 use crate::kinds::Kind;
-use crate::kubelet::{ForcedState, Kubelet, KubeletConfig};
+use crate::kubelet::{ForcedState, ImageMode, Kubelet, KubeletConfig};
 use crate::schema::{SchemaError, ValidationReport};
 use crate::selector::LabelSelector;
 use crate::store::Store;
@@ -31,6 +31,9 @@ pub enum EmulatorError {
     /// The store rejected an object.
     #[error("API error: {0}")]
     Api(String),
+    /// The kubelet's image store could not be opened.
+    #[error("image store: {0}")]
+    Images(#[from] airlock_images::ImageError),
 }
 
 /// How to start the emulator.
@@ -54,6 +57,11 @@ pub struct EmulatorConfig {
     pub max_grace_period: Duration,
     /// Directory of Kubernetes 1.33 JSON schemas (`None`: auto-discover, see [`crate::schema::find_schema_dir`]).
     pub schema_dir: Option<PathBuf>,
+    /// Image mode: the kubelet pulls pods' images into this store and runs them in their rootfs.
+    /// `None`: host mode, the kubelet runs `command` + `args` on the host and ignores images.
+    pub images: Option<airlock_images::StoreConfig>,
+    /// First image pull back-off (doubling up to ten times this).
+    pub image_pull_backoff: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -68,6 +76,8 @@ impl Default for EmulatorConfig {
             bookmark_interval: Duration::from_secs(5),
             max_grace_period: Duration::from_secs(5),
             schema_dir: None,
+            images: None,
+            image_pull_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -100,6 +110,11 @@ impl EmulatorConfig {
     /// Set the watch history length.
     pub fn history_limit(mut self, n: usize) -> Self {
         self.history_limit = n;
+        self
+    }
+    /// Image mode with the store at `store` (see [`EmulatorConfig::images`]).
+    pub fn images(mut self, store: airlock_images::StoreConfig) -> Self {
+        self.images = Some(store);
         self
     }
     /// Set the bookmark interval.
@@ -137,6 +152,14 @@ impl Emulator {
                 schedule_delay: cfg.schedule_delay,
                 node_name: "airlock-emulator-node".into(),
                 max_grace: cfg.max_grace_period,
+                images: match &cfg.images {
+                    Some(store) => Some(ImageMode {
+                        store: airlock_images::ImageStore::open(store.clone())?,
+                        backoff: cfg.image_pull_backoff,
+                        max_backoff: cfg.image_pull_backoff * 10,
+                    }),
+                    None => None,
+                },
             },
         );
         let (_, _, events) = store.snapshot_and_subscribe(Kind::Pod);

@@ -97,5 +97,5 @@ pub mod validation;
 pub use emulator::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle};
 pub use faults::{FaultAction, FaultRule, RequestRecord};
 pub use kinds::Kind;
-pub use kubelet::ForcedState;
+pub use kubelet::{ForcedState, ImageMode};
 pub use schema::{SchemaError, ValidationFailure, ValidationReport};

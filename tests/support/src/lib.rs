@@ -5,11 +5,13 @@
 //! - [`NatsServer`]: JetStream-enabled nats-server; [`NatsServer::stop`]/[`NatsServer::restart`] simulate outages.
 //! - [`RedisServer`]: redis-server without persistence; stop/restart likewise.
 //! - [`Service`]: one of our binaries started as a child process, killed on drop.
+//! - [`images`]: test images (busybox, the job image with our `airlock`) pushed to a [`registry::Registry`].
 //! - [`wait_until`]: poll an async condition with a timeout (for state that has no event to await).
 //!
 //! Binaries are found through `AIRLOCK_NATS_SERVER` / `AIRLOCK_REDIS_SERVER`, then the project venv
 //! (`.venv/bin/nats-server`), then `PATH`. Nothing here talks to anything but 127.0.0.1.
 
+pub mod images;
 pub mod registry;
 
 use std::net::TcpListener;

@@ -1,15 +1,23 @@
-//! The process kubelet: schedules pods onto one fake node and runs each pod's first
-//! container `command` + `args` as a local process group.
+//! The process kubelet: schedules pods onto one fake node and runs each pod's first container as a
+//! local process group: in image mode ([`KubeletConfig::images`]) inside its image's rootfs (pulled through
+//! the shared image store, with `runAsUser`/`runAsNonRoot`, pull errors and back-off as a node shows them);
+//! in host mode its `command` + `args` on the host.
 //!
 //! # Layout
 //!
 //! - this file: [`Kubelet`] (pod tasks, holds, forced states, logs) and its public API.
 //! - `pod`: one pod's life: scheduling, start, supervision, final status.
-//! - `process`: spawning the container command. `log`: [`PodLog`].
+//! - `image`: image mode's pull, back-off, checks and command resolution. `user`: who the container runs as.
+//! - `start`: starting the container and its Running status. `process`: host and bwrap commands.
+//! - `events`: the pod's events. `log`: [`PodLog`].
 
+mod events;
+mod image;
 mod log;
 mod pod;
 mod process;
+mod start;
+mod user;
 
 pub use log::PodLog;
 
@@ -55,6 +63,19 @@ pub struct KubeletConfig {
     pub node_name: String,
     /// Upper bound on the grace period honoured when deleting a running pod.
     pub max_grace: Duration,
+    /// Image mode: pull and run pods' images. `None`: host mode (images are not run).
+    pub images: Option<ImageMode>,
+}
+
+/// How the kubelet runs images.
+#[derive(Debug, Clone)]
+pub struct ImageMode {
+    /// The image store shared with other processes using the same directory.
+    pub store: airlock_images::ImageStore,
+    /// First image pull back-off (a node uses 10 s); it doubles after each failed pull.
+    pub backoff: Duration,
+    /// Longest image pull back-off (a node uses 300 s).
+    pub max_backoff: Duration,
 }
 
 /// The kubelet and scheduler.
