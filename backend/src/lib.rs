@@ -166,6 +166,27 @@ pub struct Observed {
     pub lost: bool,
 }
 
+/// Waiting reasons of a container that will not start by itself: the run fails after the image pull grace
+/// rather than at its deadline.
+pub const STUCK_REASONS: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+];
+
+impl Observed {
+    /// Pending with a [`STUCK_REASONS`] reason.
+    pub fn is_stuck(&self) -> bool {
+        self.phase == Phase::Pending
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| STUCK_REASONS.contains(&r))
+    }
+}
+
 /// Everything a backend holds for one run, as [`Backend::list_objects`] reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunObjects {
@@ -252,6 +273,20 @@ impl Backend {
     /// documentation).
     pub async fn list_objects(&self) -> Result<Vec<RunObjects>, BackendError> {
         delegate!(self, b => b.list_objects().await)
+    }
+
+    /// When the run's job became stuck and when it is to fail for it: `Some((since, fail_at))` when the
+    /// job waits in a state it will not leave by itself ([`Observed::is_stuck`]: a pod in
+    /// `ImagePullBackOff`…), `since` being the pod's start on its node and `fail_at` that plus the image pull
+    /// grace; `None` when it is not stuck (or gone). The local runtime fails pulls itself: always `None`.
+    pub async fn stuck(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, BackendError> {
+        match self {
+            Backend::Kube(k) => k.stuck(run_id).await,
+            Backend::Local(_) => Ok(None),
+        }
     }
 
     /// Changes of runs as they happen, starting with the current state of each; never ends on its own

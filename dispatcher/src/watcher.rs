@@ -1,4 +1,6 @@
-//! Following runs in the backend: `running` into Redis, finished runs to the janitor, slots back.
+//! Following runs in the backend: `running` into Redis, finished runs to the janitor, slots back, and a
+//! `stuck` timer for a pod that waits in `ImagePullBackOff` and the like (the janitor fails it after the
+//! image pull grace).
 //!
 //! Every replica runs one watcher over all managed pods (or local sandboxes). All its writes are idempotent:
 //! the record only moves forward, events and timers are deduplicated by `Nats-Msg-Id` (run, kind, attempt),
@@ -48,6 +50,9 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
     }
     let status = head.and_then(|h| h.status);
     match o.phase {
+        Phase::Pending if o.is_stuck() && status.is_some_and(|s| !s.is_terminal()) => {
+            schedule_stuck(ctx, o).await?;
+        }
         Phase::Pending => {}
         Phase::Running => {
             // No record (expired, or not ours): nothing to move; the janitor's sweep deals with orphans.
@@ -81,6 +86,26 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
             ctx.publisher.timer(&timer).await?;
         }
     }
+    Ok(())
+}
+
+/// A pod waiting in a state it will not leave by itself (`ImagePullBackOff`…): the janitor gets a `stuck`
+/// timer at the pod's start plus the image pull grace (now, when that is past). The time comes from the pod,
+/// so every change of the pod schedules the same timer (deduplicated per run and attempt).
+async fn schedule_stuck(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+    let Some((since, at)) = ctx.backend.stuck(&o.run_id).await? else {
+        return Ok(());
+    };
+    if at <= Utc::now() {
+        let mut timer = TimerEvent::for_run(TimerKind::Stuck, &o.run_id, o.attempt);
+        timer.reason = o.reason.clone();
+        ctx.publisher.timer(&timer).await?;
+    } else {
+        ctx.publisher
+            .schedule_stuck(&o.run_id, o.attempt, at)
+            .await?;
+    }
+    debug!(run_id = %o.run_id, reason = ?o.reason, %since, %at, "Run's pod is stuck; the janitor fails it at the grace");
     Ok(())
 }
 

@@ -141,6 +141,20 @@ pub(crate) fn decide(
                 finished_at: None,
             }),
         },
+        // The pod waited in ImagePullBackOff (or the like) for the whole grace: the run fails with that reason.
+        TimerKind::Stuck => match (finished, obs) {
+            (Some(o), _) => Decision::End(outcome_of(o)),
+            (None, Some(o)) if o.is_stuck() => Decision::End(Verdict {
+                status: RunStatus::Failed,
+                reason: Some(with_message(
+                    o.reason.as_deref().unwrap_or("Error"),
+                    o.message.as_deref(),
+                )),
+                exit_code: None,
+                finished_at: None,
+            }),
+            _ => Decision::Ignore("stuck timer but the pod is no longer stuck"),
+        },
         TimerKind::Finished => {
             let lost_why = match obs {
                 None => Some("PodLost".to_string()),
@@ -288,6 +302,35 @@ mod tests {
             .0,
             RunStatus::Succeeded
         );
+    }
+
+    #[test]
+    fn a_stuck_timer_fails_a_pod_still_stuck_with_its_waiting_reason_and_ignores_one_that_recovered()
+     {
+        let run = Some(RunStatus::Pending);
+        let mut p = obs(Phase::Pending, Some("ImagePullBackOff"), None);
+        p.message = Some("Back-off pulling image \"x\"".into());
+        assert_eq!(
+            status(decide(TimerKind::Stuck, None, run, 1, Some(&p), 2)),
+            (
+                RunStatus::Failed,
+                "ImagePullBackOff: Back-off pulling image \"x\"".into()
+            )
+        );
+        let running = obs(Phase::Running, None, None);
+        assert_eq!(
+            decide(TimerKind::Stuck, None, run, 1, Some(&running), 2),
+            Decision::Ignore("stuck timer but the pod is no longer stuck")
+        );
+        let scheduling = obs(Phase::Pending, Some("Unschedulable"), None);
+        assert!(matches!(
+            decide(TimerKind::Stuck, None, run, 1, Some(&scheduling), 2),
+            Decision::Ignore(_)
+        ));
+        assert!(matches!(
+            decide(TimerKind::Stuck, None, run, 1, None, 2),
+            Decision::Ignore(_)
+        ));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - `deadline` (a message schedule the dispatcher sets at submit time): the run's time is up, Pending
 //!   included. A pod stuck Pending (unschedulable, image pull back-off) ends `timed_out` with the reason.
 //! - `finished` (published by the dispatcher's watcher): the pod reached Succeeded or Failed.
+//! - `stuck` (a message schedule the dispatcher's watcher sets when a pod waits in `ErrImagePull`,
+//!   `ImagePullBackOff`, `ErrImageNeverPull`, `InvalidImageName` or `CreateContainerConfigError`, due at the
+//!   pod's start plus `AIRLOCK_IMAGE_PULL_GRACE`): a pod still stuck ends `failed` with that reason.
 //! - `cancel`: published by the janitor itself for a request on `airlock.cancel.<run_id>`.
 //! - `sweep`: a recurring `@every` schedule set up at start; finds orphans and lost timers.
 //!

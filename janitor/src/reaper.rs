@@ -426,8 +426,9 @@ impl Janitor {
     }
 }
 
-/// A `finished` timer for an attempt before the run's current one is stale (deadline and cancel timers
-/// cover the whole run, whatever its attempt).
+/// A `finished` or `stuck` timer for an attempt before the run's current one is stale (deadline and cancel
+/// timers cover the whole run, whatever its attempt).
 fn is_stale(ev: &TimerEvent, attempt: u32) -> bool {
-    ev.kind == TimerKind::Finished && ev.attempt.is_some_and(|a| a < attempt)
+    matches!(ev.kind, TimerKind::Finished | TimerKind::Stuck)
+        && ev.attempt.is_some_and(|a| a < attempt)
 }

@@ -67,6 +67,13 @@ pub enum MsgId<'a> {
         /// Attempt.
         attempt: u32,
     },
+    /// A run's stuck-pod schedule: one per run and attempt.
+    StuckSchedule {
+        /// Run id.
+        run_id: &'a str,
+        /// Attempt.
+        attempt: u32,
+    },
     /// The recurring sweep schedule, per interval.
     SweepSchedule {
         /// Interval in seconds.
@@ -103,6 +110,9 @@ impl fmt::Display for MsgId<'_> {
             ),
             MsgId::DeadlineSchedule { run_id, attempt } => {
                 write!(f, "schedule-deadline-{run_id}-{attempt}")
+            }
+            MsgId::StuckSchedule { run_id, attempt } => {
+                write!(f, "schedule-stuck-{run_id}-{attempt}")
             }
             MsgId::SweepSchedule { every_secs } => write!(f, "schedule-sweep-{every_secs}"),
         }
@@ -225,7 +235,32 @@ impl Publisher {
         attempt: u32,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let ev = TimerEvent::for_run(TimerKind::Deadline, run_id, attempt);
+        self.schedule_once(TimerKind::Deadline, run_id, attempt, at)
+            .await
+    }
+
+    /// Schedules the run's `stuck` timer at `at` (the pod's start plus the image pull grace) into
+    /// `airlock.timers.stuck.<run_id>`, deduplicated per run and attempt; `at` is derived from the pod, so a
+    /// repeat names the same time.
+    pub async fn schedule_stuck(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.schedule_once(TimerKind::Stuck, run_id, attempt, at)
+            .await
+    }
+
+    /// A message schedule that fires one `kind` timer for the run at `at`.
+    async fn schedule_once(
+        &self,
+        kind: TimerKind,
+        run_id: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let ev = TimerEvent::for_run(kind, run_id, attempt);
         let mut h = HeaderMap::new();
         // A schedule needs whole seconds; round up so it never fires early.
         let at = if at.timestamp_subsec_nanos() > 0 {
@@ -239,12 +274,15 @@ impl Publisher {
         );
         h.insert(
             "Nats-Schedule-Target",
-            self.subjects
-                .timer(TimerKind::Deadline, Some(run_id))
-                .as_str(),
+            self.subjects.timer(kind, Some(run_id)).as_str(),
         );
-        let id = MsgId::DeadlineSchedule { run_id, attempt };
-        let subject = self.subjects.schedule(&format!("deadline.{run_id}"));
+        let id = match kind {
+            TimerKind::Stuck => MsgId::StuckSchedule { run_id, attempt },
+            _ => MsgId::DeadlineSchedule { run_id, attempt },
+        };
+        let subject = self
+            .subjects
+            .schedule(&format!("{}.{run_id}", kind.as_str()));
         self.publish(subject, id, h, &ev).await.map(drop)
     }
 

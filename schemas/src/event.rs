@@ -18,6 +18,10 @@ pub enum TimerKind {
     Cancel,
     /// Periodic sweep for orphans and lost timers.
     Sweep,
+    /// The run's pod has been waiting in a state it will not leave by itself (`ErrImagePull`,
+    /// `ImagePullBackOff`, `ErrImageNeverPull`, `InvalidImageName`, `CreateContainerConfigError`) for the
+    /// image pull grace (fires from a message schedule the dispatcher's watcher sets).
+    Stuck,
 }
 
 impl TimerKind {
@@ -28,6 +32,7 @@ impl TimerKind {
             Self::Finished => "finished",
             Self::Cancel => "cancel",
             Self::Sweep => "sweep",
+            Self::Stuck => "stuck",
         }
     }
 }

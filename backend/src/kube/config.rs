@@ -24,6 +24,8 @@ pub const DEFAULT_DNS_NAMESPACE_LABELS: &str = "kubernetes.io/metadata.name=kube
 pub const DEFAULT_DNS_POD_LABELS: &str = "k8s-app=kube-dns";
 /// Default timeout of each API call, as the flag spells it (a `humantime` duration).
 pub const DEFAULT_API_TIMEOUT: &str = "15s";
+/// Default of `--image-pull-grace`.
+pub const DEFAULT_IMAGE_PULL_GRACE: &str = "60s";
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -79,6 +81,16 @@ pub struct KubeArgs {
     /// Timeout of each Kubernetes API call (watches excepted).
     #[arg(long, env = "AIRLOCK_KUBE_API_TIMEOUT", value_parser = humantime::parse_duration, default_value = DEFAULT_API_TIMEOUT)]
     pub kube_api_timeout: Duration,
+    /// How long a run's pod may wait in `ErrImagePull`, `ImagePullBackOff`, `ErrImageNeverPull`,
+    /// `InvalidImageName` or `CreateContainerConfigError` (counted from the pod's start on its node) before
+    /// the run ends `failed` with that reason, instead of waiting for its deadline.
+    #[arg(long, env = "AIRLOCK_IMAGE_PULL_GRACE", value_parser = humantime::parse_duration, default_value = DEFAULT_IMAGE_PULL_GRACE)]
+    pub image_pull_grace: Duration,
+    /// Run the job as the image's `USER` instead of `--pod-run-as-user` (the pod keeps `runAsNonRoot`, so an
+    /// image that would run as root, or names its user instead of a uid, fails with
+    /// `CreateContainerConfigError`).
+    #[arg(long, env = "AIRLOCK_POD_RUN_AS_IMAGE_USER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pod_run_as_image_user: bool,
 }
 
 impl KubeArgs {
@@ -91,6 +103,8 @@ impl KubeArgs {
         c.run_as_user = self.pod_run_as_user;
         c.termination_grace_seconds = self.pod_termination_grace;
         c.api_timeout = self.kube_api_timeout;
+        c.image_pull_grace = self.image_pull_grace;
+        c.run_as_image_user = self.pod_run_as_image_user;
         c.nats_egress = EgressDestination {
             cidrs: self.nats_egress_cidrs.clone(),
             pod_labels: self.nats_egress_pod_labels.iter().cloned().collect(),
@@ -141,6 +155,10 @@ pub struct KubeConfig {
     pub egress: BTreeMap<String, EgressDestination>,
     /// Timeout of each API call.
     pub api_timeout: Duration,
+    /// How long a pod may wait in a state it will not leave by itself before its run fails.
+    pub image_pull_grace: Duration,
+    /// Leave the uid to the image's `USER` (no `runAsUser`/`runAsGroup`; `runAsNonRoot` stays).
+    pub run_as_image_user: bool,
 }
 
 impl KubeConfig {
@@ -162,6 +180,9 @@ impl KubeConfig {
             egress: BTreeMap::new(),
             api_timeout: humantime::parse_duration(DEFAULT_API_TIMEOUT)
                 .expect("DEFAULT_API_TIMEOUT is a valid duration (tested)"),
+            image_pull_grace: humantime::parse_duration(DEFAULT_IMAGE_PULL_GRACE)
+                .expect("DEFAULT_IMAGE_PULL_GRACE is a valid duration (tested)"),
+            run_as_image_user: false,
         }
     }
 }
@@ -187,14 +208,19 @@ mod tests {
                 from_args.image_pull_policy,
                 from_args.run_as_user,
                 from_args.termination_grace_seconds,
-                from_args.api_timeout
+                from_args.api_timeout,
+                from_args.image_pull_grace,
+                from_args.run_as_image_user,
             ),
             (
                 new.image_pull_policy,
                 new.run_as_user,
                 new.termination_grace_seconds,
-                new.api_timeout
+                new.api_timeout,
+                new.image_pull_grace,
+                new.run_as_image_user,
             )
         );
+        assert_eq!(new.image_pull_grace, Duration::from_secs(60));
     }
 }

@@ -66,7 +66,7 @@ impl KubeBackend {
         let c = self.config();
         let mut pod_labels: BTreeMap<String, String> = spec.run.request.labels.clone();
         pod_labels.extend(run_labels(spec));
-        let uid = c.run_as_user.max(1);
+        let uid = (!c.run_as_image_user).then_some(c.run_as_user.max(1));
         Pod {
             metadata: run_meta(c, spec, pod_labels),
             spec: Some(PodSpec {
@@ -83,8 +83,8 @@ impl KubeBackend {
                 termination_grace_period_seconds: Some(c.termination_grace_seconds.max(0)),
                 security_context: Some(PodSecurityContext {
                     run_as_non_root: Some(true),
-                    run_as_user: Some(uid),
-                    run_as_group: Some(uid),
+                    run_as_user: uid,
+                    run_as_group: uid,
                     seccomp_profile: Some(runtime_default_seccomp()),
                     ..Default::default()
                 }),
@@ -127,12 +127,15 @@ fn runtime_default_seccomp() -> SeccompProfile {
 }
 
 /// The job's container: the request's image, command and resources, locked down.
-fn job_container(c: &KubeConfig, spec: &LaunchSpec, uid: i64) -> Container {
+fn job_container(c: &KubeConfig, spec: &LaunchSpec, uid: Option<i64>) -> Container {
     let req = &spec.run.request;
     Container {
         name: CONTAINER.into(),
         image: Some(req.image.clone()),
-        image_pull_policy: Some(c.image_pull_policy.clone()),
+        image_pull_policy: Some(
+            req.image_pull_policy
+                .map_or_else(|| c.image_pull_policy.clone(), |p| p.as_str().to_string()),
+        ),
         command: (!req.command.is_empty()).then(|| req.command.clone()),
         args: (!req.args.is_empty()).then(|| req.args.clone()),
         env: Some(
@@ -155,8 +158,8 @@ fn job_container(c: &KubeConfig, spec: &LaunchSpec, uid: i64) -> Container {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
             run_as_non_root: Some(true),
-            run_as_user: Some(uid),
-            run_as_group: Some(uid),
+            run_as_user: uid,
+            run_as_group: uid,
             capabilities: Some(Capabilities {
                 add: None,
                 drop: Some(vec!["ALL".into()]),

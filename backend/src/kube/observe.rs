@@ -25,6 +25,34 @@ impl KubeBackend {
         Ok(pod.as_ref().and_then(observe_pod))
     }
 
+    /// `(since, fail_at)` of a stuck pod (see [`crate::Backend::stuck`]): `since` is the pod's
+    /// `status.startTime` (when its node took it, before pulling), else its creation.
+    pub async fn stuck(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, BackendError> {
+        let name = labels::object_name(run_id);
+        let Some(pod) = self.call("get Pod", self.pods().get_opt(&name)).await? else {
+            return Ok(None);
+        };
+        if !observe_pod(&pod).is_some_and(|o| o.is_stuck()) {
+            return Ok(None);
+        }
+        let since = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(pod.metadata.creation_timestamp.as_ref())
+            .and_then(to_chrono)
+            .unwrap_or_else(Utc::now);
+        let grace = chrono::Duration::from_std(self.config().image_pull_grace)
+            .unwrap_or(chrono::Duration::MAX);
+        Ok(Some((
+            since,
+            since.checked_add_signed(grace).unwrap_or(since),
+        )))
+    }
+
     /// The last `max_bytes` of the job container's log.
     pub async fn logs_tail(&self, run_id: &str, max_bytes: usize) -> Result<String, BackendError> {
         let name = labels::object_name(run_id);
