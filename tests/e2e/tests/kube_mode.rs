@@ -1,6 +1,7 @@
 //! The whole system on Kubernetes: the three services as processes with `--runtime kube`, against the
-//! Kubernetes API emulator started in this process (its kubelet runs each pod's command as a local process,
-//! so a job publishes its result with our own `airlock result`).
+//! Kubernetes API emulator started in this process in image mode (see `kube_cluster`: its kubelet runs the
+//! job image, busybox plus our `airlock` binary, so a job publishes its result with `airlock result` from
+//! inside its image).
 //!
 //! # Against a real cluster
 //!
@@ -15,157 +16,13 @@
 //!   comes from `AIRLOCK_TEST_NATS_EGRESS_CIDRS` (comma-separated) when set.
 
 mod common;
+mod kube_cluster;
 
-use std::path::PathBuf;
-
-use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
+use airlock_kube_emulator::Kind;
 use airlock_schemas::RunStatus;
-use common::{Runtime, System, T, request};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::wait::await_condition;
+use common::System;
+use kube_cluster::Cluster;
 use serde_json::json;
-
-/// The sandbox namespace the dispatcher uses by default (`--namespace`).
-const SANDBOX_NS: &str = "airlock-sandbox";
-
-/// The cluster under test: the emulator (default) or the real cluster of `AIRLOCK_TEST_KUBECONFIG`.
-struct Cluster {
-    emu: Option<EmulatorHandle>,
-    kubeconfig: PathBuf,
-    client: kube::Client,
-    ns: String,
-    /// How a job runs the `airlock` binary.
-    airlock: String,
-    image: String,
-    dispatcher_args: Vec<String>,
-}
-
-impl Cluster {
-    /// `None` (after printing why) when a real cluster is asked for but the job image or NATS URL is not.
-    async fn new(name: &str) -> anyhow::Result<Option<Self>> {
-        match std::env::var_os("AIRLOCK_TEST_KUBECONFIG") {
-            None => {
-                let emu = Emulator::start(EmulatorConfig::default().namespace(SANDBOX_NS)).await?;
-                let kubeconfig = emu.kubeconfig_path().to_path_buf();
-                let client = client(&kubeconfig).await?;
-                let airlock = airlock_test_support::our_binary("airlock")?
-                    .display()
-                    .to_string();
-                Ok(Some(Self {
-                    emu: Some(emu),
-                    kubeconfig,
-                    client,
-                    ns: SANDBOX_NS.into(),
-                    airlock,
-                    image: "docker.io/library/busybox:1.36".into(),
-                    dispatcher_args: vec!["--nats-egress-cidrs".into(), "127.0.0.1/32".into()],
-                }))
-            }
-            Some(kubeconfig) => {
-                let (Ok(image), Ok(nats_url)) = (
-                    std::env::var("AIRLOCK_TEST_JOB_IMAGE"),
-                    std::env::var("AIRLOCK_TEST_JOB_NATS_URL"),
-                ) else {
-                    eprintln!(
-                        "SKIPPED: AIRLOCK_TEST_KUBECONFIG is set but AIRLOCK_TEST_JOB_IMAGE (an image with sh and \
-                         `airlock` on its PATH) or AIRLOCK_TEST_JOB_NATS_URL (how pods reach the test's NATS) is not"
-                    );
-                    return Ok(None);
-                };
-                let kubeconfig = PathBuf::from(kubeconfig);
-                let client = client(&kubeconfig).await?;
-                let ns = format!("airlock-e2e-{name}-{}", std::process::id());
-                let nsobj: Namespace =
-                    serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
-                Api::<Namespace>::all(client.clone())
-                    .create(&PostParams::default(), &nsobj)
-                    .await?;
-                let mut dispatcher_args = vec!["--job-nats-url".into(), nats_url];
-                if let Ok(cidrs) = std::env::var("AIRLOCK_TEST_NATS_EGRESS_CIDRS") {
-                    dispatcher_args.extend(["--nats-egress-cidrs".into(), cidrs]);
-                }
-                Ok(Some(Self {
-                    emu: None,
-                    kubeconfig,
-                    client,
-                    ns,
-                    airlock: "airlock".into(),
-                    image,
-                    dispatcher_args,
-                }))
-            }
-        }
-    }
-
-    fn runtime(&self) -> Runtime {
-        Runtime::Kube {
-            kubeconfig: self.kubeconfig.clone(),
-            namespace: self.ns.clone(),
-            dispatcher_args: self.dispatcher_args.clone(),
-        }
-    }
-
-    fn request(&self, id: &str, script: &str, deadline_seconds: u64) -> serde_json::Value {
-        let mut r = request(id, &["sh", "-c", script], deadline_seconds);
-        r["image"] = json!(self.image);
-        r
-    }
-
-    /// Waits until the run's Pod and NetworkPolicy are gone.
-    async fn wait_objects_gone(&self, run_id: &str) -> anyhow::Result<()> {
-        let name = format!("airlock-run-{run_id}");
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        let nps: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &self.ns);
-        tokio::time::timeout(
-            T,
-            await_condition(pods, &name, |p: Option<&Pod>| p.is_none()),
-        )
-        .await??;
-        tokio::time::timeout(
-            T,
-            await_condition(nps, &name, |p: Option<&NetworkPolicy>| p.is_none()),
-        )
-        .await??;
-        Ok(())
-    }
-
-    /// Emulator only: every Pod and NetworkPolicy the API accepted validates against the official
-    /// Kubernetes 1.33 schemas (skipped loudly when the schemas are not installed).
-    fn validate_accepted_objects(&self) {
-        let Some(emu) = &self.emu else { return };
-        match emu.validate_stored_objects() {
-            Ok(report) => {
-                assert!(
-                    report.is_ok(),
-                    "objects failed schema validation: {report:#?}"
-                );
-                assert!(
-                    report.checked >= 2,
-                    "at least a pod and a policy were checked: {report:?}"
-                );
-            }
-            Err(e) => eprintln!("SKIPPED schema validation: {e}"),
-        }
-    }
-
-    async fn cleanup(self) {
-        if self.emu.is_none() {
-            let _ = Api::<Namespace>::all(self.client)
-                .delete(&self.ns, &DeleteParams::default())
-                .await;
-        }
-    }
-}
-
-async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    Ok(kube::Client::try_from(config)?)
-}
 
 #[tokio::test]
 async fn on_kubernetes_a_run_succeeds_with_its_result_and_logs_and_its_pod_and_policy_are_deleted()
