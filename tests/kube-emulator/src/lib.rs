@@ -5,7 +5,9 @@
 //! ServiceAccounts, Services, LimitRanges, ResourceQuotas, PodDisruptionBudgets) generically,
 //! over plain HTTP on 127.0.0.1, so the real `kube` client (via the kubeconfig the
 //! emulator writes) and `kubectl` talk to it unchanged. Its kubelet runs each pod's first
-//! container `command` + `args` as a local process group.
+//! container as a local process group: in image mode ([`EmulatorConfig::images`], `--image-store`)
+//! inside the pod's image, pulled from a registry through Airlock's image store; in host mode (the
+//! default, for API-level tests) its `command` + `args` on the host.
 //!
 //! # Layout
 //!
@@ -15,8 +17,8 @@
 //!   server-side apply, logs, the admin API under `/__emulator/`.
 //! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
 //!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
-//! - [`kubelet`]: scheduling, Unschedulable holds, processes, logs, phases, exit codes,
-//!   `activeDeadlineSeconds`, forced final states.
+//! - [`kubelet`]: scheduling, Unschedulable holds, image pulls and their failures, processes, logs,
+//!   events, phases, exit codes, `activeDeadlineSeconds`, forced final states.
 //! - [`validation`]: strict decoding into k8s-openapi types (unknown fields → 400),
 //!   quantities (bad → 400, negative or request > limit → 422), RFC 1123 names and other
 //!   422 checks, API-server defaults.
@@ -69,10 +71,27 @@
 //!   then the pod (and everything it owns, unless `propagationPolicy=Orphan`) is removed.
 //!   Deleting a pod that is unscheduled, finished or with grace 0 removes it at once.
 //! - The kubelet runs only the first container; it never restarts (`restartPolicy` is
-//!   treated as `Never`). A container without `command` fails at once: phase Failed,
-//!   terminated reason `StartError`, exit code 128. Env comes from `env[].value` only
-//!   (`valueFrom` is ignored) plus `PATH`, `HOME` (a per-pod temp dir, also the cwd) and
-//!   `HOSTNAME`.
+//!   treated as `Never`). Env comes from `env[].value` only (`valueFrom` is ignored).
+//! - Image mode: the image is pulled per `imagePullPolicy` (the store's cache is shared with other
+//!   processes using its directory; plain HTTP for `--insecure-registry`, credentials from
+//!   `--registry-auth-file`, TLS roots from the system or `SSL_CERT_FILE`). The container runs under
+//!   `bwrap` with the image's top-level entries bind-mounted read-only on a read-only tmpfs root, a fresh
+//!   `/proc`, a minimal `/dev`, a private `/tmp`, new user/pid/ipc/uts namespaces and the host's network
+//!   (like `hostNetwork`, so pods reach services on 127.0.0.1; NetworkPolicies are stored, not enforced).
+//!   `command` replaces the image's Entrypoint (and drops its Cmd), `args` replace Cmd; the image's Env
+//!   comes under the container's; `workingDir` over WorkingDir; `PATH`, `HOSTNAME`, `HOME=/` defaults.
+//!   The user is `runAsUser`/`runAsGroup` (container over pod), else the image's `User` (names looked up
+//!   in the image's `/etc/passwd`); run as root, the emulator gives the process that uid for real
+//!   (`setpriv`), otherwise only inside its user namespace. `runAsNonRoot` with an image that would run as
+//!   root, or names its user, is `CreateContainerConfigError` with the kubelet's message. A failed pull is
+//!   `waiting` `ErrImagePull`, then `ImagePullBackOff` (back-off from `image_pull_backoff`, doubling up to
+//!   ten times it, then pulled again); `Never` with an absent image is `ErrImageNeverPull`; an unparsable
+//!   reference `InvalidImageName`; the pod stays `Pending` (until `activeDeadlineSeconds`). Events
+//!   (`Pulling`, `Pulled`, `Failed`, `BackOff`, `ErrImageNeverPull`, `InspectFailed`, `Created`,
+//!   `Started`; repeats counted) are stored as `v1/Event`s, so `kubectl get events` shows them.
+//! - Host mode: images are ignored. A container without `command` fails at once: phase Failed,
+//!   terminated reason `StartError`, exit code 128. Env gets `PATH`, `HOME` (a per-pod temp dir, also
+//!   the cwd) and `HOSTNAME`.
 //! - Admin HTTP API (for service binaries run as separate processes):
 //!   `GET /__emulator/objects?kind=pods`, `GET /__emulator/accepted`,
 //!   `GET|DELETE /__emulator/requests`, `GET /__emulator/counters`,
