@@ -14,7 +14,7 @@
 //! - [`emulator`]: [`Emulator::start`], [`EmulatorConfig`] and the [`EmulatorHandle`]
 //!   tests use (kubeconfig, stored objects, faults, holds, waits, counters, validation).
 //! - [`api`]: routing, discovery, OpenAPI v3, create/get/list/watch/update/patch/delete,
-//!   server-side apply, logs, the admin API under `/__emulator/`.
+//!   server-side apply, logs, protobuf request bodies, the admin API under `/__emulator/`.
 //! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
 //!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
 //! - [`kubelet`]: scheduling, Unschedulable holds, image pulls and their failures, processes, logs,
@@ -55,9 +55,11 @@
 //!   lists are replaced, not merged by key). Server-side apply needs `fieldManager`, creates
 //!   missing objects, merges, drops fields its manager stopped applying, keeps
 //!   `managedFields`, and answers 409 on a conflict with another manager (lists are atomic).
-//! - Request bodies of create/update must be JSON: protobuf (and YAML) get 415. kubectl 1.32
-//!   does not fall back to JSON on 415, so `kubectl create namespace` (protobuf) fails;
-//!   `kubectl apply`/`create -f` send JSON and work.
+//! - Request bodies of create/update are JSON, or protobuf for Namespaces, ConfigMaps and Secrets
+//!   (what `kubectl create namespace|configmap|secret` sends, without a JSON fallback after a 415):
+//!   the `runtime.Unknown` envelope and the object are decoded by hand (name, generateName,
+//!   namespace, labels, annotations, finalizers; spec/status/data fields); a field it does not map
+//!   must hold its zero value. Other kinds and formats (YAML) get 415. Replies are always JSON.
 //! - `/openapi/v3` and its group-version documents list paths whose PATCH takes
 //!   `fieldValidation`, so kubectl validates server-side (no `--validate=false` needed);
 //!   they carry no component schemas (`kubectl explain` does not work). No `/openapi/v2`.

@@ -187,3 +187,71 @@ async fn kubectl_applies_all_of_deploy_server_side_with_validation_and_again_ide
         "{again}"
     );
 }
+
+#[tokio::test]
+async fn kubectl_creates_a_namespace_a_configmap_and_a_secret_it_sends_as_protobuf_and_they_read_back_as_json()
+ {
+    let Some(bin) = kubectl() else { return };
+    let emu = start().await;
+    let out = run(&bin, &emu, &["create", "namespace", "team-x"]).await;
+    assert!(out.contains("namespace/team-x created"), "{out}");
+    let out = run(
+        &bin,
+        &emu,
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "team-x",
+            "--from-literal=color=blue",
+            "--from-literal=size=2",
+        ],
+    )
+    .await;
+    assert!(out.contains("configmap/settings created"), "{out}");
+    let out = run(
+        &bin,
+        &emu,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "token",
+            "-n",
+            "team-x",
+            "--from-literal=key=s3cret",
+        ],
+    )
+    .await;
+    assert!(out.contains("secret/token created"), "{out}");
+    // Each create went through once (kubectl sends these as protobuf and never retries as JSON).
+    let posts: Vec<u16> = emu
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, [201, 201, 201]);
+
+    let ns: serde_json::Value =
+        serde_json::from_str(&run(&bin, &emu, &["get", "namespace", "team-x", "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(ns["metadata"]["name"], "team-x");
+    assert_eq!(ns["status"]["phase"], "Active");
+    let cm: serde_json::Value = serde_json::from_str(
+        &run(
+            &bin,
+            &emu,
+            &["get", "configmap", "settings", "-n", "team-x", "-o", "json"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"color": "blue", "size": "2"})
+    );
+    let secret = emu.object(Kind::Secret, "team-x", "token").unwrap();
+    assert_eq!(secret["data"]["key"], "czNjcmV0");
+}

@@ -368,19 +368,34 @@ async fn a_request_above_its_limit_is_refused_with_422_invalid() {
 }
 
 #[tokio::test]
-async fn a_protobuf_body_is_refused_with_415_unsupported_media_type() {
+async fn a_protobuf_body_of_a_kind_the_emulator_does_not_decode_is_refused_with_415() {
     let emu = start().await;
     let (code, status) = raw(
         &emu,
         "POST",
-        "/api/v1/namespaces",
+        "/api/v1/namespaces/airlock-sandbox/pods",
         "application/vnd.kubernetes.protobuf",
-        "k8s\u{0}\n\u{c}\n\u{2}v1\u{12}\tNamespace",
+        "k8s\u{0}\n\t\n\u{2}v1\u{12}\u{3}Pod\u{12}\u{5}\n\u{3}\n\u{1}x",
     )
     .await;
     assert_eq!(
         (code, status["reason"].as_str()),
         (415, Some("UnsupportedMediaType"))
     );
-    assert!(emu.object(Kind::Namespace, "", "x").is_none());
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Pod is not decoded from protobuf")),
+        "{status}"
+    );
+    assert!(emu.object(Kind::Pod, "airlock-sandbox", "x").is_none());
+    let (code, _) = raw(
+        &emu,
+        "POST",
+        "/api/v1/namespaces",
+        "application/yaml",
+        "kind: Namespace",
+    )
+    .await;
+    assert_eq!(code, 415);
 }

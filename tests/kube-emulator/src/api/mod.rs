@@ -14,6 +14,7 @@ mod discovery;
 mod logs;
 mod openapi;
 mod patch;
+mod protobuf;
 mod read;
 mod request;
 mod table;

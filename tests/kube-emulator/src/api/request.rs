@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
+use bytes::Bytes;
 
 use super::delete::{delete, delete_collection};
 use super::logs::logs;
@@ -99,9 +100,11 @@ pub(super) async fn resource(
     let raw = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
         .await
         .map_err(|e| ApiError::bad_request(format!("unable to read request body: {e}")))?;
-    if matches!(method, Method::POST | Method::PUT) {
-        check_body_media_type(&headers)?;
-    }
+    let raw = if matches!(method, Method::POST | Method::PUT) {
+        json_body(t.kind, &headers, raw)?
+    } else {
+        raw
+    };
     let ns = t.ns.unwrap_or("");
     match (t.name, t.sub, method.clone()) {
         (None, None, Method::GET) => {
@@ -137,21 +140,25 @@ pub(super) async fn resource(
     }
 }
 
-/// Bodies of create and update must be JSON: protobuf (what kubectl sends first for built-in
-/// kinds) gets 415, after which client-go retries the request as JSON.
-fn check_body_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Bodies of create and update as JSON: JSON as is, protobuf (what kubectl sends for built-in kinds,
+/// without falling back to JSON on a 415) decoded for the kinds [`super::protobuf`] knows; anything
+/// else gets 415.
+fn json_body(kind: Kind, headers: &HeaderMap, raw: Bytes) -> Result<Bytes, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media = ct.split(';').next().unwrap_or("").trim();
     if media.is_empty() || media.eq_ignore_ascii_case("application/json") {
-        Ok(())
+        Ok(raw)
+    } else if media.eq_ignore_ascii_case(super::protobuf::MEDIA_TYPE) {
+        let obj = super::protobuf::decode(kind, &raw)?;
+        Ok(Bytes::from(crate::status::json_bytes(&obj)))
     } else {
         Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json",
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf",
         ))
     }
 }
