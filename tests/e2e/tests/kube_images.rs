@@ -19,7 +19,7 @@ use kube_cluster::{Cluster, MARKER};
 use serde_json::{Value, json};
 
 /// The image pull grace of these tests (the default is 60 s).
-const GRACE: &str = "3s";
+const GRACE: &str = "5s";
 
 /// `kubectl … -o json` against the cluster; `None` when kubectl fails (e.g. the object is not there).
 async fn kubectl_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Option<Value>> {
