@@ -376,3 +376,70 @@ async fn never_with_an_absent_image_is_err_image_never_pull_and_a_bad_name_is_in
         "Never never asks the registry"
     );
 }
+
+/// The standalone binary in image mode: `--image-store`, `--registry-auth-file` and the system roots
+/// as `SSL_CERT_FILE` names them, against a TLS registry with htpasswd auth.
+#[tokio::test]
+async fn the_emulator_binary_pulls_over_tls_trusting_ssl_cert_file_with_its_registry_auth_file() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = images::shared_tempdir("emu-bin-").unwrap();
+    let tls = images::tls_registry(dir.path()).await.unwrap();
+    let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
+    pusher
+        .push("private/bin:1", &configured_image("via the binary"))
+        .await
+        .unwrap();
+    let auth = images::auth_file(
+        dir.path(),
+        &tls.registry.host(),
+        images::USER,
+        images::PASSWORD,
+    )
+    .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_airlock-kube-emulator"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", NS, "--image-store"])
+        .arg(dir.path().join("store"))
+        .arg("--registry-auth-file")
+        .arg(&auth)
+        .env("SSL_CERT_FILE", &tls.ca_file)
+        .env_remove("SSL_CERT_DIR")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), NS);
+    let c = json!({"image": pusher.reference("private/bin:1"), "command": ["cat", "/etc/airlock-marker"]});
+    pods.create(&PostParams::default(), &pod("via-binary", c, json!({})))
+        .await
+        .unwrap();
+    let phase = airlock_test_support::wait_until(WAIT, "the pod to finish", || async {
+        let p = pods.get("via-binary").await.ok()?;
+        let phase = p.status?.phase?;
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    })
+    .await
+    .unwrap();
+    let log = pods
+        .logs("via-binary", &LogParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (phase.as_str(), log.as_str()),
+        ("Succeeded", "via the binary")
+    );
+}

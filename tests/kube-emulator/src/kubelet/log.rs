@@ -40,6 +40,19 @@ impl PodLog {
         self.changed.subscribe()
     }
 
+    /// Waits until the writer side has closed, at most `timeout`.
+    pub(super) async fn wait_closed(&self, timeout: std::time::Duration) {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            while !self.is_closed() {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     pub(super) fn append(&self, chunk: &[u8]) {
         let len = match self.data.lock() {
             Ok(mut d) => {

@@ -15,6 +15,9 @@ use super::{Control, ForcedState, Kubelet};
 use crate::kinds::Kind;
 use crate::store::now_rfc3339;
 
+/// Longest wait for a finished container's output to be read to its end.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How a running container ended.
 enum End {
     Exited(i32),
@@ -77,6 +80,10 @@ impl Kubelet {
             return;
         };
         let end = self.supervise(uid, &pod, child, &mut ctl).await;
+        // As a runtime flushes a container's output before reporting its exit: the whole log is
+        // readable once the pod shows the container terminated (bounded, in case something outside
+        // the process group still holds the pipe).
+        log.wait_closed(LOG_FLUSH_TIMEOUT).await;
         if !self.record_end(ns, name, uid, end, &start_time, &container_id) {
             return;
         }
