@@ -4,7 +4,7 @@
 //! The janitor is event-driven. It consumes `airlock.timers.>` through the durable consumer
 //! `airlock-janitor` shared by all replicas:
 //! - `deadline` (a message schedule the dispatcher sets at submit time): the run's time is up, Pending
-//!   included. A pod stuck Pending (unschedulable, image pull back-off) ends `timed_out` with the reason.
+//!   included. A pod stuck Pending (e.g. unschedulable) ends `timed_out` with the reason.
 //! - `finished` (published by the dispatcher's watcher): the pod reached Succeeded or Failed.
 //! - `stuck` (a message schedule the dispatcher's watcher sets when a pod waits in `ErrImagePull`,
 //!   `ImagePullBackOff`, `ErrImageNeverPull`, `InvalidImageName` or `CreateContainerConfigError`, due at the
