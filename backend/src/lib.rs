@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 mod error;
+mod follow;
 pub mod kube;
 pub mod local;
 

@@ -27,6 +27,7 @@
 pub(crate) mod api;
 mod config;
 mod objects;
+mod follow;
 mod observe;
 
 use std::collections::BTreeMap;

@@ -54,6 +54,7 @@ mod cgroups;
 mod config;
 mod kill;
 mod liveness;
+mod follow;
 mod observe;
 mod procs;
 mod result;
