@@ -34,15 +34,20 @@ async fn ids(s: &Store, f: &ListFilter) -> anyhow::Result<Vec<String>> {
 }
 
 #[tokio::test]
-async fn runs_are_listed_newest_first_by_status_queue_and_label_across_pages() -> anyhow::Result<()> {
+async fn runs_are_listed_newest_first_by_status_queue_and_label_across_pages() -> anyhow::Result<()>
+{
     let redis = RedisServer::start().await?;
     let s = Store::connect(&redis.url(), "airlock", Duration::from_secs(3600)).await?;
     for i in 0..10 {
         let id = format!("r{i:02}");
         let queue = if i % 2 == 0 { "even" } else { "odd" };
         let team = if i < 5 { "a" } else { "b" };
-        s.transition(&id, RunStatus::Queued, &queued(queue, &[("team", team)], &id))
-            .await?;
+        s.transition(
+            &id,
+            RunStatus::Queued,
+            &queued(queue, &[("team", team)], &id),
+        )
+        .await?;
     }
     for id in ["r01", "r02", "r03"] {
         s.transition(id, RunStatus::Running, &RecordUpdate::default())
@@ -53,7 +58,10 @@ async fn runs_are_listed_newest_first_by_status_queue_and_label_across_pages() -
 
     let all = ids(&s, &ListFilter::default()).await?;
     assert_eq!(all.len(), 10);
-    assert_eq!(all.iter().collect::<std::collections::BTreeSet<_>>().len(), 10);
+    assert_eq!(
+        all.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        10
+    );
 
     let running = ListFilter {
         status: Some(RunStatus::Running),

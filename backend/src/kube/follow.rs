@@ -14,7 +14,11 @@ const CHUNK: usize = 32 * 1024;
 impl KubeBackend {
     /// The job container's output from byte `skip` on, as it is written, until the container exits; empty
     /// when the pod is gone or its container has not started (a 400 or 404).
-    pub fn logs_follow(&self, run_id: &str, skip: u64) -> BoxStream<'static, Result<Vec<u8>, BackendError>> {
+    pub fn logs_follow(
+        &self,
+        run_id: &str,
+        skip: u64,
+    ) -> BoxStream<'static, Result<Vec<u8>, BackendError>> {
         let this = self.clone();
         let name = labels::object_name(run_id);
         let opened = async move {
@@ -48,7 +52,9 @@ impl KubeBackend {
                                 }
                                 Err(e) => {
                                     return Some((
-                                        Err(BackendError::Transient(format!("reading pod logs: {e}"))),
+                                        Err(BackendError::Transient(format!(
+                                            "reading pod logs: {e}"
+                                        ))),
                                         (reader, 0, true),
                                     ));
                                 }

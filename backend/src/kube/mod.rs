@@ -26,8 +26,8 @@
 
 pub(crate) mod api;
 mod config;
-mod objects;
 mod follow;
+mod objects;
 mod observe;
 
 use std::collections::BTreeMap;

@@ -72,7 +72,11 @@ fn read_from(path: &PathBuf, offset: u64) -> std::io::Result<Vec<u8>> {
 impl LocalBackend {
     /// The run's output from byte `skip` on, as it is written, until the job finished and all of it was
     /// read; empty when nothing of the run exists.
-    pub fn logs_follow(&self, run_id: &str, skip: u64) -> BoxStream<'static, Result<Vec<u8>, BackendError>> {
+    pub fn logs_follow(
+        &self,
+        run_id: &str,
+        skip: u64,
+    ) -> BoxStream<'static, Result<Vec<u8>, BackendError>> {
         if !is_valid_name(run_id) {
             return stream::empty().boxed();
         }

@@ -52,9 +52,9 @@
 
 mod cgroups;
 mod config;
+mod follow;
 mod kill;
 mod liveness;
-mod follow;
 mod observe;
 mod procs;
 mod result;

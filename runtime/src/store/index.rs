@@ -12,7 +12,7 @@
 use airlock_schemas::RunStatus;
 use redis::AsyncCommands;
 
-use super::{StoredRun, Store};
+use super::{Store, StoredRun};
 use crate::Error;
 
 /// The Lua run by the transition script after the record's fields are written (`cur` is the previous
@@ -96,7 +96,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 256 {
+    if !s.len().is_multiple_of(2) || s.len() > 256 {
         return None;
     }
     (0..s.len())
@@ -168,7 +168,9 @@ impl Store {
             let candidates: Vec<(String, i64)> = members
                 .iter()
                 .map(|(id, s)| (id.clone(), *s as i64))
-                .filter(|(id, s)| cursor.is_none_or(|c| *s < c.score || (*s == c.score && *id < c.id)))
+                .filter(|(id, s)| {
+                    cursor.is_none_or(|c| *s < c.score || (*s == c.score && *id < c.id))
+                })
                 .collect();
             let mut pipe = redis::pipe();
             for (id, _) in &candidates {
