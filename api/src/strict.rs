@@ -38,7 +38,12 @@ mod tests {
     #[test]
     fn only_one_object_with_the_right_fields_is_accepted() {
         assert!(from_slice_object::<RunRef>(br#" {"id":"a"} "#).is_ok());
-        assert_eq!(from_slice_object::<RunRef>(b"[1]").unwrap_err().field, ".");
+        assert_eq!(
+            from_slice_object::<RunRef>(b"[1]")
+                .expect_err("refused")
+                .field,
+            "."
+        );
         assert_eq!(
             from_slice_object::<RunRef>(br#"{"id":5}"#)
                 .unwrap_err()
