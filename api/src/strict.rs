@@ -46,13 +46,13 @@ mod tests {
         );
         assert_eq!(
             from_slice_object::<RunRef>(br#"{"id":5}"#)
-                .unwrap_err()
+                .expect_err("refused")
                 .field,
             "id"
         );
         assert_eq!(
             from_slice_object::<RunRef>(br#"{"id":"a"} {}"#)
-                .unwrap_err()
+                .expect_err("refused")
                 .field,
             "."
         );
