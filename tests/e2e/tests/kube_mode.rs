@@ -1,6 +1,6 @@
 //! The whole system on Kubernetes: the three services as processes with `--runtime kube`, against the
 //! Kubernetes API emulator started in this process (its kubelet runs each pod's command as a local process,
-//! so a job publishes its result with our own `airlock result`).
+//! so a job publishes its result with our own `airlock emit`).
 //!
 //! # Against a real cluster
 //!
@@ -9,7 +9,7 @@
 //! emulator-only checks (object counters, schema validation of everything accepted) are skipped. Jobs there
 //! run a real image, so two more variables are needed, or the tests are skipped with a message:
 //! - `AIRLOCK_TEST_JOB_IMAGE`: an image with `sh` and the `airlock` binary on its `PATH` (the job runs
-//!   `echo '{...}' | airlock result`);
+//!   `echo '{...}' | airlock emit`);
 //! - `AIRLOCK_TEST_JOB_NATS_URL`: the URL at which pods reach the NATS server the test starts (it listens
 //!   on 127.0.0.1 only, so e.g. a tunnel or port-forward into the cluster); the NetworkPolicy's NATS egress
 //!   comes from `AIRLOCK_TEST_NATS_EGRESS_CIDRS` (comma-separated) when set.
@@ -175,7 +175,7 @@ async fn on_kubernetes_a_run_succeeds_with_its_result_and_logs_and_its_pod_and_p
     };
     let sys = System::start(cluster.runtime()).await?;
     let script = format!(
-        r#"echo "hello from $AIRLOCK_RUN_ID"; echo '{{"answer":42}}' | {} result"#,
+        r#"echo "hello from $AIRLOCK_RUN_ID"; echo '{{"answer":42}}' | {} emit"#,
         cluster.airlock
     );
     let mut req = cluster.request("kube-ok-1", &script, 60);
