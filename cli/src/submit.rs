@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use airlock_schemas::api::{Op, RunRef, RunView, SubmitReply, SubmitRequest};
+use airlock_schemas::api::{ErrorCode, Op, RunRef, RunView, SubmitReply, SubmitRequest};
 use clap::Args;
 
 use crate::conn::Api;
@@ -143,24 +143,37 @@ pub async fn submit(api: &Api, a: SubmitArgs, out: Output) -> Result<(), CliErro
     if out == Output::Text {
         println!("{}", reply.id);
     }
-    wait_for(api, &reply.id, &a.waiting, out).await
+    wait_for(api, &reply.id, &a.waiting, out, true).await
 }
 
 /// `airlock wait`.
 pub async fn wait(api: &Api, a: WaitArgs, out: Output) -> Result<(), CliError> {
-    wait_for(api, &a.id, &a.waiting, out).await
+    wait_for(api, &a.id, &a.waiting, out, false).await
 }
 
 /// Polls the run's status until it ended, showing a live line on a terminal (plain lines when piped);
-/// prints the final run and turns its status into the exit code.
-async fn wait_for(api: &Api, id: &str, w: &WaitOptions, out: Output) -> Result<(), CliError> {
+/// prints the final run and turns its status into the exit code. A run `just_submitted` has no record until
+/// a dispatcher takes its request from the queue, so until then it shows as `submitted`.
+async fn wait_for(
+    api: &Api,
+    id: &str,
+    w: &WaitOptions,
+    out: Output,
+    just_submitted: bool,
+) -> Result<(), CliError> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last = None;
     let mut delay = Duration::from_millis(100);
     let view = loop {
-        let v: RunView = api.call(Op::Status, &RunRef { id: id.into() }).await?;
-        let status = v.status.map_or("-".to_string(), |s| s.to_string());
+        let v: RunView = match api.call(Op::Status, &RunRef { id: id.into() }).await {
+            Err(CliError::Api(e)) if just_submitted && e.code == ErrorCode::NotFound => RunView {
+                id: id.into(),
+                ..RunView::default()
+            },
+            r => r?,
+        };
+        let status = v.status.map_or("submitted".to_string(), |s| s.to_string());
         if tty {
             eprint!("\r\x1b[2K{id} {status} {:>4}s", started.elapsed().as_secs());
             let _ = std::io::stderr().flush();

@@ -65,7 +65,10 @@ impl ApiOnly {
     async fn call(&self, op: &str, body: Value) -> Result<Value> {
         let msg = self
             .client
-            .request(format!("airlock.api.{op}"), serde_json::to_vec(&body)?.into())
+            .request(
+                format!("airlock.api.{op}"),
+                serde_json::to_vec(&body)?.into(),
+            )
             .await
             .with_context(|| format!("airlock.api.{op}"))?;
         Ok(serde_json::from_slice(&msg.payload)?)
@@ -73,7 +76,8 @@ impl ApiOnly {
 
     /// Writes a record as the dispatcher would: queued with its request and queue.
     async fn queued(&self, id: &str, queue: &str, labels: Value) -> Result<()> {
-        let request = json!({"id": id, "image": "docker.io/library/busybox:1.36", "labels": labels});
+        let request =
+            json!({"id": id, "image": "docker.io/library/busybox:1.36", "labels": labels});
         self.store
             .transition(
                 id,
@@ -98,7 +102,12 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 /// The `(field, message)` details of an error reply with `code`.
 fn error_fields(reply: &Value, code: &str) -> Vec<String> {
     assert_eq!(reply["error"]["code"], code, "{reply:#}");
-    assert!(reply["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply:#}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{reply:#}"
+    );
     reply["error"]["details"]
         .as_array()
         .map(|d| {
@@ -157,7 +166,8 @@ async fn the_service_is_discoverable_and_its_info_lists_every_endpoint() -> Resu
 }
 
 #[tokio::test]
-async fn status_and_result_answer_from_the_record_or_say_not_found_not_ready_or_invalid() -> Result<()> {
+async fn status_and_result_answer_from_the_record_or_say_not_found_not_ready_or_invalid()
+-> Result<()> {
     let sys = ApiOnly::start().await?;
     sys.queued("st-1", "default", json!({"team": "a"})).await?;
     let v = sys.call("status", json!({"id": "st-1"})).await?;
@@ -174,13 +184,37 @@ async fn status_and_result_answer_from_the_record_or_say_not_found_not_ready_or_
     let r = sys.call("result", json!({"id": "st-1"})).await?;
     assert_eq!(r["result"], json!({"answer": 42}), "{r:#}");
 
-    error_fields(&sys.call("status", json!({"id": "no-such-run"})).await?, "not_found");
-    error_fields(&sys.call("result", json!({"id": "no-such-run"})).await?, "not_found");
-    error_fields(&sys.call("logs", json!({"id": "no-such-run"})).await?, "not_found");
-    assert_eq!(error_fields(&sys.call("status", json!({"id": "Bad_Id"})).await?, "invalid"), ["id"]);
-    assert_eq!(error_fields(&sys.call("status", json!({"id": 5})).await?, "invalid"), ["id"]);
-    assert_eq!(error_fields(&sys.call("status", json!([1])).await?, "invalid"), ["."]);
-    let garbage = sys.client.request("airlock.api.status", "{\"id\":".into()).await?;
+    error_fields(
+        &sys.call("status", json!({"id": "no-such-run"})).await?,
+        "not_found",
+    );
+    error_fields(
+        &sys.call("result", json!({"id": "no-such-run"})).await?,
+        "not_found",
+    );
+    error_fields(
+        &sys.call("logs", json!({"id": "no-such-run"})).await?,
+        "not_found",
+    );
+    assert_eq!(
+        error_fields(
+            &sys.call("status", json!({"id": "Bad_Id"})).await?,
+            "invalid"
+        ),
+        ["id"]
+    );
+    assert_eq!(
+        error_fields(&sys.call("status", json!({"id": 5})).await?, "invalid"),
+        ["id"]
+    );
+    assert_eq!(
+        error_fields(&sys.call("status", json!([1])).await?, "invalid"),
+        ["."]
+    );
+    let garbage = sys
+        .client
+        .request("airlock.api.status", "{\"id\":".into())
+        .await?;
     let garbage: Value = serde_json::from_slice(&garbage.payload)?;
     error_fields(&garbage, "invalid");
     assert!(
@@ -191,7 +225,8 @@ async fn status_and_result_answer_from_the_record_or_say_not_found_not_ready_or_
 }
 
 #[tokio::test]
-async fn submit_validates_at_once_with_field_paths_and_publishes_a_valid_request_once() -> Result<()> {
+async fn submit_validates_at_once_with_field_paths_and_publishes_a_valid_request_once() -> Result<()>
+{
     let sys = ApiOnly::start().await?;
     let bad = sys
         .call(
@@ -200,7 +235,12 @@ async fn submit_validates_at_once_with_field_paths_and_publishes_a_valid_request
         )
         .await?;
     let fields = error_fields(&bad, "invalid");
-    for f in ["queue", "request.id", "request.image", "request.env.AIRLOCK_X"] {
+    for f in [
+        "queue",
+        "request.id",
+        "request.image",
+        "request.env.AIRLOCK_X",
+    ] {
         assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
     }
     let bad = sys.call("submit", json!({"queue": "default"})).await?;
@@ -213,7 +253,11 @@ async fn submit_validates_at_once_with_field_paths_and_publishes_a_valid_request
         assert_eq!(ok, json!({"id": "sub-1"}));
     }
     let mut stream = js.get_stream("AIRLOCK_RUNS").await?;
-    assert_eq!(stream.info().await?.state.messages, 1, "published once (Nats-Msg-Id)");
+    assert_eq!(
+        stream.info().await?.state.messages,
+        1,
+        "published once (Nats-Msg-Id)"
+    );
     let msg = stream
         .get_last_raw_message_by_subject("airlock.runs.default")
         .await?;
@@ -230,10 +274,13 @@ async fn submit_validates_at_once_with_field_paths_and_publishes_a_valid_request
 }
 
 #[tokio::test]
-async fn cancel_records_a_cancel_timer_for_an_active_run_and_refuses_ended_or_unknown_runs() -> Result<()> {
+async fn cancel_records_a_cancel_timer_for_an_active_run_and_refuses_ended_or_unknown_runs()
+-> Result<()> {
     let sys = ApiOnly::start().await?;
     sys.queued("c-1", "default", json!({})).await?;
-    let r = sys.call("cancel", json!({"id": "c-1", "reason": "by test"})).await?;
+    let r = sys
+        .call("cancel", json!({"id": "c-1", "reason": "by test"}))
+        .await?;
     assert_eq!(r, json!({"id": "c-1", "status": "queued"}));
     let js = jetstream::new(sys.client.clone());
     let mut timers = js.get_stream("AIRLOCK_TIMERS").await?;
@@ -247,12 +294,16 @@ async fn cancel_records_a_cancel_timer_for_an_active_run_and_refuses_ended_or_un
         .transition("c-1", RunStatus::Cancelled, &RecordUpdate::default())
         .await?;
     error_fields(&sys.call("cancel", json!({"id": "c-1"})).await?, "conflict");
-    error_fields(&sys.call("cancel", json!({"id": "c-404"})).await?, "not_found");
+    error_fields(
+        &sys.call("cancel", json!({"id": "c-404"})).await?,
+        "not_found",
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn paging_through_a_thousand_runs_with_filters_returns_each_once_newest_first() -> Result<()> {
+async fn paging_through_a_thousand_runs_with_filters_returns_each_once_newest_first() -> Result<()>
+{
     let sys = ApiOnly::start().await?;
     let mut expected_all = Vec::new();
     let mut expected_filtered = Vec::new();
@@ -294,7 +345,10 @@ async fn paging_through_a_thousand_runs_with_filters_returns_each_once_newest_fi
                 pages += 1;
                 let runs = page["runs"].as_array().context("runs")?;
                 assert!(runs.len() <= 37);
-                ids.extend(runs.iter().map(|r| r["id"].as_str().unwrap_or_default().to_string()));
+                ids.extend(
+                    runs.iter()
+                        .map(|r| r["id"].as_str().unwrap_or_default().to_string()),
+                );
                 match page["next_cursor"].as_str() {
                     Some(c) => cursor = Some(c.to_string()),
                     None => return anyhow::Ok((ids, pages)),
@@ -305,7 +359,8 @@ async fn paging_through_a_thousand_runs_with_filters_returns_each_once_newest_fi
     let (all, pages) = page_through(json!({})).await?;
     assert_eq!(all, expected_all);
     assert_eq!(pages, 1000_usize.div_ceil(37));
-    let (filtered, _) = page_through(json!({"status": "succeeded", "queue": "default", "label": "team=x"})).await?;
+    let (filtered, _) =
+        page_through(json!({"status": "succeeded", "queue": "default", "label": "team=x"})).await?;
     assert_eq!(filtered, expected_filtered);
     assert!(!filtered.is_empty());
     let (running, _) = page_through(json!({"status": "running"})).await?;
