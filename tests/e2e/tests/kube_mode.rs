@@ -254,3 +254,62 @@ async fn on_kubernetes_a_cancelled_run_ends_cancelled_and_its_pod_is_deleted() -
     cluster.cleanup().await;
     Ok(())
 }
+
+/// Emulator only (the job waits for a file the test creates): `airlock logs -f` relays the pod's log as it
+/// is written and ends when the run ends; the job delivers its result with `airlock-emit`.
+#[tokio::test]
+async fn on_kubernetes_logs_follow_streams_a_running_pods_lines_and_airlock_emit_delivers_its_result()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let Some(cluster) = Cluster::new("follow").await? else {
+        return Ok(());
+    };
+    if cluster.emu.is_none() {
+        eprintln!("SKIPPED on a real cluster: the job waits for a file on the test's host");
+        cluster.cleanup().await;
+        return Ok(());
+    }
+    let sys = System::start(cluster.runtime()).await?;
+    let gate = tempfile::tempdir()?;
+    let gate_file = gate.path().join("open");
+    let emit = airlock_test_support::our_binary("airlock-emit")?;
+    let script = format!(
+        r#"echo line-one; while [ ! -e "$GATE" ]; do sleep 0.02; done; echo line-two; printf '{{"answer":9}}' | {}"#,
+        emit.display()
+    );
+    let mut req = cluster.request("kube-follow-1", &script, 60);
+    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    sys.submit(&req).await?;
+    sys.wait_record("kube-follow-1", "running", |r| {
+        r.status == Some(RunStatus::Running)
+    })
+    .await?;
+
+    let mut follow = tokio::process::Command::new(airlock_test_support::our_binary("airlock")?)
+        .args(["logs", "-f", "kube-follow-1"])
+        .env("AIRLOCK_NATS_URL", sys.nats.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(T, lines.next_line()).await??;
+    assert_eq!(first.as_deref(), Some("line-one"));
+    assert_eq!(sys.record("kube-follow-1").await?.status, Some(RunStatus::Running));
+    std::fs::write(&gate_file, b"")?;
+    let mut rest = Vec::new();
+    while let Some(l) = tokio::time::timeout(T, lines.next_line()).await?? {
+        rest.push(l);
+    }
+    assert!(rest.iter().any(|l| l == "line-two"), "{rest:?}");
+    let status = tokio::time::timeout(T, follow.wait()).await??;
+    assert!(status.success(), "logs -f ended {status}");
+
+    let rec = sys
+        .wait_record("kube-follow-1", "result", |r| r.result.is_some())
+        .await?;
+    assert_eq!(rec.result, Some(json!({"answer": 9})));
+    assert_eq!(rec.status, Some(RunStatus::Succeeded));
+    sys.stop().await?;
+    cluster.cleanup().await;
+    Ok(())
+}
