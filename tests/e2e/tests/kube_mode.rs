@@ -294,7 +294,10 @@ async fn on_kubernetes_logs_follow_streams_a_running_pods_lines_and_airlock_emit
     let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
     let first = tokio::time::timeout(T, lines.next_line()).await??;
     assert_eq!(first.as_deref(), Some("line-one"));
-    assert_eq!(sys.record("kube-follow-1").await?.status, Some(RunStatus::Running));
+    assert_eq!(
+        sys.record("kube-follow-1").await?.status,
+        Some(RunStatus::Running)
+    );
     std::fs::write(&gate_file, b"")?;
     let mut rest = Vec::new();
     while let Some(l) = tokio::time::timeout(T, lines.next_line()).await?? {
