@@ -283,7 +283,7 @@ async fn cancel_records_a_cancel_timer_for_an_active_run_and_refuses_ended_or_un
         .await?;
     assert_eq!(r, json!({"id": "c-1", "status": "queued"}));
     let js = jetstream::new(sys.client.clone());
-    let mut timers = js.get_stream("AIRLOCK_TIMERS").await?;
+    let timers = js.get_stream("AIRLOCK_TIMERS").await?;
     let timer = timers
         .get_last_raw_message_by_subject("airlock.timers.cancel.c-1")
         .await?;
