@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 /// NATS, Redis and one `airlock-api`.
 struct ApiOnly {
-    _nats: NatsServer,
+    nats: NatsServer,
     _redis: RedisServer,
     _api: Service,
     _dir: tempfile::TempDir,
@@ -52,7 +52,7 @@ impl ApiOnly {
         let client = nats.client().await?;
         let store = Store::connect(&redis.url(), "airlock", Duration::from_secs(3600)).await?;
         Ok(Self {
-            _nats: nats,
+            nats,
             _redis: redis,
             _api: api,
             _dir: dir,
@@ -376,5 +376,66 @@ async fn paging_through_a_thousand_runs_with_filters_returns_each_once_newest_fi
         let r = sys.call("list", bad.clone()).await?;
         assert_eq!(error_fields(&r, "invalid"), [field], "{bad}: {r:#}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cli_finds_nats_through_a_nats_context_prints_completions_and_documents_exit_codes()
+-> Result<()> {
+    let sys = ApiOnly::start().await?;
+    let airlock = airlock_test_support::our_binary("airlock")?;
+    let home = tempfile::tempdir()?;
+    let ctx_dir = home.path().join(".config/nats/context");
+    std::fs::create_dir_all(&ctx_dir)?;
+    std::fs::write(
+        ctx_dir.join("test.json"),
+        json!({ "url": sys.nats.url() }).to_string(),
+    )?;
+    std::fs::write(home.path().join(".config/nats/context.txt"), "test")?;
+    let run = |args: &[&str], selected: bool| {
+        let mut c = std::process::Command::new(&airlock);
+        c.args(args)
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("AIRLOCK_NATS_URL")
+            .env_remove("NATS_CONTEXT");
+        if !selected {
+            c.env("XDG_CONFIG_HOME", home.path().join("nowhere"));
+        }
+        c.output()
+    };
+    // Reached through the named context, and through the selected one: the API answers "no such run".
+    let out = run(&["--context", "test", "status", "nope"], true)?;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["status", "nope"], true)?;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["--context", "missing", "status", "nope"], true)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(err.contains("nats context save missing"), "{err}");
+
+    let out = run(&["completions", "bash"], false)?;
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_airlock") && script.contains("logs"),
+        "{script}"
+    );
+    let out = run(&["submit", "--help"], false)?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Exit codes:") && help.contains("69 could not reach Airlock"),
+        "{help}"
+    );
     Ok(())
 }
