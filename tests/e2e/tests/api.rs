@@ -439,3 +439,51 @@ async fn the_cli_finds_nats_through_a_nats_context_prints_completions_and_docume
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn wait_shows_a_live_status_line_on_a_terminal_and_exits_with_the_runs_outcome() -> Result<()>
+{
+    use tokio::io::AsyncReadExt;
+    let Some(script) = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED: util-linux `script` (a pseudo-terminal) is missing");
+        return Ok(());
+    };
+    let sys = ApiOnly::start().await?;
+    sys.queued("tty-1", "default", json!({})).await?;
+    let airlock = airlock_test_support::our_binary("airlock")?;
+    let mut child = tokio::process::Command::new(script)
+        .args(["-q", "-e", "-f", "-c"])
+        .arg(format!("{} wait tty-1", airlock.display()))
+        .arg("/dev/null")
+        .env("AIRLOCK_NATS_URL", sys.nats.url())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut seen = Vec::new();
+    let live = "\r\x1b[2Ktty-1 queued";
+    tokio::time::timeout(T, async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(live) {
+            let n = stdout.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the terminal closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("no live status line")??;
+    sys.store
+        .transition("tty-1", RunStatus::Failed, &RecordUpdate::default())
+        .await?;
+    stdout.read_to_end(&mut seen).await?;
+    let status = tokio::time::timeout(T, child.wait()).await??;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("\r\x1b[2Ktty-1 failed"), "{text:?}");
+    assert_eq!(status.code(), Some(1), "a failed run exits 1: {text:?}");
+    Ok(())
+}
