@@ -34,9 +34,13 @@ pub struct Config {
     #[arg(long = "queues", env = "AIRLOCK_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
 
-    /// Requests handled at once per replica (a follow counts while it streams).
+    /// Requests other than `logs` handled at once per replica.
     #[arg(long, env = "AIRLOCK_API_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+
+    /// `logs` requests handled at once per replica, follows included (each holds one while it streams).
+    #[arg(long, env = "AIRLOCK_API_MAX_LOGS", default_value_t = 256)]
+    pub max_logs: usize,
 
     /// Most bytes of log a `logs` reply without `follow` carries (the tail).
     #[arg(long, env = "AIRLOCK_API_LOG_TAIL_BYTES", default_value_t = 64 * 1024)]

@@ -54,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         follow_probe: config.follow_probe,
         shutdown: shutdown.clone(),
     });
-    let server = serve::Server::start(ctx, &subjects, config.concurrency).await?;
+    let server = serve::Server::start(ctx, &subjects, config.concurrency, config.max_logs).await?;
     started.readiness.set(true);
     info!(backend = ?config.backend.runtime, "API serving");
     server.run(config.common.shutdown_grace, shutdown).await;

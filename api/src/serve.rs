@@ -21,14 +21,18 @@ pub(crate) struct Server {
     endpoints: Vec<(Op, async_nats::service::endpoint::Endpoint)>,
     ctx: Arc<Ctx>,
     permits: Arc<Semaphore>,
+    log_permits: Arc<Semaphore>,
 }
 
 impl Server {
-    /// Registers the service and every endpoint of [`Op::ALL`] under `airlock.api`.
+    /// Registers the service and every endpoint of [`Op::ALL`] under `airlock.api`. `logs` requests (whose
+    /// follows last as long as their runs) have a pool of `max_logs` of their own, so follows never starve
+    /// the other operations, which share `concurrency`.
     pub(crate) async fn start(
         ctx: Arc<Ctx>,
         subjects: &Subjects,
         concurrency: usize,
+        max_logs: usize,
     ) -> Result<Self, Error> {
         let service = ctx
             .client
@@ -58,6 +62,7 @@ impl Server {
             endpoints,
             ctx,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            log_permits: Arc::new(Semaphore::new(max_logs.max(1))),
         })
     }
 
@@ -66,7 +71,11 @@ impl Server {
         let mut loops = Vec::new();
         for (op, ep) in self.endpoints {
             let ctx = self.ctx.clone();
-            let permits = self.permits.clone();
+            let permits = if op == Op::Logs {
+                self.log_permits.clone()
+            } else {
+                self.permits.clone()
+            };
             let shutdown = shutdown.clone();
             loops.push(tokio::spawn(serve_endpoint(
                 op, ep, ctx, permits, grace, shutdown,
@@ -121,7 +130,12 @@ pub(crate) async fn respond<T: serde::Serialize>(
         Ok(v) => (serde_json::to_vec(&v), async_nats::HeaderMap::new()),
         Err(error) => {
             let mut h = async_nats::HeaderMap::new();
-            h.insert("Nats-Service-Error", error.message.as_str());
+            let one_line: String = error
+                .message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            h.insert("Nats-Service-Error", one_line.as_str());
             h.insert(
                 "Nats-Service-Error-Code",
                 error.code.status().to_string().as_str(),
