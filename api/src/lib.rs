@@ -53,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         log_tail_bytes: config.log_tail_bytes,
         follow_probe: config.follow_probe,
         shutdown: shutdown.clone(),
+        follows: Default::default(),
     });
     let server = serve::Server::start(ctx, &subjects, config.concurrency, config.max_logs).await?;
     started.readiness.set(true);

@@ -34,10 +34,18 @@ impl Server {
         concurrency: usize,
         max_logs: usize,
     ) -> Result<Self, Error> {
+        let follows = ctx.follows.clone();
         let service = ctx
             .client
             .service_builder()
             .description("Airlock: submit, inspect, follow and cancel runs")
+            .stats_handler(move |_, stats| {
+                if stats.name == Op::Logs.as_str() {
+                    serde_json::json!({ "follows": follows.load(std::sync::atomic::Ordering::Relaxed) })
+                } else {
+                    serde_json::Value::Null
+                }
+            })
             .queue_group(api::QUEUE_GROUP)
             .start(api::SERVICE_NAME, api::SERVICE_VERSION)
             .await

@@ -1,6 +1,7 @@
 //! `logs`: a run's log tail, or with `follow` its output as it is written, relayed to the requester's
 //! reply subject until the run ends (protocol in `airlock_schemas::api`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_runtime::store::StoredRun;
@@ -46,6 +47,22 @@ impl Utf8Carry {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+/// Counts one follow while it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -169,6 +186,7 @@ impl Ctx {
 
     /// Relays the run's output until the run ended, the follower left, or the service stops.
     async fn follow(&self, relay: &mut Relay<'_>) {
+        let _counted = Counted::new(&self.follows);
         let id = relay.id.clone();
         let mut sent: u64 = 0;
         let mut text = Utf8Carry::default();

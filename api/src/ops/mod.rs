@@ -5,6 +5,8 @@ mod read;
 mod view;
 mod write;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use airlock_backend::Backend;
@@ -40,6 +42,8 @@ pub(crate) struct Ctx {
     pub follow_probe: Duration,
     /// Ends follows when the service stops.
     pub shutdown: CancellationToken,
+    /// Follows relaying now (reported in `$SRV.STATS` as the `logs` endpoint's `data.follows`).
+    pub follows: Arc<AtomicUsize>,
 }
 
 impl Ctx {

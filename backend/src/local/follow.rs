@@ -1,5 +1,6 @@
 //! Following a local run's log file: what is there from an offset, then what is appended, until the job
-//! has finished and everything it wrote was read.
+//! has finished and everything it wrote was read. The file stays open once found, so a reap that removes the
+//! run directory right after the job ended does not cut off its last lines.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ struct Tail {
     backend: LocalBackend,
     run_id: String,
     path: PathBuf,
+    file: Option<std::fs::File>,
     offset: u64,
     done: bool,
 }
@@ -40,7 +42,7 @@ impl Tail {
                 Ok(None) => true,
                 Err(e) => return Some(Err(e)),
             };
-            match read_from(&self.path, self.offset) {
+            match read_from(&self.path, &mut self.file, self.offset) {
                 Ok(bytes) if !bytes.is_empty() => {
                     self.offset += bytes.len() as u64;
                     return Some(Ok(bytes));
@@ -56,12 +58,22 @@ impl Tail {
     }
 }
 
-/// Up to [`CHUNK`] bytes of `path` from `offset` (none when the file does not exist).
-fn read_from(path: &PathBuf, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+/// Up to [`CHUNK`] bytes of `path` from `offset` (none while the file does not exist), through `file`,
+/// which keeps it open once found.
+fn read_from(
+    path: &PathBuf,
+    file: &mut Option<std::fs::File>,
+    offset: u64,
+) -> std::io::Result<Vec<u8>> {
+    if file.is_none() {
+        match std::fs::File::open(path) {
+            Ok(f) => *file = Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(f) = file.as_mut() else {
+        return Ok(Vec::new());
     };
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
@@ -84,6 +96,7 @@ impl LocalBackend {
             backend: self.clone(),
             run_id: run_id.to_string(),
             path: self.run_dir(run_id).join(LOG),
+            file: None,
             offset: skip,
             done: false,
         };

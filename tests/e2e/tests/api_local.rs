@@ -249,3 +249,78 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
 }
+
+/// The `data.follows` the API reports for its `logs` endpoint in `$SRV.STATS`.
+async fn follows(sys: &System) -> Option<u64> {
+    let msg = sys
+        .client
+        .request("$SRV.STATS.airlock", "".into())
+        .await
+        .ok()?;
+    let stats: Value = serde_json::from_slice(&msg.payload).ok()?;
+    stats["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == "logs")?["data"]["follows"]
+        .as_u64()
+}
+
+#[tokio::test]
+async fn a_follow_is_relayed_only_while_its_follower_listens() -> Result<()> {
+    use futures::StreamExt;
+    let (sys, _dir) = local_system().await?;
+    let gate = visible_dir("airlock-e2e-api-gate-")?;
+    let gate_file = gate.path().join("never");
+    let (code, _, err) = airlock(
+        &sys,
+        &[
+            "submit",
+            "--id",
+            "left-1",
+            "--env",
+            &format!("GATE={}", gate_file.display()),
+            "--",
+            "/bin/sh",
+            "-c",
+            r#"echo line-one; while [ ! -e "$GATE" ]; do sleep 0.02; done"#,
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    wait_until(T, "left-1 running", || async {
+        (status_of(&sys, "left-1").await.as_deref() == Some("running")).then_some(())
+    })
+    .await?;
+
+    // A follower: its own inbox as the reply subject of the request.
+    let inbox = sys.client.new_inbox();
+    let mut sub = sys.client.subscribe(inbox.clone()).await?;
+    sys.client
+        .publish_with_reply(
+            "airlock.api.logs",
+            inbox,
+            serde_json::to_vec(&json!({"id": "left-1", "follow": true}))?.into(),
+        )
+        .await?;
+    let mut text = String::new();
+    while !text.contains("line-one") {
+        let msg = tokio::time::timeout(T, sub.next())
+            .await?
+            .context("follow ended")?;
+        let chunk: Value = serde_json::from_slice(&msg.payload)?;
+        assert_eq!(chunk["end"], false, "{chunk}");
+        text.push_str(chunk["data"].as_str().unwrap_or_default());
+    }
+    assert_eq!(follows(&sys).await, Some(1));
+
+    // The follower leaves: the relay notices (its probe finds no responders) and stops.
+    sub.unsubscribe().await?;
+    sys.client.flush().await?;
+    wait_until(T, "the follow to stop", || async {
+        (follows(&sys).await == Some(0)).then_some(())
+    })
+    .await?;
+    let (code, _, err) = airlock(&sys, &["cancel", "left-1"]).await?;
+    assert_eq!(code, 0, "{err}");
+    sys.stop().await
+}

@@ -199,7 +199,12 @@ impl System {
             ServiceSpec {
                 binary: "airlock-api",
                 args: api_args,
-                envs: base_env,
+                // A follower that left is noticed within a second.
+                envs: [
+                    base_env,
+                    vec![("AIRLOCK_API_FOLLOW_PROBE", "500ms".to_string())],
+                ]
+                .concat(),
                 health_port: free_port()?,
             },
         ];
