@@ -223,3 +223,39 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(
         Either::Err(e) => Err(e.error),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_decodes_as_its_type_or_as_the_error_it_carries() {
+        let ok = decode_reply::<SubmitReply>(br#"{"id":"r1"}"#).expect("json");
+        assert_eq!(ok, Ok(SubmitReply { id: "r1".into() }));
+        let body = serde_json::to_vec(&ErrorReply {
+            error: ApiError::invalid(
+                "bad",
+                vec![ErrorDetail {
+                    field: "request.image".into(),
+                    message: "required".into(),
+                }],
+            ),
+        })
+        .expect("encodes");
+        let err = decode_reply::<SubmitReply>(&body)
+            .expect("json")
+            .expect_err("an error");
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert_eq!(err.details[0].field, "request.image");
+        assert!(decode_reply::<SubmitReply>(br#"{"other":1}"#).is_err());
+    }
+
+    #[test]
+    fn every_operation_and_error_code_has_its_wire_name() {
+        for op in Op::ALL {
+            assert_eq!(Op::parse(op.as_str()), Some(op));
+        }
+        let code: ErrorCode = serde_json::from_str("\"not_ready\"").expect("parses");
+        assert_eq!(code.as_str(), "not_ready");
+    }
+}
