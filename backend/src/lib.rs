@@ -5,7 +5,7 @@
 //!
 //! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
 //! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps,
-//! [`Backend::list_objects`]. Every call is idempotent and keyed by run id, so redeliveries and replicas are
+//! [`Backend::list_objects`]; the API calls [`Backend::logs_tail`] and [`Backend::logs_follow`]. Every call is idempotent and keyed by run id, so redeliveries and replicas are
 //! harmless.
 //!
 //! # Listing
@@ -22,6 +22,7 @@
 //!
 //! # Layout
 //! - `error`: [`BackendError`], with its typed source and retry class.
+//! - `follow`: [`Backend::logs_follow`], a run's output as it is written.
 //! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
 //! - `local`: bubblewrap process trees supervised by the dispatcher, state in a directory the janitor reads.
 
@@ -32,6 +33,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 mod error;
+mod follow;
 pub mod kube;
 pub mod local;
 

@@ -17,7 +17,7 @@ use clap::{Args, Parser};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::client;
+use crate::dev_client as client;
 
 /// Run the whole system locally.
 #[derive(Debug, Args)]
@@ -167,6 +167,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let ingester_cfg = airlock_ingester::Config::try_parse_from(common("airlock-ingester"))?;
     let janitor_cfg = airlock_janitor::Config::try_parse_from(backend(common("airlock-janitor")))?;
     let mut services = spawn_services(dispatcher_cfg, ingester_cfg, janitor_cfg, &shutdown);
+    let api_cfg = airlock_api::Config::try_parse_from(backend(common("airlock-api")))?;
+    let s = shutdown.clone();
+    services.spawn(async move {
+        airlock_api::run(api_cfg, s)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("api")
+    });
     print_banner(&data_dir, &nats_url, &redis_url);
     let outcome = if a.demo {
         tokio::select! {

@@ -6,6 +6,7 @@
 //! are committed under `schemas/json/`.
 //!
 //! # Layout
+//! - [`api`]: the request-reply API on `airlock.api.<op>`: operations, requests, replies, errors.
 //! - [`subjects`]: subject names and stream names, all under a configurable prefix.
 //! - [`request`]: [`RunRequest`] and its validation against an operator [`Policy`].
 //! - [`quantity`]: Kubernetes resource quantities (`500m`, `256Mi`).
@@ -15,6 +16,7 @@
 //! - [`env`]: the environment every job receives.
 //! - [`labels`]: Kubernetes labels Airlock puts on what it creates.
 
+pub mod api;
 pub mod env;
 pub mod event;
 pub mod labels;
@@ -47,5 +49,17 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("result-rejected.v1.json", schema::<ResultRejected>()),
         ("run-record.v1.json", schema::<record::RunRecord>()),
         ("policy.v1.json", schema::<Policy>()),
+        ("api/error.v1.json", schema::<api::ErrorReply>()),
+        ("api/run-ref.v1.json", schema::<api::RunRef>()),
+        ("api/run-view.v1.json", schema::<api::RunView>()),
+        ("api/result-reply.v1.json", schema::<api::ResultReply>()),
+        ("api/logs-request.v1.json", schema::<api::LogsRequest>()),
+        ("api/log-chunk.v1.json", schema::<api::LogChunk>()),
+        ("api/list-request.v1.json", schema::<api::ListRequest>()),
+        ("api/list-reply.v1.json", schema::<api::ListReply>()),
+        ("api/cancel-request.v1.json", schema::<api::CancelRequest>()),
+        ("api/cancel-reply.v1.json", schema::<api::CancelReply>()),
+        ("api/submit-request.v1.json", schema::<api::SubmitRequest>()),
+        ("api/submit-reply.v1.json", schema::<api::SubmitReply>()),
     ]
 }

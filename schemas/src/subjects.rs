@@ -55,6 +55,16 @@ impl Subjects {
             .filter(|q| !q.is_empty() && !q.contains('.'))
     }
 
+    /// `airlock.api`: the group of the API's endpoints (`airlock.api.<op>`).
+    pub fn api_group(&self) -> String {
+        format!("{}.api", self.prefix)
+    }
+
+    /// `airlock.api.<op>`: one API operation.
+    pub fn api(&self, op: crate::api::Op) -> String {
+        format!("{}.api.{}", self.prefix, op.as_str())
+    }
+
     /// `airlock.results.<run_id>`: a job's result.
     pub fn results(&self, run_id: &str) -> String {
         format!("{}.results.{run_id}", self.prefix)

@@ -214,7 +214,7 @@ fn the_committed_json_schemas_are_current() {
         let text = serde_json::to_string_pretty(&schema).expect("encodes") + "\n";
         let path = dir.join(file);
         if bless {
-            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::create_dir_all(path.parent().unwrap_or(&dir)).expect("mkdir");
             std::fs::write(&path, &text).expect("write");
         } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
             stale.push(file);

@@ -23,9 +23,11 @@
 //! - `objects`: the NetworkPolicy and Pod of a run; whether a found object is the run's.
 //! - `api`: the client, timed calls, and what an API error means.
 //! - `observe`: pod → [`Observed`](crate::Observed), logs, listings, the watch.
+//! - `follow`: a pod log stream (`follow=true`) from a byte offset, for the API.
 
 pub(crate) mod api;
 mod config;
+mod follow;
 mod objects;
 mod observe;
 

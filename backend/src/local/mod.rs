@@ -34,6 +34,7 @@
 //! - `result`: publishing the job's result file on NATS.
 //! - `kill`: killing everything of a run.
 //! - `observe`: status, logs, listings and the watch.
+//! - `follow`: the run's log file from an offset, as it grows, until the job finished.
 //!
 //! On disk, `<state_dir>` (0711, root) holds `runs/<run_id>/` (0711) with `spec.json`, `status.json`, `log`
 //! and `supervisor.lock` (0600, root) and `sandbox/result.json` (owned by the run's uid, the only host file
@@ -52,6 +53,7 @@
 
 mod cgroups;
 mod config;
+mod follow;
 mod kill;
 mod liveness;
 mod observe;

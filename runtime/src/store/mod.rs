@@ -11,7 +11,9 @@
 //! # Layout
 //! - this module: the connection, the Lua scripts and the methods.
 //! - `record`: the typed views of the record and the update of its fields.
+//! - `index`: the listing indexes the transition script keeps, and [`Store::list`] over them.
 
+mod index;
 mod record;
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use airlock_schemas::record::{self as schema, RunRecord, field};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+pub use self::index::{ListCursor, ListFilter, ListPage};
 pub use self::record::{RecordUpdate, RunHead, StoredRun};
 use crate::Error;
 
@@ -69,6 +72,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
 for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
+__INDEX__
 if new_rank >= 3 then
   redis.call('SREM', KEYS[2], ARGV[3])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
@@ -155,7 +159,11 @@ impl Store {
             conn,
             prefix: prefix.to_string(),
             record_ttl,
-            transition: Script::new(&TRANSITION.replace("__RANKS__", &ranks)),
+            transition: Script::new(
+                &TRANSITION
+                    .replace("__RANKS__", &ranks)
+                    .replace("__INDEX__", index::SCRIPT),
+            ),
             store_result: Script::new(STORE_RESULT),
             add_rejection: Script::new(ADD_REJECTION),
         }
@@ -185,6 +193,7 @@ impl Store {
     ) -> Result<Transition, Error> {
         let mut inv = self.transition.key(self.key(run_id));
         inv.key(schema::active_key(&self.prefix))
+            .key(index::prefix(&self.prefix))
             .arg(status.as_str())
             .arg(schema::now())
             .arg(run_id)

@@ -86,7 +86,12 @@ fn both_kustomizations_build_and_every_rendered_object_validates_against_kuberne
             .collect();
         ensure!(
             deployments
-                == BTreeSet::from(["airlock-dispatcher", "airlock-ingester", "airlock-janitor"]),
+                == BTreeSet::from([
+                    "airlock-api",
+                    "airlock-dispatcher",
+                    "airlock-ingester",
+                    "airlock-janitor"
+                ]),
             "{label}: deployments {deployments:?}"
         );
         let expected: BTreeSet<&str> = if label == "dev-deps" {
@@ -126,6 +131,8 @@ fn both_kustomizations_build_and_every_rendered_object_validates_against_kuberne
 ///   `KubeBackend::observe`: `pods.get_opt`; `KubeBackend::logs_tail`: `pods.logs` (get pods/log);
 ///   `KubeBackend::remove`: `pods.delete`, `policies.delete`; `KubeBackend::list`: `pods.list`;
 ///   `Sweep::policy_run_ids`: NetworkPolicy `list`. The janitor never watches.
+/// api — backend/src/kube/ via api/src/ops/logs.rs: `KubeBackend::logs_tail` and `::logs_follow`:
+///   `pods.logs` / `pods.log_stream` (get pods/log). Nothing else.
 /// ingester — no Kubernetes client at all.
 fn calls_made_by(service: &str) -> BTreeSet<(String, String, String)> {
     let net = "networking.k8s.io";
@@ -149,6 +156,7 @@ fn calls_made_by(service: &str) -> BTreeSet<(String, String, String)> {
             (net, "networkpolicies", "list"),
             (net, "networkpolicies", "delete"),
         ],
+        "airlock-api" => &[("", "pods/log", "get")],
         _ => &[],
     };
     calls
@@ -217,7 +225,12 @@ fn the_rbac_roles_grant_exactly_the_kubernetes_calls_each_service_makes() -> Res
         .map(|(_, o)| o)
         .filter(|o| kind(o) == "RoleBinding")
         .collect();
-    for service in ["airlock-dispatcher", "airlock-janitor", "airlock-ingester"] {
+    for service in [
+        "airlock-dispatcher",
+        "airlock-janitor",
+        "airlock-ingester",
+        "airlock-api",
+    ] {
         // Everything bound to the service's account, wherever it is.
         let mut grants = BTreeSet::new();
         for b in &bindings {
@@ -366,7 +379,12 @@ fn env_vars_read_by(binary: &str) -> Result<BTreeSet<String>> {
 #[test]
 fn every_airlock_variable_a_deployment_sets_is_one_its_service_reads() -> Result<()> {
     let objects = all_objects()?;
-    for service in ["airlock-dispatcher", "airlock-ingester", "airlock-janitor"] {
+    for service in [
+        "airlock-dispatcher",
+        "airlock-ingester",
+        "airlock-janitor",
+        "airlock-api",
+    ] {
         let known = env_vars_read_by(service)?;
         ensure!(
             known.contains("AIRLOCK_NATS_URL"),
@@ -404,7 +422,7 @@ fn every_airlock_variable_a_deployment_sets_is_one_its_service_reads() -> Result
                 "{service}: {required} is not set"
             );
         }
-        if service != "airlock-janitor" {
+        if !matches!(service, "airlock-janitor" | "airlock-api") {
             ensure!(
                 set.contains_key("AIRLOCK_TOKEN_SECRET_FILE"),
                 "{service}: needs the token secret"

@@ -1,6 +1,7 @@
 //! The NATS identities of `deploy/nats/nats-server.conf`: a real nats-server with the shipped configuration
 //! lets the `jobs` user publish a result (and get the JetStream ack) and nothing else, and lets the
-//! `services` user run the streams and consumers.
+//! `services` user run the streams and consumers; the real `airlock-api` serves as the `api` user, `clients`
+//! reach it (and direct submits) and `jobs` reach neither.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +34,7 @@ impl Drop for ConfiguredNats {
 const SERVICES_PW: &str = "services-test-password";
 const JOBS_PW: &str = "jobs-test-password";
 const CLIENTS_PW: &str = "clients-test-password";
+const API_PW: &str = "api-test-password";
 
 impl ConfiguredNats {
     fn start(binary: &Path) -> Result<Self> {
@@ -62,6 +64,7 @@ impl ConfiguredNats {
             .env("AIRLOCK_NATS_SERVICES_PASSWORD", SERVICES_PW)
             .env("AIRLOCK_NATS_JOBS_PASSWORD", JOBS_PW)
             .env("AIRLOCK_NATS_CLIENTS_PASSWORD", CLIENTS_PW)
+            .env("AIRLOCK_NATS_API_PASSWORD", API_PW)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -269,5 +272,104 @@ async fn the_jobs_nats_identity_can_publish_results_and_nothing_else() -> Result
         ),
         "a job could read stream information"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_serves_as_its_own_identity_and_clients_reach_it_but_jobs_do_not() -> Result<()> {
+    let Some(binary) = nats_server() else {
+        return skip_missing("nats-server", "run scripts/setup");
+    };
+    let nats = ConfiguredNats::start(&binary)?;
+    let redis = airlock_test_support::RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let health = free_port()?;
+    let _api = airlock_test_support::Service::start(
+        "airlock-api",
+        &[
+            "--runtime",
+            "local",
+            "--local-dir",
+            &dir.path().display().to_string(),
+        ],
+        &[
+            (
+                "AIRLOCK_NATS_URL",
+                format!("nats://api:{API_PW}@127.0.0.1:{}", nats.port),
+            ),
+            ("AIRLOCK_REDIS_URL", redis.url()),
+            ("AIRLOCK_HTTP_ADDR", format!("127.0.0.1:{health}")),
+        ],
+    )?;
+    airlock_test_support::wait_until(
+        Duration::from_secs(60),
+        "airlock-api ready as `api`",
+        || async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", health))
+                .await
+                .ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await.ok()?;
+            buf.split_whitespace()
+                .nth(1)
+                .filter(|c| *c == "200")
+                .map(drop)
+        },
+    )
+    .await?;
+
+    // Clients call the API and discover it.
+    let client = nats.connect("clients", CLIENTS_PW).await?;
+    let reply = client
+        .request("airlock.api.status", r#"{"id":"nope"}"#.into())
+        .await
+        .context("clients cannot call the API")?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    ensure!(reply["error"]["code"] == "not_found", "{reply}");
+    let submitted = client
+        .request(
+            "airlock.api.submit",
+            r#"{"queue":"default","request":{"id":"via-api","image":"docker.io/library/busybox:1.36"}}"#.into(),
+        )
+        .await
+        .context("clients cannot submit through the API")?;
+    let submitted: serde_json::Value = serde_json::from_slice(&submitted.payload)?;
+    ensure!(
+        submitted["id"] == "via-api",
+        "the api user could not publish the request: {submitted}"
+    );
+    let info = client
+        .request("$SRV.INFO.airlock", "".into())
+        .await
+        .context("clients cannot discover the API")?;
+    let info: serde_json::Value = serde_json::from_slice(&info.payload)?;
+    ensure!(info["name"] == "airlock", "{info}");
+
+    // Clients cannot impersonate the API (subscribe to its subjects).
+    let mut fake = client.subscribe("airlock.api.status").await?;
+    client.flush().await?;
+    let other = nats.connect("clients", CLIENTS_PW).await?;
+    let _ = other
+        .request("airlock.api.status", r#"{"id":"nope"}"#.into())
+        .await;
+    stays_silent(&mut fake, "a client subscribed to airlock.api.status").await?;
+
+    // Jobs reach neither the API nor the runs subjects.
+    let job = nats.connect("jobs", JOBS_PW).await?;
+    ensure!(
+        job.request("airlock.api.status", r#"{"id":"nope"}"#.into())
+            .await
+            .is_err(),
+        "a job reached the API"
+    );
+    let services = nats.connect("services", SERVICES_PW).await?;
+    let mut runs = services.subscribe("airlock.runs.>").await?;
+    services.flush().await?;
+    job.publish("airlock.runs.default", r#"{"id":"from-job"}"#.into())
+        .await?;
+    job.flush().await?;
+    stays_silent(&mut runs, "services listening on airlock.runs.>").await?;
     Ok(())
 }

@@ -130,12 +130,12 @@ async fn a_cancelled_run_is_stopped_and_ends_cancelled() -> anyhow::Result<()> {
         .await?;
     events.until_status("running").await?;
 
-    // Through the CLI (a NATS request on airlock.cancel.<id>, answered by the janitor).
-    let (status, out) = sys.cli(&["cancel", "cancel-1"]).await?;
+    // Through the CLI (the API's `cancel`, which records the same cancel timer as airlock.cancel.<id>).
+    let (status, out) = sys.cli(&["cancel", "cancel-1", "--output", "json"]).await?;
     assert!(status.success(), "airlock cancel: {status} {out}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(out.trim())?,
-        json!({"ok": true})
+        json!({"id": "cancel-1", "status": "running"})
     );
 
     let terminal = events.until_terminal().await?;

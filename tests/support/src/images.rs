@@ -23,9 +23,9 @@ pub const USER: &str = "airlock";
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// Busybox applets linked in [`busybox_layer`].
-const APPLETS: [&str; 16] = [
+const APPLETS: [&str; 17] = [
     "sh", "echo", "cat", "ls", "id", "pwd", "env", "sleep", "test", "[", "true", "false", "printf",
-    "hostname", "grep", "wc",
+    "hostname", "grep", "wc", "nc",
 ];
 
 /// A tar stream, entry by entry.
@@ -163,10 +163,12 @@ pub fn binary_layer(binary: &Path, dest: &str) -> Result<Tar> {
 /// The job image: busybox (marker `marker`) and our `airlock` binary as `/bin/airlock`, `PATH=/bin`.
 pub fn job_image(marker: &str) -> Result<ImageSpec> {
     let airlock = crate::our_binary("airlock")?;
+    let emit = crate::our_binary("airlock-emit")?;
     Ok(ImageSpec {
         layers: vec![
             busybox_layer(marker)?,
             binary_layer(&airlock, "/bin/airlock")?,
+            binary_layer(&emit, "/bin/airlock-emit")?,
         ],
         config: json!({"Env": ["PATH=/bin"]}),
     })

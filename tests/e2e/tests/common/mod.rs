@@ -129,7 +129,7 @@ impl ServiceSpec {
     }
 }
 
-/// NATS, Redis and the three services, as processes.
+/// NATS, Redis and the four services, as processes.
 pub struct System {
     pub nats: NatsServer,
     pub redis: RedisServer,
@@ -145,6 +145,7 @@ pub struct System {
 pub const DISPATCHER: usize = 0;
 pub const INGESTER: usize = 1;
 pub const JANITOR: usize = 2;
+pub const API: usize = 3;
 
 impl System {
     /// Starts NATS and Redis, then the three services, and waits until each reports ready on `/readyz`.
@@ -173,6 +174,7 @@ impl System {
         {
             dispatcher_args.extend(extra.iter().cloned());
         }
+        let api_args = backend.clone();
         let mut janitor_args = backend;
         janitor_args.extend(["--sweep-interval".into(), "2s".into()]);
         let specs = vec![
@@ -191,7 +193,18 @@ impl System {
             ServiceSpec {
                 binary: "airlock-janitor",
                 args: janitor_args,
-                envs: base_env,
+                envs: base_env.clone(),
+                health_port: free_port()?,
+            },
+            ServiceSpec {
+                binary: "airlock-api",
+                args: api_args,
+                // A follower that left is noticed within a second.
+                envs: [
+                    base_env,
+                    vec![("AIRLOCK_API_FOLLOW_PROBE", "500ms".to_string())],
+                ]
+                .concat(),
                 health_port: free_port()?,
             },
         ];
@@ -349,8 +362,9 @@ impl System {
     pub async fn cli(&self, args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
         let out = tokio::process::Command::new(airlock_test_support::our_binary("airlock")?)
             .args(args)
+            // No Redis URL: the CLI reaches Airlock only through the API.
             .env("AIRLOCK_NATS_URL", self.nats.url())
-            .env("AIRLOCK_REDIS_URL", self.redis.url())
+            .env_remove("AIRLOCK_REDIS_URL")
             .stderr(std::process::Stdio::inherit())
             .output()
             .await?;
