@@ -91,7 +91,7 @@ async fn on_kubernetes_a_job_reads_a_marker_file_that_exists_only_in_its_image_a
     let sys = start(&mut cluster, &[]).await?;
     assert!(Path::new("/usr/bin/env").exists() && Path::new("/etc/debian_version").exists());
     let script = r#"visible=false; if test -e /usr/bin/env || test -e /etc/debian_version; then visible=true; fi
-        echo "{\"marker\":\"$(cat /etc/airlock-marker)\",\"host_visible\":$visible,\"uid\":$(id -u)}" | airlock result"#;
+        echo "{\"marker\":\"$(cat /etc/airlock-marker)\",\"host_visible\":$visible,\"uid\":$(id -u)}" | airlock-emit"#;
     sys.submit(&cluster.request("kube-marker-1", script, 60))
         .await?;
     let (_, rec) = sys.wait_terminal("kube-marker-1").await?;
@@ -121,7 +121,7 @@ async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_di
             .dir("app/")?
             .file("app/data", b"from the workdir")?,
     );
-    let publish = r#"echo "{\"by\":\"$1\",\"pwd\":\"$(pwd)\",\"data\":\"$(cat data)\",\"env\":\"$FROM_IMAGE $OVERRIDE\"}" | airlock result"#;
+    let publish = r#"echo "{\"by\":\"$1\",\"pwd\":\"$(pwd)\",\"data\":\"$(cat data)\",\"env\":\"$FROM_IMAGE $OVERRIDE\"}" | airlock-emit"#;
     spec.config = json!({
         "Entrypoint": ["/bin/sh", "-c", publish, "job"],
         "Cmd": ["cmd-default"],

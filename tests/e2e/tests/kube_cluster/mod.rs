@@ -1,7 +1,7 @@
 //! The cluster the Kubernetes end-to-end tests run against: the emulator in image mode (default), whose
 //! kubelet pulls the job image (busybox plus our `airlock` binary, built by the test and pushed to a
 //! loopback registry) and runs it in its rootfs, so a job publishes its result with our own
-//! `airlock result` from inside its image; or the real cluster of `AIRLOCK_TEST_KUBECONFIG`.
+//! `airlock emit` from inside its image; or the real cluster of `AIRLOCK_TEST_KUBECONFIG`.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
