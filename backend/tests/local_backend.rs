@@ -86,13 +86,25 @@ async fn a_job_exit_code_is_reported_and_remove_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_command_is_refused_permanently() {
-    let h = Harness::start(|_| {}).await;
+async fn a_request_without_command_in_an_image_without_entrypoint_or_cmd_fails_with_a_clear_reason()
+{
+    let mut h = Harness::start(|_| {}).await;
     let mut s = spec("nocmd", &["true"], 20, json!({}));
     s.run.request.command.clear();
-    let err = h.backend.launch(&s).await.unwrap_err();
-    assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
-    assert!(h.backend.observe("nocmd").await.unwrap().is_none());
+    assert_eq!(h.backend.launch(&s).await.unwrap(), Launched::Created);
+    let o = h.finished("nocmd", Duration::from_secs(20)).await;
+    assert_eq!(
+        (o.phase, o.reason.as_deref(), o.exit_code),
+        (Phase::Failed, Some("CreateContainerError"), None),
+        "{o:?}"
+    );
+    assert!(
+        o.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no command specified"),
+        "{o:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,8 @@ pub(super) const STATUS: &str = "status.json";
 pub(super) const LOG: &str = "log";
 /// The job's result file, on the host (bind-mounted into the sandbox); also how its processes are told apart.
 pub(super) const RESULT: &str = "sandbox/result.json";
+/// The launch script: the job's argv and environment (0400, owned by the run's uid, mounted read-only).
+pub(super) const LAUNCH: &str = "launch.sh";
 
 /// Creates the state directory (0711) with `runs/` (0711) and `slots/` (0700), and checks that the sandbox uid
 /// can reach it (every ancestor `o+x`); returns its absolute path.
@@ -121,6 +123,7 @@ impl LocalBackend {
             queue: spec.run.queue.clone(),
             attempt: spec.attempt,
             image: req.image.clone(),
+            image_digest: None,
             phase: PhaseFile::Pending,
             exit_code: None,
             reason: None,
@@ -150,6 +153,19 @@ impl LocalBackend {
             Err(e) => Err(BackendError::io("removing the run directory", &dir)(e)),
         }
     }
+}
+
+/// Writes the run's launch script (`LAUNCH`), readable by the run's uid only.
+pub(super) fn write_launch_file(dir: &Path, uid: u32, script: &str) -> std::io::Result<()> {
+    let path = dir.join(LAUNCH);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, script.as_bytes())?;
+    std::os::unix::fs::chown(&path, Some(uid), Some(uid))
 }
 
 /// `sandbox/` (0700) and `sandbox/result.json` (0600), both owned by the run's uid: the only host file the

@@ -18,7 +18,7 @@ use crate::{Observed, Phase};
 /// What was asked for; written once at launch (it holds the token, so it is readable by root only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SpecFile {
-    /// The validated request (policy defaults applied); `image` is recorded here, never pulled.
+    /// The validated request (policy defaults applied).
     pub request: RunRequest,
     /// Queue.
     pub queue: String,
@@ -57,6 +57,9 @@ pub(crate) struct StatusFile {
     pub queue: String,
     pub attempt: u32,
     pub image: String,
+    /// The manifest digest of the image the job ran (once pulled).
+    #[serde(default)]
+    pub image_digest: Option<String>,
     pub phase: PhaseFile,
     #[serde(default)]
     pub exit_code: Option<i32>,
