@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use airlock_images::RegistryConfig;
 use airlock_schemas::quantity;
 
 /// Default state directory (`--local-dir`).
@@ -89,6 +90,10 @@ pub struct LocalConfig {
     pub image_dir: Option<PathBuf>,
     /// Bound of the image cache in bytes (least recently used images no run uses are evicted past it).
     pub image_cache_bytes: u64,
+    /// How to reach registries: from the environment (`AIRLOCK_INSECURE_REGISTRIES`,
+    /// `AIRLOCK_REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, and
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR` for extra trust roots); see [`RegistryConfig`].
+    pub registry: RegistryConfig,
     /// A statically linked busybox, mounted read-only into every sandbox to start the job: it reads the
     /// job's argv and environment from a file (never from a command line) and resolves the command in the
     /// image's `PATH`.
@@ -119,6 +124,7 @@ impl LocalConfig {
             allow_no_memory_cgroup: false,
             image_dir: None,
             image_cache_bytes: default_bytes(DEFAULT_IMAGE_CACHE_SIZE),
+            registry: RegistryConfig::from_env(),
             launcher: DEFAULT_LAUNCHER.into(),
         }
     }

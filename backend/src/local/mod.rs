@@ -175,7 +175,8 @@ impl LocalBackend {
         }
         let images = ImageStore::open(StoreConfig {
             max_cache_bytes: config.image_cache_bytes,
-            ..StoreConfig::from_env(config.image_dir())
+            registry: config.registry.clone(),
+            ..StoreConfig::new(config.image_dir())
         })
         .map_err(|e| BackendError::Permanent(format!("opening the image store: {e}")))?;
         info!(state_dir = %config.state_dir.display(), images = %images.dir().display(), cgroups = ?cgroups, "Local sandbox runtime ready");
