@@ -1,5 +1,6 @@
-//! A run's image, made present within the run's deadline: permanent failures end the run at once, transient
-//! ones are retried with backoff until the deadline. The returned lease is held for the run's whole life.
+//! A run's image, made present within the run's deadline: permanent failures end the run at once
+//! (`ErrImagePull`), transient ones are retried with backoff until the deadline (then `DeadlineExceeded`,
+//! with the last pull error). The returned lease is held for the run's whole life.
 
 use std::time::Duration;
 
@@ -24,17 +25,36 @@ pub(super) fn policy(p: Option<ImagePullPolicy>) -> PullPolicy {
     }
 }
 
+/// Why a run has no image: its final reason and message.
+#[derive(Debug)]
+pub(super) struct PullFailed {
+    /// `ErrImagePull` (refused for good) or `DeadlineExceeded` (still not there at the deadline).
+    pub reason: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
 impl LocalBackend {
-    /// Ensures `reference` under `policy` before `deadline`; the error is the run's `ErrImagePull` message.
+    /// Ensures `reference` under `policy` before `deadline`.
     pub(super) async fn pull(
         &self,
         run_id: &str,
         reference: &str,
         policy: PullPolicy,
         deadline: Instant,
-    ) -> Result<LeasedImage, String> {
+    ) -> Result<LeasedImage, PullFailed> {
         let store = &self.inner.images;
         let mut backoff = FIRST_BACKOFF;
+        let mut last: Option<String> = None;
+        let deadline_passed = |last: Option<String>| PullFailed {
+            reason: "DeadlineExceeded",
+            message: match last {
+                Some(e) => {
+                    format!("the run's deadline passed while pulling its image: ErrImagePull: {e}")
+                }
+                None => format!("the run's deadline passed while pulling image {reference:?}"),
+            },
+        };
         loop {
             let e = match tokio::time::timeout_at(deadline, store.ensure(reference, policy)).await {
                 Ok(Ok(image)) => {
@@ -43,19 +63,19 @@ impl LocalBackend {
                 }
                 Ok(Err(e)) if e.is_permanent() => {
                     warn!(run_id, image = reference, error = %e, "Image pull failed");
-                    return Err(e.to_string());
+                    return Err(PullFailed {
+                        reason: "ErrImagePull",
+                        message: e.to_string(),
+                    });
                 }
                 Ok(Err(e)) => e,
-                Err(_) => {
-                    return Err(format!(
-                        "image {reference:?} not ready when the run's deadline passed"
-                    ));
-                }
+                Err(_) => return Err(deadline_passed(last)),
             };
             warn!(run_id, image = reference, error = %e, "Image pull failed; will retry");
             if Instant::now() + backoff >= deadline {
-                return Err(format!("{e} (retried until the run's deadline passed)"));
+                return Err(deadline_passed(Some(e.to_string())));
             }
+            last = Some(e.to_string());
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

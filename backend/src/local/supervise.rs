@@ -4,8 +4,8 @@
 //! # Before the sandbox starts
 //! The run is `Pending` while its image is pulled (within its deadline; see `pull`), its job resolved from
 //! the request and the image config (see `launch`) and its launch script written. A failure there ends it
-//! `Failed` before anything ran: `ErrImagePull`, `CreateContainerError`, or `StartError` (the sandbox, or
-//! the launcher, could not start the job; never the job's own exit code). The image lease is held until the
+//! `Failed` before anything ran: `ErrImagePull`, `DeadlineExceeded` (still pulling), `CreateContainerError`,
+//! or `StartError` (the sandbox, or the launcher, could not start the job; never the job's own exit code). The image lease is held until the
 //! run's final status is written.
 //!
 //! # Order at the end of a run
@@ -199,7 +199,7 @@ impl LocalBackend {
         let image = self
             .pull(run_id, &request.image, policy, deadline_at)
             .await
-            .map_err(|m| NotStarted("ErrImagePull", m))?;
+            .map_err(|f| NotStarted(f.reason, f.message))?;
         let job = launch::resolve(request, image.config(), image.rootfs(), env)
             .map_err(|e| NotStarted("CreateContainerError", e.to_string()))?;
         write_launch_file(&self.run_dir(run_id), uid, &launch::script(&job))

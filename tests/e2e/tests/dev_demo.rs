@@ -16,6 +16,15 @@ async fn airlock_dev_demo_runs_a_sandboxed_job_prints_its_result_and_exits_0() -
 {
     let tmp = traversable_tempdir("airlock-e2e-dev-")?;
     let data_dir = tmp.path().join("data");
+    // What scripts/setup leaves in the default data dir: the demo image as an OCI layout (built here).
+    let demo = airlock_test_support::oci::build(&airlock_test_support::oci::ImageSpec::new(vec![
+        airlock_test_support::oci::busybox_image_layer("demo")?,
+    ]))?;
+    airlock_test_support::oci::write_layout(
+        &data_dir.join("demo-image"),
+        &demo,
+        "airlock.local/demo/busybox:1",
+    )?;
     let child = Command::new(our_binary("airlock")?)
         .args([
             "dev",

@@ -4,22 +4,34 @@
 mod common;
 
 use airlock_schemas::RunStatus;
-use common::{
-    DISPATCHER, Runtime, SECRET, System, dir_entries, request, traversable_tempdir, visible_dir,
-};
+use airlock_test_support::wait_until;
+use common::{DISPATCHER, Runtime, SECRET, System, T, dir_entries, request, traversable_tempdir};
 use serde_json::json;
 
-/// A job that writes `{"answer":42}` as its result once `$GATE` exists (the test creates it), after a line of
+/// A job that writes `{"answer":42}` as its result once its result file is no longer empty (the test opens
+/// the gate with [`open_gate`]: nothing of the host is visible in the sandbox but that file), after a line of
 /// output.
-const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -e "$GATE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
+const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -s "$AIRLOCK_RESULT_FILE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
 
 async fn local_system() -> anyhow::Result<(System, tempfile::TempDir)> {
     let dir = traversable_tempdir("airlock-e2e-local-")?;
-    let sys = System::start(Runtime::Local {
-        dir: dir.path().join("state"),
+    let state = dir.path().join("state");
+    common::import_test_busybox(&state.join("images"), dir.path()).await?;
+    let sys = System::start(Runtime::Local { dir: state }).await?;
+    Ok((sys, dir))
+}
+
+/// Lets the [`GATED_JOB`] of run `id` go on once its attempt `attempt` runs: writes into its result file.
+async fn open_gate(dir: &tempfile::TempDir, id: &str, attempt: u64) -> anyhow::Result<()> {
+    let run = runs_dir(dir).join(id);
+    wait_until(T, "the job's attempt to run", || async {
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("status.json")).ok()?).ok()?;
+        (status["attempt"] == attempt && status["phase"] == "Running").then_some(())
     })
     .await?;
-    Ok((sys, dir))
+    std::fs::write(run.join("sandbox/result.json"), "open")?;
+    Ok(())
 }
 
 fn runs_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -161,11 +173,8 @@ async fn a_cancelled_run_is_stopped_and_ends_cancelled() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::Result<()> {
-    let (sys, _dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-gate-")?;
-    let gate_file = gate.path().join("open");
-    let mut req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
-    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    let (sys, dir) = local_system().await?;
+    let req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
     let mut events = sys.events("forged-1").await?;
     sys.submit(&req).await?;
     events.until_status("running").await?;
@@ -185,7 +194,7 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
         "nothing stored"
     );
 
-    std::fs::write(&gate_file, b"")?;
+    open_gate(&dir, "forged-1", 1).await?;
     let terminal = events.until_terminal().await?;
     assert_eq!(terminal.status, RunStatus::Succeeded);
     sys.wait_record("forged-1", "result", |r| {
@@ -214,18 +223,15 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
 async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_run()
 -> anyhow::Result<()> {
     let (mut sys, dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-gate-")?;
-    let gate_file = gate.path().join("open");
-    let mut req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
-    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    let req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
     let mut events = sys.events("crash-1").await?;
     sys.submit(&req).await?;
     events.until_status("running").await?;
 
     // The job is waiting at its gate; its supervisor dies (and the sandbox with it: --die-with-parent).
     sys.kill(DISPATCHER).await?;
-    std::fs::write(&gate_file, b"")?;
     sys.restart(DISPATCHER).await?;
+    open_gate(&dir, "crash-1", 2).await?;
 
     let terminal = events.until_terminal().await?;
     assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
