@@ -242,3 +242,34 @@ async fn a_runtime_whose_uid_range_overlaps_another_skips_the_uids_in_use() {
     assert!(log.contains("long-done"), "{log}");
     assert!(c.sandbox_processes().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_supervised_by_its_own_process_ends_on_the_watch_with_its_result_published() {
+    let mut h = Harness::start(|c| {
+        c.supervisor = airlock_backend::local::Supervisor::Process {
+            program: env!("CARGO_BIN_EXE_airlock-supervisor").into(),
+            args: Vec::new(),
+        };
+    })
+    .await;
+    let subject = Subjects::default().results("own");
+    let mut sub = h.client.subscribe(subject).await.unwrap();
+    h.client.flush().await.unwrap();
+    let script = "echo supervised; printf '{\"answer\":42}' > \"$AIRLOCK_RESULT_FILE\"";
+    let (o, log) = h.run("own", &["sh", "-c", script], 20, json!({})).await;
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert!(log.contains("supervised"), "{log}");
+    let msg = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+        .await
+        .expect("result published")
+        .unwrap();
+    assert_eq!(&msg.payload[..], br#"{"answer":42}"#);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.path().join("runs/own/status.json")).unwrap())
+            .unwrap();
+    assert_ne!(
+        status["supervisor_pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{status}"
+    );
+}

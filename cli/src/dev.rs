@@ -236,6 +236,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             eprintln!("service error during shutdown: {e:#}");
         }
     }
+    // Runs outlive a dispatcher (each has a supervisor process); `airlock dev` stops everything it started.
+    airlock_backend::local::stop_supervisors(&sandbox_dir).await;
     servers.stop().await;
     outcome
 }

@@ -36,8 +36,22 @@ enum Command {
     Image(image::ImageArgs),
 }
 
+fn main() -> std::process::ExitCode {
+    // `airlock dev`'s local runs are supervised by this executable in a hidden mode.
+    if let Some(code) = airlock_backend::local::supervise_if_asked() {
+        return code;
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev(a) => dev::run(a).await,

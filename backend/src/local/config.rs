@@ -42,6 +42,32 @@ pub const DEFAULT_IMAGE_CACHE_SIZE: &str = "20Gi";
 /// Name of the image store under the state directory when `--local-image-dir` is not set.
 pub const DEFAULT_IMAGE_SUBDIR: &str = "images";
 
+/// Who supervises a run (owns its sandbox, deadline, image lease and result file until its final status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supervisor {
+    /// A task of the launching process: its runs die with it (for tests and embedding).
+    InProcess,
+    /// A process of its own per run, `program args… <run dir>`, not killed with the launching process: a
+    /// restarted dispatcher adopts its runs. The program calls [`super::supervise_if_asked`] (or is the
+    /// `airlock-supervisor` binary).
+    Process {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments before the run directory.
+        args: Vec<String>,
+    },
+}
+
+impl Supervisor {
+    /// This executable in its hidden supervisor mode (`<exe> __airlock-supervise <run dir>`).
+    pub fn this_executable() -> std::io::Result<Self> {
+        Ok(Supervisor::Process {
+            program: std::env::current_exe()?,
+            args: vec![super::SUPERVISE_ARG.into()],
+        })
+    }
+}
+
 /// Configuration of the local sandbox runtime.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -94,6 +120,9 @@ pub struct LocalConfig {
     /// `AIRLOCK_REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, and
     /// `SSL_CERT_FILE`/`SSL_CERT_DIR` for extra trust roots); see [`RegistryConfig`].
     pub registry: RegistryConfig,
+    /// Who supervises runs. [`LocalConfig::new`]: [`Supervisor::InProcess`]; [`LocalArgs::config`]: a
+    /// process per run (this executable, or `--local-supervisor`).
+    pub supervisor: Supervisor,
     /// A statically linked busybox, mounted read-only into every sandbox to start the job: it reads the
     /// job's argv and environment from a file (never from a command line) and resolves the command in the
     /// image's `PATH`.
@@ -125,6 +154,7 @@ impl LocalConfig {
             image_dir: None,
             image_cache_bytes: default_bytes(DEFAULT_IMAGE_CACHE_SIZE),
             registry: RegistryConfig::from_env(),
+            supervisor: Supervisor::InProcess,
             launcher: DEFAULT_LAUNCHER.into(),
         }
     }
@@ -194,6 +224,14 @@ pub struct LocalArgs {
     /// Bound of the image cache (LRU eviction of images no run uses).
     #[arg(long = "local-image-cache-size", env = "AIRLOCK_IMAGE_CACHE_SIZE", default_value = DEFAULT_IMAGE_CACHE_SIZE, value_parser = parse_bytes)]
     pub local_image_cache_size: u64,
+    /// Per-run supervisor processes: `self` (this executable's hidden mode, the default), `in-process`
+    /// (tasks of the dispatcher: runs die with it), or the path of an `airlock-supervisor` binary.
+    #[arg(
+        long = "local-supervisor",
+        env = "AIRLOCK_LOCAL_SUPERVISOR",
+        default_value = "self"
+    )]
+    pub local_supervisor: String,
     /// Static busybox that starts jobs inside their sandboxes.
     #[arg(long = "local-launcher", env = "AIRLOCK_LOCAL_LAUNCHER", default_value = DEFAULT_LAUNCHER)]
     pub local_launcher: PathBuf,
@@ -218,6 +256,15 @@ impl LocalArgs {
         c.image_dir.clone_from(&self.local_image_dir);
         c.image_cache_bytes = self.local_image_cache_size;
         c.launcher.clone_from(&self.local_launcher);
+        c.supervisor = match self.local_supervisor.as_str() {
+            "in-process" => Supervisor::InProcess,
+            // Without a path to this executable, runs are supervised in process.
+            "self" => Supervisor::this_executable().unwrap_or(Supervisor::InProcess),
+            path => Supervisor::Process {
+                program: path.into(),
+                args: Vec::new(),
+            },
+        };
         c
     }
 }

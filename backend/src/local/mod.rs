@@ -73,6 +73,7 @@ mod slots;
 mod spawn;
 mod state;
 mod supervise;
+mod supervisor;
 mod uids;
 
 use std::sync::Arc;
@@ -84,8 +85,11 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use self::cgroups::Cgroups;
-pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig};
+pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig, Supervisor};
 use self::sandbox::Limits;
+pub use self::supervisor::{
+    SUPERVISE_ARG, stop_supervisors, supervise_if_asked, supervise_process,
+};
 use crate::{BackendError, LaunchSpec, Launched, Observed, Removed};
 
 /// Local bubblewrap sandboxes; cheap to clone (shared state).
@@ -109,7 +113,8 @@ struct Inner {
     cgroups: Cgroups,
     /// The image store the runs' roots come from.
     images: ImageStore,
-    nats: async_nats::Client,
+    /// `None` in a supervisor process: the dispatcher publishes its runs' results (see `supervisor`).
+    nats: Option<async_nats::Client>,
     subjects: Subjects,
     /// Changes made by this value's supervisors, for [`LocalBackend::watch`].
     events: broadcast::Sender<Observed>,
@@ -126,6 +131,15 @@ impl LocalBackend {
     pub fn new(
         config: LocalConfig,
         nats: async_nats::Client,
+        subjects: Subjects,
+    ) -> Result<Self, BackendError> {
+        Self::build(config, Some(nats), subjects)
+    }
+
+    /// [`LocalBackend::new`] for a run's supervisor process (no NATS connection).
+    fn build(
+        config: LocalConfig,
+        nats: Option<async_nats::Client>,
         subjects: Subjects,
     ) -> Result<Self, BackendError> {
         if !rustix::process::geteuid().is_root() {
@@ -237,20 +251,26 @@ impl LocalBackend {
                 return other.map(|_| Launched::AlreadyExisted);
             }
         };
+        let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
         let run = supervise::Run {
             run_id,
             uid_lock,
             supervision,
-            deadline: Duration::from_secs(spec.run.deadline_seconds.max(1)),
-            launched_at: tokio::time::Instant::now(),
+            deadline,
+            deadline_at: tokio::time::Instant::now() + deadline,
             token: spec.env.get(env::RUN_TOKEN).cloned(),
             request: spec.run.request.clone(),
             env: spec.env.clone(),
             limits,
         };
-        // The sandbox is spawned by the task, on a runtime worker thread that lives as long as the process
-        // (bwrap's --die-with-parent follows the thread that forked it), never on a blocking-pool thread.
-        tokio::spawn(self.clone().supervise(run));
+        match &self.config().supervisor {
+            // The sandbox is spawned by the task, on a runtime worker thread that lives as long as the
+            // process (bwrap's --die-with-parent follows the thread that forked it), never a blocking thread.
+            Supervisor::InProcess => drop(tokio::spawn(self.clone().supervise(run))),
+            Supervisor::Process { program, args } => {
+                self.start_supervisor(program, args, run)?;
+            }
+        }
         Ok(Launched::Created)
     }
 

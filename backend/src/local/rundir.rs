@@ -135,6 +135,7 @@ impl LocalBackend {
             slot,
             supervisor_pid: self.inner.me,
             supervisor_start: self.inner.my_start,
+            result_pending: false,
         };
         let path = dir.join(STATUS);
         write_json(&path, &status).map_err(BackendError::io("writing", &path))?;

@@ -35,7 +35,7 @@ const SANDBOX_LAUNCHER: &str = "/run/airlock/busybox";
 const SANDBOX_LAUNCH: &str = "/run/airlock/.launch";
 
 /// Limits of one run, resolved from the request and the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Limits {
     pub memory_bytes: u64,
     /// Millicores for the CPU rate (cgroup quota), when set.

@@ -50,8 +50,8 @@ pub(super) struct Run {
     pub supervision: SupervisionLock,
     /// The run's wall-clock deadline (the pull counts).
     pub deadline: Duration,
-    /// When the run was launched (the deadline runs from here).
-    pub launched_at: Instant,
+    /// When it passes (launch time + `deadline`).
+    pub deadline_at: Instant,
     /// The run token the result is published with.
     pub token: Option<String>,
     /// The request.
@@ -73,13 +73,12 @@ impl LocalBackend {
             uid_lock,
             supervision,
             deadline,
-            launched_at,
+            deadline_at,
             token,
             request,
             env,
             limits,
         } = run;
-        let deadline_at = launched_at + deadline;
         let prepared = self
             .prepare(&run_id, &request, &env, uid_lock.uid(), deadline_at)
             .await;
@@ -215,7 +214,10 @@ impl LocalBackend {
             debug!(run_id = %run_id, "Run was removed while running; not publishing");
             return;
         }
-        if let Err(e) = self.publish_result(&run_id, &dir.join(RESULT), token).await {
+        if self.inner.nats.is_none() {
+            // A supervisor process: the dispatcher publishes it (`supervisor::publish_pending`).
+            status.result_pending = true;
+        } else if let Err(e) = self.publish_result(&run_id, &dir.join(RESULT), token).await {
             let note = e.to_string();
             status.message = Some(match status.message.take() {
                 Some(m) => format!("{m}; {note}"),

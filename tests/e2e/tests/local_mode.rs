@@ -220,7 +220,7 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
 }
 
 #[tokio::test]
-async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_run()
+async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_the_run_which_runs_exactly_once()
 -> anyhow::Result<()> {
     let (mut sys, dir) = local_system().await?;
     let req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
@@ -228,10 +228,19 @@ async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_r
     sys.submit(&req).await?;
     events.until_status("running").await?;
 
-    // The job is waiting at its gate; its supervisor dies (and the sandbox with it: --die-with-parent).
+    // The job is waiting at its gate; the dispatcher dies. The run's own supervisor process keeps it going.
     sys.kill(DISPATCHER).await?;
+    open_gate(&dir, "crash-1", 1).await?;
+    // The job finishes while no dispatcher runs: the restarted one adopts the run and publishes its result.
+    wait_until(T, "the job to finish", || async {
+        let status: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(runs_dir(&dir).join("crash-1/status.json")).ok()?,
+        )
+        .ok()?;
+        (status["phase"] == "Succeeded").then_some(())
+    })
+    .await?;
     sys.restart(DISPATCHER).await?;
-    open_gate(&dir, "crash-1", 2).await?;
 
     let terminal = events.until_terminal().await?;
     assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
@@ -240,12 +249,18 @@ async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_r
             r.result.is_some() && r.reaped_at.is_some()
         })
         .await?;
-    assert_eq!(rec.result, Some(json!({"answer": 42})));
+    assert_eq!(rec.result, Some(json!({"answer":42})));
     assert!(rec.result_rejections.is_empty(), "{rec:?}");
     assert_eq!(
         rec.attempt,
-        Some(2),
-        "the attempt lost with its supervisor is run again, once: {rec:?}"
+        Some(1),
+        "the run was not dispatched again: {rec:?}"
+    );
+    let logs = rec.logs.clone().unwrap_or_default();
+    assert_eq!(
+        logs.matches("working on crash-1").count(),
+        1,
+        "the job ran exactly once: {rec:?}"
     );
     let terminals = events
         .lifecycle()
@@ -258,6 +273,37 @@ async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_r
         dir_entries(&runs_dir(&dir)).is_empty(),
         "no sandbox is left: {:?}",
         dir_entries(&runs_dir(&dir))
+    );
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_again()
+-> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    let req = request("lost-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    let mut events = sys.events("lost-1").await?;
+    sys.submit(&req).await?;
+    events.until_status("running").await?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs_dir(&dir).join("lost-1/status.json"))?)?;
+    let supervisor = status["supervisor_pid"].as_u64().expect("supervisor pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &supervisor.to_string()])
+        .status()?;
+    assert!(killed.success());
+    open_gate(&dir, "lost-1", 2).await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let rec = sys
+        .wait_record("lost-1", "result stored and reaped", |r| {
+            r.result.is_some() && r.reaped_at.is_some()
+        })
+        .await?;
+    assert_eq!(
+        rec.attempt,
+        Some(2),
+        "the lost attempt ran again, once: {rec:?}"
     );
     sys.stop().await
 }
