@@ -13,9 +13,12 @@
 //! (cgroup), memory (cgroup; without one, only if the operator accepts `RLIMIT_AS`), processes (cgroup pids
 //! and `RLIMIT_NPROC` on the run's own uid), file size (`RLIMIT_FSIZE`, tmpfs sizes).
 //!
-//! The dispatcher process supervises its sandboxes in tokio tasks: `launch` returns once the run directory
-//! exists (`Pending`); the task pulls the image, starts the sandbox, and when the job exits its supervisor publishes
-//! the job's result file to `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
+//! Each run has a supervisor: a process of its own ([`Supervisor::Process`], the services' default; see `supervisor`: runs
+//! survive their dispatcher, and a restarted one adopts them through the state directory), or a tokio task of
+//! the launching process ([`Supervisor::InProcess`]). `launch` returns once the run directory exists
+//! (`Pending`); the supervisor pulls the image, starts the sandbox, and when the job exits its supervisor publishes
+//! the job's result file (a supervisor process leaves that to the dispatcher's watch) to
+//! `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
 //! as on Kubernetes), flushes, and only then writes the final `status.json` and emits it on
 //! [`LocalBackend::watch`]. Other processes (the janitor) use the same type: `observe`, `logs_tail`, `list`,
 //! `list_objects` and `remove` read the state directory and signal processes after checking they belong to
@@ -39,6 +42,7 @@
 //! - `procs`: `/proc` inspection and SIGKILL.
 //! - `spawn`: starting the sandbox and pumping its output into the capped log.
 //! - `supervise`: one run from pull to final status (deadline, exit classification, clean-up).
+//! - `supervisor`: per-run supervisor processes: hand-over, their entry point, results they leave pending.
 //! - `result`: publishing the job's result file on NATS.
 //! - `kill`: killing everything of a run.
 //! - `observe`: status, logs, listings and the watch.

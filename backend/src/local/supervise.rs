@@ -91,6 +91,9 @@ impl LocalBackend {
                 return;
             }
         };
+        // Whoever writes the status from here is its supervisor (a supervisor process, or this process).
+        status.supervisor_pid = self.inner.me;
+        status.supervisor_start = self.inner.my_start;
         let (image, job) = match prepared {
             Ok(p) => p,
             Err(NotStarted(reason, message)) => {

@@ -216,6 +216,19 @@ impl LocalBackend {
         Ok(pid)
     }
 
+    /// Names this process as the run's supervisor in its status (the launcher does too, after the spawn;
+    /// whichever comes last, both name this process).
+    fn claim_status(&self, run_id: &str) {
+        if let Ok(Some(mut status)) = self.read_status(run_id) {
+            status.supervisor_pid = self.inner.me;
+            status.supervisor_start = self.inner.my_start;
+            let path = self.run_dir(run_id).join(STATUS);
+            if let Err(e) = write_json(&path, &status) {
+                warn!(run_id, error = %e, "Could not claim the run's status");
+            }
+        }
+    }
+
     /// Publishes the result of a run whose supervisor process left it pending, then clears the flag; a
     /// run another publisher holds is skipped (it will be seen again).
     pub(super) async fn publish_pending(&self, run_id: &str) {
@@ -336,6 +349,7 @@ fn supervise_process_inner(dir: &Path) -> Result<(), String> {
             limits: file.limits,
             run_id,
         };
+        backend.claim_status(&run.run_id);
         backend.supervise(run).await;
         Ok(())
     })
