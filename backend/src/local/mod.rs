@@ -197,6 +197,10 @@ impl LocalBackend {
             ..StoreConfig::new(config.image_dir())
         })
         .map_err(|e| BackendError::Permanent(format!("opening the image store: {e}")))?;
+        // Sandboxes (bwrap runs as their uid) mount image roots from the store.
+        let store_dir = std::fs::canonicalize(images.dir())
+            .map_err(BackendError::io("resolving", images.dir()))?;
+        rundir::check_traversable(&store_dir, "the image store")?;
         info!(state_dir = %config.state_dir.display(), images = %images.dir().display(), cgroups = ?cgroups, "Local sandbox runtime ready");
         let me = std::process::id();
         let (events, _) = broadcast::channel(1024);

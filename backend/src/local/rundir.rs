@@ -38,18 +38,27 @@ pub(super) fn prepare_state_dir(dir: &Path) -> Result<PathBuf, BackendError> {
             .map_err(BackendError::io("chmod", &d))?;
     }
     let abs = std::fs::canonicalize(dir).map_err(BackendError::io("resolving", dir))?;
-    for a in abs.ancestors().skip(1) {
+    if let Some(parent) = abs.parent() {
+        check_traversable(parent, "the state directory")?;
+    }
+    Ok(abs)
+}
+
+/// Checks that `abs` and every ancestor of it are traversable by other users: the sandbox uid must reach
+/// `what`.
+pub(super) fn check_traversable(abs: &Path, what: &str) -> Result<(), BackendError> {
+    for a in abs.ancestors() {
         let mode = std::fs::metadata(a)
             .map(|m| m.permissions().mode())
             .unwrap_or(0);
         if mode & 0o001 == 0 {
             return Err(BackendError::Permanent(format!(
-                "{} is not traversable by other users (o+x); the sandbox uid must reach the state directory",
+                "{} is not traversable by other users (o+x); the sandbox uid must reach {what}",
                 a.display()
             )));
         }
     }
-    Ok(abs)
+    Ok(())
 }
 
 impl LocalBackend {
