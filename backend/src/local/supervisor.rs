@@ -295,6 +295,11 @@ pub fn supervise_process(dir: &Path) -> ExitCode {
 }
 
 fn supervise_process_inner(dir: &Path) -> Result<(), String> {
+    // Logs go to stderr, i.e. the run's `supervisor.log`.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let text = |e: &dyn std::fmt::Display| e.to_string();
     // The locks come as stdin and stdout; keep a descriptor of each, then point 0 and 1 at /dev/null so the
     // locks go when this process lets them go.

@@ -220,54 +220,67 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
 }
 
 #[tokio::test]
-async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_the_run_which_runs_exactly_once()
+async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_its_runs_which_run_exactly_once()
 -> anyhow::Result<()> {
     let (mut sys, dir) = local_system().await?;
-    let req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
-    let mut events = sys.events("crash-1").await?;
-    sys.submit(&req).await?;
-    events.until_status("running").await?;
+    let ids: Vec<String> = (0..8).map(|i| format!("crash-{i}")).collect();
+    let mut all_events = Vec::new();
+    for id in &ids {
+        let mut events = sys.events(id).await?;
+        sys.submit(&request(id, &["/bin/sh", "-c", GATED_JOB], 60))
+            .await?;
+        events.until_status("running").await?;
+        all_events.push(events);
+    }
 
-    // The job is waiting at its gate; the dispatcher dies. The run's own supervisor process keeps it going.
+    // The jobs wait at their gates; the dispatcher dies. Each run's supervisor process keeps it going.
     sys.kill(DISPATCHER).await?;
-    open_gate(&dir, "crash-1", 1).await?;
-    // The job finishes while no dispatcher runs: the restarted one adopts the run and publishes its result.
-    wait_until(T, "the job to finish", || async {
-        let status: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(runs_dir(&dir).join("crash-1/status.json")).ok()?,
-        )
-        .ok()?;
-        (status["phase"] == "Succeeded").then_some(())
-    })
-    .await?;
-    sys.restart(DISPATCHER).await?;
-
-    let terminal = events.until_terminal().await?;
-    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
-    let rec = sys
-        .wait_record("crash-1", "result stored and reaped", |r| {
-            r.result.is_some() && r.reaped_at.is_some()
+    // Half of the jobs finish while no dispatcher runs, the other half after it is back: the restarted one
+    // adopts all of them and publishes their results.
+    let (early, late) = ids.split_at(ids.len() / 2);
+    for id in early {
+        open_gate(&dir, id, 1).await?;
+        let status_file = runs_dir(&dir).join(id).join("status.json");
+        wait_until(T, "the job to finish", || async {
+            let status: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()?;
+            (status["phase"] == "Succeeded").then_some(())
         })
         .await?;
-    assert_eq!(rec.result, Some(json!({"answer":42})));
-    assert!(rec.result_rejections.is_empty(), "{rec:?}");
-    assert_eq!(
-        rec.attempt,
-        Some(1),
-        "the run was not dispatched again: {rec:?}"
-    );
-    let logs = rec.logs.clone().unwrap_or_default();
-    assert_eq!(
-        logs.matches("working on crash-1").count(),
-        1,
-        "the job ran exactly once: {rec:?}"
-    );
-    let terminals = events
-        .lifecycle()
-        .iter()
-        .filter(|e| e.status.is_terminal())
-        .count();
-    assert_eq!(terminals, 1, "one terminal event: {:?}", events.seen);
+    }
+    sys.restart(DISPATCHER).await?;
+    for id in late {
+        open_gate(&dir, id, 1).await?;
+    }
+
+    for (id, events) in ids.iter().zip(all_events.iter_mut()) {
+        let terminal = events.until_terminal().await?;
+        assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+        let rec = sys
+            .wait_record(id, "result stored and reaped", |r| {
+                r.result.is_some() && r.reaped_at.is_some()
+            })
+            .await?;
+        assert_eq!(rec.result, Some(json!({"answer":42})));
+        assert!(rec.result_rejections.is_empty(), "{rec:?}");
+        assert_eq!(
+            rec.attempt,
+            Some(1),
+            "the run was not dispatched again: {rec:?}"
+        );
+        let logs = rec.logs.clone().unwrap_or_default();
+        assert_eq!(
+            logs.matches(&format!("working on {id}")).count(),
+            1,
+            "the job ran exactly once: {rec:?}"
+        );
+        let terminals = events
+            .lifecycle()
+            .iter()
+            .filter(|e| e.status.is_terminal())
+            .count();
+        assert_eq!(terminals, 1, "one terminal event: {:?}", events.seen);
+    }
     common::wait_until_runs_acked(&sys).await?;
     assert!(
         dir_entries(&runs_dir(&dir)).is_empty(),
