@@ -320,3 +320,48 @@ async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_aga
     );
     sys.stop().await
 }
+
+#[tokio::test]
+async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file()
+-> anyhow::Result<()> {
+    use airlock_test_support::oci::{
+        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_image_layer, tls_registry,
+    };
+    let dir = traversable_tempdir("airlock-e2e-local-")?;
+    let tls = tls_registry(dir.path()).await?;
+    let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
+    pusher
+        .push(
+            "private:1",
+            &ImageSpec::new(vec![busybox_image_layer("from-the-tls-registry")?]),
+        )
+        .await?;
+    let auth = auth_file(dir.path(), &tls.registry.host(), USER, PASSWORD)?;
+    let sys = System::start_with_env(
+        Runtime::Local {
+            dir: dir.path().join("state"),
+        },
+        vec![
+            ("SSL_CERT_FILE", tls.ca_file.display().to_string()),
+            ("AIRLOCK_REGISTRY_AUTH_FILE", auth.display().to_string()),
+        ],
+    )
+    .await?;
+    let mut req = request("tls-1", &["cat", "/etc/airlock-marker"], 60);
+    req["image"] = json!(pusher.reference("private:1"));
+    let mut events = sys.events("tls-1").await?;
+    sys.submit(&req).await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let rec = sys
+        .wait_record("tls-1", "logs stored", |r| r.reaped_at.is_some())
+        .await?;
+    assert!(
+        rec.logs
+            .as_deref()
+            .unwrap_or_default()
+            .contains("from-the-tls-registry"),
+        "{rec:?}"
+    );
+    sys.stop().await
+}

@@ -164,14 +164,23 @@ pub const JANITOR: usize = 2;
 impl System {
     /// Starts NATS and Redis, then the three services, and waits until each reports ready on `/readyz`.
     pub async fn start(runtime: Runtime) -> Result<Self> {
+        Self::start_with_env(runtime, Vec::new()).await
+    }
+
+    /// [`System::start`] with extra environment variables for the services.
+    pub async fn start_with_env(
+        runtime: Runtime,
+        extra_env: Vec<(&'static str, String)>,
+    ) -> Result<Self> {
         let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
-        let base_env = vec![
+        let mut base_env = vec![
             ("AIRLOCK_NATS_URL", nats.url()),
             ("AIRLOCK_REDIS_URL", redis.url()),
             ("AIRLOCK_TOKEN_SECRET", SECRET.to_string()),
             ("AIRLOCK_SHUTDOWN_GRACE", "2s".to_string()),
             ("RUST_LOG", "info".to_string()),
         ];
+        base_env.extend(extra_env);
         let backend = runtime.backend_args();
         let mut dispatcher_args = backend.clone();
         dispatcher_args.extend([
