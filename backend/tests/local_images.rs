@@ -268,37 +268,59 @@ async fn never_with_an_absent_image_and_an_unknown_manifest_fail_at_once_with_er
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malicious_image_fails_the_run_with_err_image_pull_and_the_canary_is_untouched() {
+async fn malicious_images_fail_their_runs_with_err_image_pull_and_the_canary_is_untouched() {
     let registry = Registry::start_plain().await.unwrap();
     let pusher = Pusher::plain(&registry);
     let outside = tempfile::tempdir().unwrap();
     let canary = outside.path().join("canary");
     std::fs::write(&canary, "untouched").unwrap();
-    // A symlink to the canary's directory, then a write through it.
-    let evil = Tar::default()
-        .symlink("escape", &outside.path().display().to_string())
-        .file("escape/canary", b"pwned");
-    pusher
-        .push(
-            "evil",
-            &ImageSpec::new(vec![busybox_image_layer("evil").unwrap(), evil]),
-        )
-        .await
-        .unwrap();
+    let out = outside.path().display().to_string();
+    let attacks: Vec<(&str, Vec<Tar>)> = vec![
+        (
+            "dotdot",
+            vec![Tar::default().file("../../../../../../../canary", b"pwned")],
+        ),
+        (
+            "absolute",
+            vec![Tar::default().file(&format!("{out}/canary"), b"pwned")],
+        ),
+        (
+            "symlink-then-write",
+            vec![
+                Tar::default()
+                    .symlink("escape", &out)
+                    .file("escape/canary", b"pwned"),
+            ],
+        ),
+        (
+            "lower-symlink",
+            vec![
+                Tar::default().symlink("escape", &out),
+                Tar::default().file("escape/canary", b"pwned"),
+            ],
+        ),
+        (
+            "hardlink-to-host",
+            vec![Tar::default().hardlink("shadow", "/etc/shadow")],
+        ),
+    ];
+    for (name, layers) in &attacks {
+        let mut all = vec![busybox_image_layer(name).unwrap()];
+        all.extend(layers.iter().cloned());
+        pusher.push(name, &ImageSpec::new(all)).await.unwrap();
+    }
     let cfg = plain(&registry);
     let mut h = Harness::start(move |c| c.registry = cfg).await;
-    h.launch(
-        "evil",
-        &["true"],
-        600,
-        json!({"image": pusher.reference("evil:latest")}),
-    )
-    .await;
-    let m = failed_with(
-        &h.finished("evil", Duration::from_secs(60)).await,
-        "ErrImagePull",
-    );
-    assert!(m.contains("layer"), "{m}");
+    for (name, _) in &attacks {
+        let image = pusher.reference(&format!("{name}:latest"));
+        h.launch(name, &["true"], 600, json!({"image": image}))
+            .await;
+        let m = failed_with(
+            &h.finished(name, Duration::from_secs(60)).await,
+            "ErrImagePull",
+        );
+        assert!(m.contains("layer"), "{name}: {m}");
+    }
     assert_eq!(std::fs::read_to_string(&canary).unwrap(), "untouched");
 }
 
