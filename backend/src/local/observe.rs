@@ -181,15 +181,27 @@ async fn poll_changes(
     let mut present = std::collections::HashSet::new();
     for r in all {
         present.insert(r.run_id.clone());
-        if b.read_status(&r.run_id)
+        let Some(mut o) = r.observed else { continue };
+        let pending = b
+            .read_status(&r.run_id)
             .ok()
             .flatten()
-            .is_some_and(|s| s.result_pending)
-        {
+            .is_some_and(|s| s.result_pending);
+        if pending {
+            // Reported `Running` until published. The dispatcher records it running first (this round),
+            // then the result is published and the run seen finished (the next round), so nothing can end
+            // the run before it was recorded running.
+            if seen.get(&r.run_id).map(|p| p.phase) != Some(Phase::Running) {
+                seen.insert(r.run_id.clone(), o.clone());
+                out.push(o);
+                continue;
+            }
             b.publish_pending(&r.run_id).await;
-            continue; // seen finished on the next round
+            match b.observe(&r.run_id).await {
+                Ok(Some(now)) => o = now,
+                _ => continue,
+            }
         }
-        let Some(o) = r.observed else { continue };
         let before = seen.get(&r.run_id).map(|p| p.phase);
         if o.phase.is_finished()
             && o.started_at.is_some()
