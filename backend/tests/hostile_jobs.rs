@@ -89,10 +89,10 @@ async fn a_fork_bomb_is_contained_and_the_host_stays_healthy() {
     // stays at its ceiling until the deadline; the job's own process sleeps.
     let bomb = "f() { while :; do f & done; }; f 2>/dev/null & exec sleep 600";
     let limits = json!({"resources": {"limits": {"memory": "2Gi", "cpu": "1"}, "requests": {"memory": "64Mi", "cpu": "100m"}}});
-    h.launch("forkbomb", &["sh", "-c", bomb], 3, limits).await;
+    h.launch("forkbomb", &["sh", "-c", bomb], 6, limits).await;
     h.running("forkbomb").await;
     // While the bomb runs, it hits its ceiling and the host can still start processes.
-    let peak = wait_until(Duration::from_secs(3), "bomb to grow", || async {
+    let peak = wait_until(Duration::from_secs(6), "bomb to grow", || async {
         let n = h.sandbox_processes().len();
         (n >= 32).then_some(n)
     })
