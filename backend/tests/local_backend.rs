@@ -86,13 +86,25 @@ async fn a_job_exit_code_is_reported_and_remove_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_command_is_refused_permanently() {
-    let h = Harness::start(|_| {}).await;
+async fn a_request_without_command_in_an_image_without_entrypoint_or_cmd_fails_with_a_clear_reason()
+{
+    let mut h = Harness::start(|_| {}).await;
     let mut s = spec("nocmd", &["true"], 20, json!({}));
     s.run.request.command.clear();
-    let err = h.backend.launch(&s).await.unwrap_err();
-    assert!(matches!(err, BackendError::Permanent(_)), "{err:?}");
-    assert!(h.backend.observe("nocmd").await.unwrap().is_none());
+    assert_eq!(h.backend.launch(&s).await.unwrap(), Launched::Created);
+    let o = h.finished("nocmd", Duration::from_secs(20)).await;
+    assert_eq!(
+        (o.phase, o.reason.as_deref(), o.exit_code),
+        (Phase::Failed, Some("CreateContainerError"), None),
+        "{o:?}"
+    );
+    assert!(
+        o.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no command specified"),
+        "{o:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,4 +241,35 @@ async fn a_runtime_whose_uid_range_overlaps_another_skips_the_uids_in_use() {
     assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
     assert!(log.contains("long-done"), "{log}");
     assert!(c.sandbox_processes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_supervised_by_its_own_process_ends_on_the_watch_with_its_result_published() {
+    let mut h = Harness::start(|c| {
+        c.supervisor = airlock_backend::local::Supervisor::Process {
+            program: env!("CARGO_BIN_EXE_airlock-supervisor").into(),
+            args: Vec::new(),
+        };
+    })
+    .await;
+    let subject = Subjects::default().results("own");
+    let mut sub = h.client.subscribe(subject).await.unwrap();
+    h.client.flush().await.unwrap();
+    let script = "echo supervised; printf '{\"answer\":42}' > \"$AIRLOCK_RESULT_FILE\"";
+    let (o, log) = h.run("own", &["sh", "-c", script], 20, json!({})).await;
+    assert_outcome(&o, &log, Phase::Succeeded, "Completed", Some(0));
+    assert!(log.contains("supervised"), "{log}");
+    let msg = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+        .await
+        .expect("result published")
+        .unwrap();
+    assert_eq!(&msg.payload[..], br#"{"answer":42}"#);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.path().join("runs/own/status.json")).unwrap())
+            .unwrap();
+    assert_ne!(
+        status["supervisor_pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{status}"
+    );
 }

@@ -1,9 +1,13 @@
 //! `airlock dev`: the whole system on one machine.
 //!
 //! Starts `nats-server` (JetStream, store in the data dir) and `redis-server` (append-only file in the data
-//! dir) as child processes, creates a token secret, and runs the dispatcher (local sandbox runtime), the
-//! ingester and the janitor in this process. Ctrl-C (or the end of `--demo`) stops the services, then the
-//! servers.
+//! dir) as child processes, creates a token secret, imports the demo image (an OCI layout that
+//! `scripts/setup` builds into `<data dir>/demo-image`) into the image store `<data dir>/images` (the one
+//! `airlock image` uses), and runs the dispatcher (local sandbox runtime), the ingester and the janitor in this
+//! process. No registry is needed. Ctrl-C (or the end of `--demo`) stops the services, then the servers.
+//!
+//! A developer tool: the local runtime it starts accepts running without a memory cgroup (with the runtime's
+//! warning), so it works on machines without cgroup delegation.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use airlock_images::{ImageStore, StoreConfig};
 use airlock_schemas::{RunRequest, RunStatus, Subjects};
 use anyhow::{Context, bail};
 use clap::{Args, Parser};
@@ -40,7 +45,13 @@ pub struct DevArgs {
     /// redis-server binary (default: PATH).
     #[arg(long, env = "AIRLOCK_REDIS_SERVER")]
     redis_server: Option<PathBuf>,
+    /// OCI layout of the demo image (default: <data-dir>/demo-image, built by scripts/setup).
+    #[arg(long, env = "AIRLOCK_DEMO_IMAGE")]
+    demo_image: Option<PathBuf>,
 }
+
+/// The demo image's reference (`scripts/build-demo-image` names it so).
+pub const DEMO_IMAGE: &str = "airlock.local/demo/busybox:1";
 
 fn find(explicit: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
@@ -108,6 +119,39 @@ fn token_secret_file(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Imports the demo image from the OCI layout at `layout` into the store at `image_dir` unless it is there
+/// already; a missing layout is an error for `--demo` and a warning otherwise.
+async fn import_demo_image(image_dir: &Path, layout: &Path, demo: bool) -> anyhow::Result<()> {
+    let store = ImageStore::open(StoreConfig::from_env(image_dir))?;
+    let present = store
+        .list()
+        .await?
+        .iter()
+        .any(|i| i.references.iter().any(|r| r == DEMO_IMAGE));
+    if present {
+        return Ok(());
+    }
+    if !layout.exists() {
+        let why = format!(
+            "the demo image {DEMO_IMAGE} is not in {} and there is no OCI layout at {} to import \
+             (run scripts/setup, or scripts/build-demo-image {})",
+            image_dir.display(),
+            layout.display(),
+            layout.display()
+        );
+        if demo {
+            bail!(why);
+        }
+        eprintln!("warning: {why}");
+        return Ok(());
+    }
+    store
+        .import(layout, Some(DEMO_IMAGE))
+        .await
+        .with_context(|| format!("importing the demo image from {}", layout.display()))?;
+    Ok(())
+}
+
 fn init_logs(demo: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if demo { "warn" } else { "info" };
@@ -133,6 +177,12 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let (nats_url, redis_url) = (servers.nats_url.clone(), servers.redis_url.clone());
     let secret = token_secret_file(&data_dir)?;
     let sandbox_dir = data_dir.join("sandbox");
+    let image_dir = data_dir.join("images");
+    let demo_layout = a
+        .demo_image
+        .clone()
+        .unwrap_or_else(|| data_dir.join("demo-image"));
+    import_demo_image(&image_dir, &demo_layout, a.demo).await?;
     let common = |bin: &str| -> Vec<String> {
         vec![
             bin.to_string(),
@@ -152,9 +202,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             "local".into(),
             "--local-dir".into(),
             sandbox_dir.display().to_string(),
-            // The data dir holds the token secret and the servers' data: never visible to jobs.
-            "--local-hide".into(),
-            data_dir.display().to_string(),
+            "--local-image-dir".into(),
+            image_dir.display().to_string(),
+            "--local-allow-no-memory-cgroup".into(),
+            "true".into(),
         ]);
         v
     };
@@ -193,6 +244,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             eprintln!("service error during shutdown: {e:#}");
         }
     }
+    // Runs outlive a dispatcher (each has a supervisor process); `airlock dev` stops everything it started.
+    airlock_backend::local::stop_supervisors(&sandbox_dir).await;
     servers.stop().await;
     outcome
 }
@@ -306,7 +359,7 @@ fn print_banner(data_dir: &std::path::Path, nats_url: &str, redis_url: &str) {
     eprintln!("Submit a run from another terminal:");
     eprintln!("  export AIRLOCK_NATS_URL={nats_url} AIRLOCK_REDIS_URL={redis_url}");
     eprintln!(
-        "  cargo run -p airlock-cli -- submit --wait -- sh -c 'echo {{\\\"hello\\\": 1}} > $AIRLOCK_RESULT_FILE'"
+        "  cargo run -p airlock-cli -- submit --wait --image {DEMO_IMAGE} -- sh -c 'echo {{\\\"hello\\\": 1}} > $AIRLOCK_RESULT_FILE'"
     );
     eprintln!("Stop with Ctrl-C.");
     eprintln!();
@@ -331,7 +384,7 @@ async fn demo(nats_url: &str, redis_url: &str) -> anyhow::Result<()> {
     }
     let request = RunRequest {
         id: client::new_run_id(),
-        image: "docker.io/library/busybox:1.36".into(),
+        image: DEMO_IMAGE.into(),
         image_pull_policy: None,
         command: vec!["/bin/sh".into(), "-c".into()],
         args: vec![

@@ -76,8 +76,16 @@ enum Command {
     Image(image::ImageArgs),
 }
 
+fn main() -> ExitCode {
+    // `airlock dev`'s local runs are supervised by this executable in a hidden mode.
+    if let Some(code) = airlock_backend::local::supervise_if_asked() {
+        return code;
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     let out = cli.output;
     let api_command = |c: &Command| {

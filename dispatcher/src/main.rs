@@ -4,8 +4,22 @@ use airlock_dispatcher::Config;
 use airlock_runtime::{shutdown, telemetry};
 use clap::Parser;
 
+fn main() -> std::process::ExitCode {
+    // A local run's supervisor process is this executable in a hidden mode (see `airlock_backend::local`).
+    if let Some(code) = airlock_backend::local::supervise_if_asked() {
+        return code;
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.common.log_format);
     let shutdown = shutdown::on_signals();

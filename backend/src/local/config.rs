@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use airlock_images::RegistryConfig;
 use airlock_schemas::quantity;
 
 /// Default state directory (`--local-dir`).
@@ -34,20 +35,38 @@ pub const DEFAULT_MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
 /// Whether cgroups are used (when writable) by default.
 pub const DEFAULT_CGROUPS: bool = true;
 
-/// Host paths hidden from every job by default (besides the state directory and `--local-hide`).
-const DEFAULT_HIDE_PATHS: [&str; 11] = [
-    "/root",
-    "/home",
-    "/mnt",
-    "/media",
-    "/srv",
-    "/boot",
-    "/var/lib",
-    "/var/log",
-    "/var/spool",
-    "/var/mail",
-    "/var/backups",
-];
+/// Default static shell that starts each job inside its sandbox (Debian's `busybox-static`).
+pub const DEFAULT_LAUNCHER: &str = "/bin/busybox";
+/// Default bound of the image cache.
+pub const DEFAULT_IMAGE_CACHE_SIZE: &str = "20Gi";
+/// Name of the image store under the state directory when `--local-image-dir` is not set.
+pub const DEFAULT_IMAGE_SUBDIR: &str = "images";
+
+/// Who supervises a run (owns its sandbox, deadline, image lease and result file until its final status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supervisor {
+    /// A task of the launching process: its runs die with it (for tests and embedding).
+    InProcess,
+    /// A process of its own per run, `program args… <run dir>`, not killed with the launching process: a
+    /// restarted dispatcher adopts its runs. The program calls [`super::supervise_if_asked`] (or is the
+    /// `airlock-supervisor` binary).
+    Process {
+        /// The executable.
+        program: PathBuf,
+        /// Arguments before the run directory.
+        args: Vec<String>,
+    },
+}
+
+impl Supervisor {
+    /// This executable in its hidden supervisor mode (`<exe> __airlock-supervise <run dir>`).
+    pub fn this_executable() -> std::io::Result<Self> {
+        Ok(Supervisor::Process {
+            program: std::env::current_exe()?,
+            args: vec![super::SUPERVISE_ARG.into()],
+        })
+    }
+}
 
 /// Configuration of the local sandbox runtime.
 #[derive(Debug, Clone)]
@@ -69,7 +88,8 @@ pub struct LocalConfig {
     pub max_processes: u64,
     /// Largest file a job may write, in bytes.
     pub max_file_bytes: u64,
-    /// Size of each of the private `/tmp` and working directory tmpfs, in bytes.
+    /// Size of each writable in-memory mount of a sandbox (`/tmp`, the work directory, `/dev/shm`, the
+    /// image's `WorkingDir` when it is missing from the image), in bytes.
     pub tmp_bytes: u64,
     /// First uid (and gid) of the sandbox range; run slot `n` runs as `sandbox_uid_base + n`.
     pub sandbox_uid_base: u32,
@@ -88,8 +108,25 @@ pub struct LocalConfig {
     pub cgroup_root: PathBuf,
     /// Name of the parent group of the per-run groups.
     pub cgroup_name: String,
-    /// Host paths hidden from jobs (directories behind an empty tmpfs, files behind `/dev/null`).
-    pub hide_paths: Vec<PathBuf>,
+    /// Run without a memory cgroup (memory bounded by `RLIMIT_AS` only, in-memory mounts not charged to the
+    /// run): refused unless set, and then warned about at start-up.
+    pub allow_no_memory_cgroup: bool,
+    /// The image store directory (shared with `airlock image --store-dir`); `None`: `<state_dir>/images`.
+    /// Its parents must be traversable by the sandbox uids (they mount the rootfs).
+    pub image_dir: Option<PathBuf>,
+    /// Bound of the image cache in bytes (least recently used images no run uses are evicted past it).
+    pub image_cache_bytes: u64,
+    /// How to reach registries: from the environment (`AIRLOCK_INSECURE_REGISTRIES`,
+    /// `AIRLOCK_REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, and
+    /// `SSL_CERT_FILE`/`SSL_CERT_DIR` for extra trust roots); see [`RegistryConfig`].
+    pub registry: RegistryConfig,
+    /// Who supervises runs. [`LocalConfig::new`]: [`Supervisor::InProcess`]; [`LocalArgs::config`]: a
+    /// process per run (this executable, or `--local-supervisor`).
+    pub supervisor: Supervisor,
+    /// A statically linked busybox, mounted read-only into every sandbox to start the job: it reads the
+    /// job's argv and environment from a file (never from a command line) and resolves the command in the
+    /// image's `PATH`.
+    pub launcher: PathBuf,
 }
 
 impl LocalConfig {
@@ -113,8 +150,20 @@ impl LocalConfig {
             cgroups: DEFAULT_CGROUPS,
             cgroup_root: "/sys/fs/cgroup".into(),
             cgroup_name: "airlock".into(),
-            hide_paths: DEFAULT_HIDE_PATHS.into_iter().map(PathBuf::from).collect(),
+            allow_no_memory_cgroup: false,
+            image_dir: None,
+            image_cache_bytes: default_bytes(DEFAULT_IMAGE_CACHE_SIZE),
+            registry: RegistryConfig::from_env(),
+            supervisor: Supervisor::InProcess,
+            launcher: DEFAULT_LAUNCHER.into(),
         }
+    }
+
+    /// The image store directory.
+    pub fn image_dir(&self) -> PathBuf {
+        self.image_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(DEFAULT_IMAGE_SUBDIR))
     }
 }
 
@@ -166,9 +215,26 @@ pub struct LocalArgs {
     /// Use cgroups when writable.
     #[arg(long = "local-cgroups", env = "AIRLOCK_LOCAL_CGROUPS", default_value_t = DEFAULT_CGROUPS, action = clap::ArgAction::Set)]
     pub local_cgroups: bool,
-    /// Extra host paths to hide from jobs (comma-separated), e.g. the services' secret files.
-    #[arg(long = "local-hide", env = "AIRLOCK_LOCAL_HIDE", value_delimiter = ',')]
-    pub local_hide: Vec<PathBuf>,
+    /// Accept running without a memory cgroup (weaker bounds: RLIMIT_AS only); refused otherwise.
+    #[arg(long = "local-allow-no-memory-cgroup", env = "AIRLOCK_LOCAL_ALLOW_NO_MEMORY_CGROUP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub local_allow_no_memory_cgroup: bool,
+    /// Image store directory (default: <local-dir>/images); the same as `airlock image --store-dir`.
+    #[arg(long = "local-image-dir", env = "AIRLOCK_IMAGE_DIR")]
+    pub local_image_dir: Option<PathBuf>,
+    /// Bound of the image cache (LRU eviction of images no run uses).
+    #[arg(long = "local-image-cache-size", env = "AIRLOCK_IMAGE_CACHE_SIZE", default_value = DEFAULT_IMAGE_CACHE_SIZE, value_parser = parse_bytes)]
+    pub local_image_cache_size: u64,
+    /// Per-run supervisor processes: `self` (this executable's hidden mode, the default), `in-process`
+    /// (tasks of the dispatcher: runs die with it), or the path of an `airlock-supervisor` binary.
+    #[arg(
+        long = "local-supervisor",
+        env = "AIRLOCK_LOCAL_SUPERVISOR",
+        default_value = "self"
+    )]
+    pub local_supervisor: String,
+    /// Static busybox that starts jobs inside their sandboxes.
+    #[arg(long = "local-launcher", env = "AIRLOCK_LOCAL_LAUNCHER", default_value = DEFAULT_LAUNCHER)]
+    pub local_launcher: PathBuf,
 }
 
 impl LocalArgs {
@@ -186,7 +252,19 @@ impl LocalArgs {
         c.uid_lock_dir.clone_from(&self.local_uid_lock_dir);
         c.max_result_bytes = self.local_max_result_bytes;
         c.cgroups = self.local_cgroups;
-        c.hide_paths.extend(self.local_hide.iter().cloned());
+        c.allow_no_memory_cgroup = self.local_allow_no_memory_cgroup;
+        c.image_dir.clone_from(&self.local_image_dir);
+        c.image_cache_bytes = self.local_image_cache_size;
+        c.launcher.clone_from(&self.local_launcher);
+        c.supervisor = match self.local_supervisor.as_str() {
+            "in-process" => Supervisor::InProcess,
+            // Without a path to this executable, runs are supervised in process.
+            "self" => Supervisor::this_executable().unwrap_or(Supervisor::InProcess),
+            path => Supervisor::Process {
+                program: path.into(),
+                args: Vec::new(),
+            },
+        };
         c
     }
 }
@@ -233,14 +311,18 @@ mod tests {
                 &a.uid_lock_dir,
                 a.max_result_bytes,
                 a.cgroups,
-                &a.hide_paths
+                a.allow_no_memory_cgroup,
+                a.image_cache_bytes,
+                &a.launcher,
             ),
             (
                 &n.bwrap,
                 &n.uid_lock_dir,
                 n.max_result_bytes,
                 n.cgroups,
-                &n.hide_paths
+                n.allow_no_memory_cgroup,
+                n.image_cache_bytes,
+                &n.launcher,
             )
         );
     }

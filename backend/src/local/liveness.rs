@@ -33,7 +33,7 @@ use super::uids::try_flock;
 use crate::BackendError;
 
 /// The lock file's name in the run directory.
-const LOCK_FILE: &str = "supervisor.lock";
+pub(super) const LOCK_FILE: &str = "supervisor.lock";
 
 /// Held by the task that supervises a run, for as long as it does (see the module documentation).
 #[derive(Debug)]
@@ -42,6 +42,16 @@ pub(super) struct SupervisionLock {
 }
 
 impl SupervisionLock {
+    /// A second descriptor of the same lock (the lock is held while any is open): for a supervisor process.
+    pub fn share(&self) -> std::io::Result<std::fs::File> {
+        self._file.try_clone()
+    }
+
+    /// The lock, held through a descriptor inherited from the launching process.
+    pub fn inherited(file: std::fs::File) -> Self {
+        Self { _file: file }
+    }
+
     /// Creates the lock file in the (not yet visible) run directory `dir` and locks it.
     pub fn create(dir: &Path) -> Result<Self, BackendError> {
         let path = dir.join(LOCK_FILE);

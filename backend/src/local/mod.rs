@@ -1,15 +1,24 @@
-//! Local sandbox runtime (`AIRLOCK_RUNTIME=local`): each run is a bubblewrap process tree on this host.
+//! Local sandbox runtime (`AIRLOCK_RUNTIME=local`): each run is a bubblewrap process tree on this host, in
+//! its image.
 //!
-//! The job runs on the host's read-only root filesystem: the request's `image` is recorded in `spec.json` but
-//! never pulled. Isolation (see `docs/LOCAL_SANDBOX.md`): new user, PID, IPC, UTS, cgroup, mount and network
-//! namespaces (only loopback, no route), a uid/gid of its own per run (a slot from a configured range), no
-//! capabilities, no new privileges, private size-capped `/tmp` and working directory, the host's `/sys`,
-//! `/run`, home directories and the state directory hidden. Limits: wall-clock deadline (supervisor kills the
-//! tree), CPU time (`RLIMIT_CPU`) and rate (cgroup), memory (cgroup, else `RLIMIT_AS`), processes (cgroup
-//! pids and `RLIMIT_NPROC` on the run's own uid), file size (`RLIMIT_FSIZE`, tmpfs sizes).
+//! Each run's root is its image's rootfs, read-only, from the image store (`airlock-images`: pulled, or
+//! imported with `airlock image import`, cached under `<state_dir>/images` or `--local-image-dir`, leased for
+//! the run's life). The host's root filesystem is not visible: only the image, a minimal `/dev`, a new
+//! `/proc`, and Airlock's mounts (see `sandbox`). The command follows Kubernetes' rules against the image's
+//! Entrypoint/Cmd/Env/WorkingDir (see `launch`); the image's `User` is ignored. Isolation (see
+//! `docs/LOCAL_SANDBOX.md`): new user, PID, IPC, UTS, cgroup, mount and network namespaces (only loopback, no
+//! route), a uid/gid of its own per run (a slot from a configured range), no capabilities, no new
+//! privileges, every writable mount a size-capped tmpfs (`/tmp`, the work dir, `/dev/shm`). Limits:
+//! wall-clock deadline (the pull counts; the supervisor kills the tree), CPU time (`RLIMIT_CPU`) and rate
+//! (cgroup), memory (cgroup; without one, only if the operator accepts `RLIMIT_AS`), processes (cgroup pids
+//! and `RLIMIT_NPROC` on the run's own uid), file size (`RLIMIT_FSIZE`, tmpfs sizes).
 //!
-//! The dispatcher process supervises its sandboxes in tokio tasks. When a job exits its supervisor publishes
-//! the job's result file to `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
+//! Each run has a supervisor: a process of its own ([`Supervisor::Process`], the services' default; see `supervisor`: runs
+//! survive their dispatcher, and a restarted one adopts them through the state directory), or a tokio task of
+//! the launching process ([`Supervisor::InProcess`]). `launch` returns once the run directory exists
+//! (`Pending`); the supervisor pulls the image, starts the sandbox, and when the job exits its supervisor publishes
+//! the job's result file (a supervisor process leaves that to the dispatcher's watch) to
+//! `<prefix>.results.<run_id>` with the run token (so the ingester path is the same
 //! as on Kubernetes), flushes, and only then writes the final `status.json` and emits it on
 //! [`LocalBackend::watch`]. Other processes (the janitor) use the same type: `observe`, `logs_tail`, `list`,
 //! `list_objects` and `remove` read the state directory and signal processes after checking they belong to
@@ -26,18 +35,21 @@
 //! - `slots`: a run's uid: this state directory's slot file plus the host-wide uid lock.
 //! - `uids`: host-wide uid claims (`flock` on `<uid_lock_dir>/<uid>.lock`).
 //! - `liveness`: whether a run's supervisor is still there (process identity and the run's supervision lock).
-//! - `sandbox`: limits, environment and the `sh → prlimit → setpriv → bwrap` command line.
+//! - `sandbox`: limits, the mounts and the `sh → prlimit → setpriv → bwrap → launcher` command line.
+//! - `launch`: the job from the request and the image config (Kubernetes' rules), and its launch script.
+//! - `pull`: the run's image within its deadline.
 //! - `cgroups`: per-run cgroups.
 //! - `procs`: `/proc` inspection and SIGKILL.
 //! - `spawn`: starting the sandbox and pumping its output into the capped log.
-//! - `supervise`: one run from start to final status (deadline, exit classification, clean-up).
+//! - `supervise`: one run from pull to final status (deadline, exit classification, clean-up).
+//! - `supervisor`: per-run supervisor processes: hand-over, their entry point, results they leave pending.
 //! - `result`: publishing the job's result file on NATS.
 //! - `kill`: killing everything of a run.
 //! - `observe`: status, logs, listings and the watch.
 //! - `follow`: the run's log file from an offset, as it grows, until the job finished.
 //!
 //! On disk, `<state_dir>` (0711, root) holds `runs/<run_id>/` (0711) with `spec.json`, `status.json`, `log`
-//! and `supervisor.lock` (0600, root) and `sandbox/result.json` (owned by the run's uid, the only host file
+//! and `supervisor.lock` (0600, root), `launch.sh` (0400, the run's uid) and `sandbox/result.json` (owned by the run's uid, the only host file
 //! the job can write), and `slots/<n>` (which run of this state directory last claimed uid `uid_base + n`). A
 //! run directory is populated under a temporary name and renamed into place, so launching is atomic and
 //! idempotent.
@@ -55,9 +67,11 @@ mod cgroups;
 mod config;
 mod follow;
 mod kill;
+mod launch;
 mod liveness;
 mod observe;
 mod procs;
+mod pull;
 mod result;
 mod rundir;
 mod sandbox;
@@ -65,18 +79,23 @@ mod slots;
 mod spawn;
 mod state;
 mod supervise;
+mod supervisor;
 mod uids;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_images::{ImageStore, StoreConfig};
 use airlock_schemas::{Subjects, env, is_valid_name};
 use tokio::sync::broadcast;
-use tracing::info;
+use tracing::{info, warn};
 
 use self::cgroups::Cgroups;
-pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig};
-use self::sandbox::{Limits, job_env};
+pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig, Supervisor};
+use self::sandbox::Limits;
+pub use self::supervisor::{
+    SUPERVISE_ARG, stop_supervisors, supervise_if_asked, supervise_process,
+};
 use crate::{BackendError, LaunchSpec, Launched, Observed, Removed};
 
 /// Local bubblewrap sandboxes; cheap to clone (shared state).
@@ -98,7 +117,10 @@ impl std::fmt::Debug for LocalBackend {
 struct Inner {
     config: LocalConfig,
     cgroups: Cgroups,
-    nats: async_nats::Client,
+    /// The image store the runs' roots come from.
+    images: ImageStore,
+    /// `None` in a supervisor process: the dispatcher publishes its runs' results (see `supervisor`).
+    nats: Option<async_nats::Client>,
     subjects: Subjects,
     /// Changes made by this value's supervisors, for [`LocalBackend::watch`].
     events: broadcast::Sender<Observed>,
@@ -110,10 +132,20 @@ struct Inner {
 }
 
 impl LocalBackend {
-    /// Prepares the state directory (0711) and detects cgroups; the process must run as root.
+    /// Prepares the state directory (0711), opens the image store and detects cgroups; the process must run
+    /// as root. Without a memory cgroup it refuses to start unless `allow_no_memory_cgroup` is set.
     pub fn new(
         config: LocalConfig,
         nats: async_nats::Client,
+        subjects: Subjects,
+    ) -> Result<Self, BackendError> {
+        Self::build(config, Some(nats), subjects)
+    }
+
+    /// [`LocalBackend::new`] for a run's supervisor process (no NATS connection).
+    fn build(
+        config: LocalConfig,
+        nats: Option<async_nats::Client>,
         subjects: Subjects,
     ) -> Result<Self, BackendError> {
         if !rustix::process::geteuid().is_root() {
@@ -140,7 +172,38 @@ impl LocalBackend {
         } else {
             Cgroups::default()
         };
-        info!(state_dir = %config.state_dir.display(), cgroups = ?cgroups, "Local sandbox runtime ready");
+        if !cgroups.has_memory() {
+            if !config.allow_no_memory_cgroup {
+                return Err(BackendError::Permanent(
+                    "no writable memory cgroup: a job's memory (and its in-memory mounts) would be bounded \
+                     by RLIMIT_AS only; delegate a cgroup to Airlock, or accept weaker bounds with \
+                     AIRLOCK_LOCAL_ALLOW_NO_MEMORY_CGROUP=true"
+                        .into(),
+                ));
+            }
+            warn!(
+                "No memory cgroup: jobs' memory is bounded by RLIMIT_AS only, and their in-memory mounts by \
+                 their size caps only (accepted by AIRLOCK_LOCAL_ALLOW_NO_MEMORY_CGROUP)"
+            );
+        }
+        if !config.launcher.is_file() {
+            return Err(BackendError::Permanent(format!(
+                "the sandbox launcher {} is missing (install Debian's busybox-static, or set \
+                 AIRLOCK_LOCAL_LAUNCHER to a static busybox)",
+                config.launcher.display()
+            )));
+        }
+        let images = ImageStore::open(StoreConfig {
+            max_cache_bytes: config.image_cache_bytes,
+            registry: config.registry.clone(),
+            ..StoreConfig::new(config.image_dir())
+        })
+        .map_err(|e| BackendError::Permanent(format!("opening the image store: {e}")))?;
+        // Sandboxes (bwrap runs as their uid) mount image roots from the store.
+        let store_dir = std::fs::canonicalize(images.dir())
+            .map_err(BackendError::io("resolving", images.dir()))?;
+        rundir::check_traversable(&store_dir, "the image store")?;
+        info!(state_dir = %config.state_dir.display(), images = %images.dir().display(), cgroups = ?cgroups, "Local sandbox runtime ready");
         let me = std::process::id();
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
@@ -149,6 +212,7 @@ impl LocalBackend {
                 cgroup_tag: fnv1a_hex(config.state_dir.as_os_str().as_encoded_bytes()),
                 config,
                 cgroups,
+                images,
                 nats,
                 subjects,
                 events,
@@ -175,12 +239,6 @@ impl LocalBackend {
                 "invalid run id {run_id:?}"
             )));
         }
-        let req = &spec.run.request;
-        if req.command.is_empty() {
-            return Err(BackendError::Permanent(
-                "the local runtime does not pull images: the request must set `command`".into(),
-            ));
-        }
         if let Some(existing) = self.observe(&run_id).await? {
             if existing.attempt == spec.attempt {
                 return Ok(Launched::AlreadyExisted);
@@ -203,23 +261,26 @@ impl LocalBackend {
                 return other.map(|_| Launched::AlreadyExisted);
             }
         };
-        let argv: Vec<String> = req.command.iter().chain(req.args.iter()).cloned().collect();
-        let token = spec.env.get(env::RUN_TOKEN).cloned();
         let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
-        // Spawn here (not in the task) so the sandbox's parent thread is a runtime worker that lives as long as
-        // the process: bwrap's --die-with-parent follows the thread that forked it.
-        let spawned = self.spawn(&run_id, uid_lock.uid(), limits, &job_env(&spec.env), argv);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let run = supervise::Run {
-                run_id,
-                uid_lock,
-                supervision,
-                deadline,
-                token,
-            };
-            this.supervise(run, spawned).await;
-        });
+        let run = supervise::Run {
+            run_id,
+            uid_lock,
+            supervision,
+            deadline,
+            deadline_at: tokio::time::Instant::now() + deadline,
+            token: spec.env.get(env::RUN_TOKEN).cloned(),
+            request: spec.run.request.clone(),
+            env: spec.env.clone(),
+            limits,
+        };
+        match &self.config().supervisor {
+            // The sandbox is spawned by the task, on a runtime worker thread that lives as long as the
+            // process (bwrap's --die-with-parent follows the thread that forked it), never a blocking thread.
+            Supervisor::InProcess => drop(tokio::spawn(self.clone().supervise(run))),
+            Supervisor::Process { program, args } => {
+                self.start_supervisor(program, args, run)?;
+            }
+        }
         Ok(Launched::Created)
     }
 

@@ -43,6 +43,9 @@ pub(super) enum NotPublished {
     /// An attempt got no answer in time.
     #[error("result not published: timed out")]
     TimedOut,
+    /// This process has no NATS connection (a supervisor process).
+    #[error("result not published: no NATS connection")]
+    NoConnection,
 }
 
 impl NotPublished {
@@ -51,9 +54,10 @@ impl NotPublished {
         match self {
             NotPublished::Publish(e) => matches!(e.kind(), PublishErrorKind::Send),
             NotPublished::Flush(_) | NotPublished::TimedOut => true,
-            NotPublished::Unreadable(_) | NotPublished::TooLarge { .. } | NotPublished::NoToken => {
-                false
-            }
+            NotPublished::Unreadable(_)
+            | NotPublished::TooLarge { .. }
+            | NotPublished::NoToken
+            | NotPublished::NoConnection => false,
         }
     }
 }
@@ -90,7 +94,9 @@ impl LocalBackend {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(env::RUN_TOKEN_HEADER, token);
         let subject = self.inner.subjects.results(run_id);
-        let nats = &self.inner.nats;
+        let Some(nats) = &self.inner.nats else {
+            return Err(NotPublished::NoConnection);
+        };
         let mut attempt = 0u32;
         loop {
             let sent = async {

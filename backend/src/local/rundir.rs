@@ -22,6 +22,8 @@ pub(super) const STATUS: &str = "status.json";
 pub(super) const LOG: &str = "log";
 /// The job's result file, on the host (bind-mounted into the sandbox); also how its processes are told apart.
 pub(super) const RESULT: &str = "sandbox/result.json";
+/// The launch script: the job's argv and environment (0400, owned by the run's uid, mounted read-only).
+pub(super) const LAUNCH: &str = "launch.sh";
 
 /// Creates the state directory (0711) with `runs/` (0711) and `slots/` (0700), and checks that the sandbox uid
 /// can reach it (every ancestor `o+x`); returns its absolute path.
@@ -36,18 +38,27 @@ pub(super) fn prepare_state_dir(dir: &Path) -> Result<PathBuf, BackendError> {
             .map_err(BackendError::io("chmod", &d))?;
     }
     let abs = std::fs::canonicalize(dir).map_err(BackendError::io("resolving", dir))?;
-    for a in abs.ancestors().skip(1) {
+    if let Some(parent) = abs.parent() {
+        check_traversable(parent, "the state directory")?;
+    }
+    Ok(abs)
+}
+
+/// Checks that `abs` and every ancestor of it are traversable by other users: the sandbox uid must reach
+/// `what`.
+pub(super) fn check_traversable(abs: &Path, what: &str) -> Result<(), BackendError> {
+    for a in abs.ancestors() {
         let mode = std::fs::metadata(a)
             .map(|m| m.permissions().mode())
             .unwrap_or(0);
         if mode & 0o001 == 0 {
             return Err(BackendError::Permanent(format!(
-                "{} is not traversable by other users (o+x); the sandbox uid must reach the state directory",
+                "{} is not traversable by other users (o+x); the sandbox uid must reach {what}",
                 a.display()
             )));
         }
     }
-    Ok(abs)
+    Ok(())
 }
 
 impl LocalBackend {
@@ -121,6 +132,7 @@ impl LocalBackend {
             queue: spec.run.queue.clone(),
             attempt: spec.attempt,
             image: req.image.clone(),
+            image_digest: None,
             phase: PhaseFile::Pending,
             exit_code: None,
             reason: None,
@@ -132,6 +144,7 @@ impl LocalBackend {
             slot,
             supervisor_pid: self.inner.me,
             supervisor_start: self.inner.my_start,
+            result_pending: false,
         };
         let path = dir.join(STATUS);
         write_json(&path, &status).map_err(BackendError::io("writing", &path))?;
@@ -150,6 +163,19 @@ impl LocalBackend {
             Err(e) => Err(BackendError::io("removing the run directory", &dir)(e)),
         }
     }
+}
+
+/// Writes the run's launch script (`LAUNCH`), readable by the run's uid only.
+pub(super) fn write_launch_file(dir: &Path, uid: u32, script: &str) -> std::io::Result<()> {
+    let path = dir.join(LAUNCH);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, script.as_bytes())?;
+    std::os::unix::fs::chown(&path, Some(uid), Some(uid))
 }
 
 /// `sandbox/` (0700) and `sandbox/result.json` (0600), both owned by the run's uid: the only host file the

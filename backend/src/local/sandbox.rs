@@ -2,15 +2,25 @@
 //!
 //! The command is a chain of `exec`s, so the spawned pid ends up being `bwrap` itself:
 //! `sh` (joins the run's cgroups, only when cgroups are used) → `prlimit` (rlimits) → `setpriv` (drops to the
-//! run's own uid/gid, no supplementary groups, no new privileges) → `bwrap` (namespaces and mounts) → the job.
+//! run's own uid/gid, no supplementary groups, no new privileges) → `bwrap` (namespaces and mounts) → the
+//! launcher (`busybox sh` reading the run's launch script, see `launch`) → the job.
+//!
+//! # Mounts
+//! The sandbox's root is bubblewrap's own tmpfs, remounted read-only once everything is mounted. On it:
+//! every top-level entry of the image's rootfs (directories and files bound read-only, symlinks recreated),
+//! except `/dev`, `/proc`, `/tmp` and `/run`, which are Airlock's: a minimal `/dev` (read-only, with a
+//! size-capped tmpfs at `/dev/shm`), a new `/proc`, a size-capped tmpfs at `/tmp`, and `/run/airlock` with
+//! the size-capped work dir, the result file (the only host file the job can write), the launcher and the
+//! launch script (read-only). Nothing else of the host is visible. Every writable mount is a tmpfs of
+//! `tmp_bytes`.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use airlock_schemas::{env, quantity};
+use airlock_schemas::quantity;
 
 use super::LocalConfig;
+use super::launch::{OWN_TOP_DIRS, Workdir};
 use crate::LaunchSpec;
 
 /// Where the job sees its files.
@@ -19,9 +29,13 @@ pub(crate) const SANDBOX_DIR: &str = "/run/airlock";
 pub(crate) const SANDBOX_WORK: &str = "/run/airlock/work";
 /// The job's result file (bind-mounted from the run's directory).
 pub(crate) const SANDBOX_RESULT: &str = "/run/airlock/result.json";
+/// The launcher (a static busybox, read-only).
+const SANDBOX_LAUNCHER: &str = "/run/airlock/busybox";
+/// The launch script (read-only).
+const SANDBOX_LAUNCH: &str = "/run/airlock/.launch";
 
 /// Limits of one run, resolved from the request and the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Limits {
     pub memory_bytes: u64,
     /// Millicores for the CPU rate (cgroup quota), when set.
@@ -53,22 +67,11 @@ impl Limits {
             cpu_seconds: c.max_cpu_seconds.min(by_deadline).max(1),
             max_processes: c.max_processes.max(1),
             max_file_bytes: c.max_file_bytes,
-            tmp_bytes: c.tmp_bytes.max(4096),
+            // Each in-memory mount is also capped at the memory limit (it is memory, charged to the run only
+            // when there is a memory cgroup).
+            tmp_bytes: c.tmp_bytes.min(memory_bytes).max(4096),
         }
     }
-}
-
-/// The job environment: the contract's variables, the result file instead of a NATS URL, sane defaults.
-pub(crate) fn job_env(given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = given.clone();
-    env.remove(env::NATS_URL);
-    env.insert(env::RESULT_FILE.into(), SANDBOX_RESULT.into());
-    env.entry("PATH".into())
-        .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
-    env.entry("HOME".into())
-        .or_insert_with(|| SANDBOX_WORK.into());
-    env.entry("TMPDIR".into()).or_insert_with(|| "/tmp".into());
-    env
 }
 
 /// Everything needed to build one sandbox command.
@@ -83,12 +86,16 @@ pub(crate) struct SandboxCommand<'a> {
     pub memory_cgroup: bool,
     /// `cgroup.procs` files the sandbox joins before anything else runs.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Host paths hidden behind an empty tmpfs (directories) or `/dev/null` (files).
-    pub hide: Vec<PathBuf>,
+    /// The image's unpacked root filesystem (read-only).
+    pub rootfs: &'a Path,
+    /// The static busybox that runs the launch script.
+    pub launcher: &'a Path,
+    /// The run's launch script on the host.
+    pub launch_file: &'a Path,
     /// The run's result file on the host.
     pub result_file: &'a Path,
-    pub env: &'a BTreeMap<String, String>,
-    pub argv: Vec<String>,
+    /// Where the job starts.
+    pub workdir: &'a Workdir,
 }
 
 /// An argument vector being built.
@@ -153,7 +160,7 @@ impl SandboxCommand<'_> {
         args.push("--");
     }
 
-    /// `bwrap`'s arguments: namespaces, mounts, environment, then the job's argv.
+    /// `bwrap`'s arguments: namespaces, mounts (see the module documentation), then the launcher.
     fn bwrap_args(&self, args: &mut Argv) {
         args.extend([
             "--unshare-all",
@@ -161,53 +168,58 @@ impl SandboxCommand<'_> {
             "--new-session",
             "--cap-drop",
             "ALL",
-        ])
-        .extend([
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--tmpfs",
-            "/sys",
         ]);
-        for p in &self.hide {
-            let kind =
-                std::fs::symlink_metadata(p).map(|m| (m.is_dir(), m.file_type().is_symlink()));
-            match kind {
-                Ok((true, false)) => {
-                    args.push("--tmpfs").push(p);
+        self.image_mounts(args);
+        let size = self.limits.tmp_bytes.to_string();
+        let capped_tmpfs = |args: &mut Argv, at: &OsStr| {
+            args.extend(["--size", &size, "--tmpfs"]).push(at);
+        };
+        args.extend(["--dev", "/dev"]);
+        capped_tmpfs(args, OsStr::new("/dev/shm"));
+        args.extend(["--remount-ro", "/dev", "--proc", "/proc"]);
+        capped_tmpfs(args, OsStr::new("/tmp"));
+        args.extend(["--dir", SANDBOX_DIR]);
+        capped_tmpfs(args, OsStr::new(SANDBOX_WORK));
+        args.push("--bind")
+            .push(self.result_file)
+            .push(SANDBOX_RESULT)
+            .push("--ro-bind")
+            .push(self.launcher)
+            .push(SANDBOX_LAUNCHER)
+            .push("--ro-bind")
+            .push(self.launch_file)
+            .push(SANDBOX_LAUNCH);
+        if let Workdir::Tmpfs(dir) = self.workdir {
+            capped_tmpfs(args, dir.as_os_str());
+        }
+        args.extend(["--remount-ro", "/", "--chdir"])
+            .push(self.workdir.path())
+            .extend(["--clearenv", "--", SANDBOX_LAUNCHER, "sh", SANDBOX_LAUNCH]);
+    }
+
+    /// The image's top-level entries on the sandbox's root: directories and files bound read-only,
+    /// symlinks recreated (bubblewrap resolves them inside), Airlock's own directories skipped.
+    fn image_mounts(&self, args: &mut Argv) {
+        let Ok(entries) = std::fs::read_dir(self.rootfs) else {
+            return; // bwrap then fails to find the command: a StartError
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if OWN_TOP_DIRS.iter().any(|d| name == *d) {
+                continue;
+            }
+            let at = Path::new("/").join(&name);
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::read_link(e.path()) {
+                    args.push("--symlink").push(target).push(at);
                 }
-                Ok((false, false)) => {
-                    args.extend([
-                        OsStr::new("--ro-bind"),
-                        OsStr::new("/dev/null"),
-                        p.as_os_str(),
-                    ]);
-                }
-                // Absent paths need no hiding; symlinks resolve to something hidden or harmless.
-                _ => {}
+            } else if kind.is_dir() || kind.is_file() {
+                args.push("--ro-bind").push(e.path()).push(at);
             }
         }
-        let tmp_size = self.limits.tmp_bytes.to_string();
-        args.extend(["--size", &tmp_size, "--tmpfs", "/tmp", "--tmpfs", "/run"])
-            .extend([
-                "--dir",
-                SANDBOX_DIR,
-                "--size",
-                &tmp_size,
-                "--tmpfs",
-                SANDBOX_WORK,
-            ])
-            .push("--bind")
-            .push(self.result_file)
-            .extend([SANDBOX_RESULT, "--chdir", SANDBOX_WORK, "--clearenv"]);
-        for (k, v) in self.env {
-            args.extend(["--setenv", k, v]);
-        }
-        args.push("--").extend(&self.argv);
     }
 }
 
@@ -216,8 +228,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_command_is_an_exec_chain_ending_in_the_jobs_argv() {
-        let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
+    fn the_command_is_an_exec_chain_ending_in_the_launcher_on_a_read_only_root() {
+        let rootfs = tempfile::tempdir().expect("tempdir");
+        for d in ["bin", "etc", "dev", "tmp"] {
+            std::fs::create_dir(rootfs.path().join(d)).expect("mkdir");
+        }
+        std::os::unix::fs::symlink("bin", rootfs.path().join("sbin")).expect("symlink");
+        let workdir = Workdir::Tmpfs("/app".into());
         let cmd = SandboxCommand {
             bwrap: Path::new("bwrap"),
             setpriv: Path::new("setpriv"),
@@ -233,18 +250,52 @@ mod tests {
             },
             memory_cgroup: false,
             cgroup_procs: Vec::new(),
-            hide: Vec::new(),
+            rootfs: rootfs.path(),
+            launcher: Path::new("/bin/busybox"),
+            launch_file: Path::new("/state/runs/r/launch.sh"),
             result_file: Path::new("/state/runs/r/sandbox/result.json"),
-            env: &env,
-            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            workdir: &workdir,
         };
         let (program, args) = cmd.build();
-        let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
-        let at = |s: &str| args.iter().position(|a| *a == s);
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = |s: &str| args.iter().position(|a| a == s);
         assert_eq!(program, "prlimit");
-        assert!(args.contains(&"--as=1"), "no memory cgroup: RLIMIT_AS");
+        assert!(
+            args.contains(&"--as=1".into()),
+            "no memory cgroup: RLIMIT_AS"
+        );
         assert!(at("setpriv") < at("--reuid=42") && at("--no-new-privs") < at("bwrap"));
-        assert!(at("bwrap") < at("--unshare-all") && at("--clearenv") < at("--setenv"));
-        assert_eq!(args[args.len() - 4..], ["--", "sh", "-c", "true"]);
+        let bin = rootfs.path().join("bin").display().to_string();
+        assert!(
+            args.windows(3)
+                .any(|w| w == ["--ro-bind", bin.as_str(), "/bin"]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(3).any(|w| w == ["--symlink", "bin", "/sbin"]),
+            "{args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.ends_with("/dev") && a.starts_with('/') && a != "/dev")
+        );
+        assert!(
+            !args.iter().any(|a| a.ends_with("/tmp") && a != "/tmp"),
+            "{args:?}"
+        );
+        for writable in ["/dev/shm", "/tmp", SANDBOX_WORK, "/app"] {
+            let i = at(writable).expect(writable);
+            assert_eq!(args[i - 3..i], ["--size", "7", "--tmpfs"], "{writable}");
+        }
+        assert!(at("--remount-ro") < at("--chdir"));
+        assert!(args.windows(2).any(|w| w == ["--remount-ro", "/"]));
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--", SANDBOX_LAUNCHER, "sh", SANDBOX_LAUNCH]
+        );
     }
 }

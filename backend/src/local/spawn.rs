@@ -1,17 +1,16 @@
-//! Starting a run's sandbox: its cgroups, the command, and the thread that copies its output into the
-//! capped log.
+//! Starting a run's sandbox: its cgroups, the command, the thread that copies its output into the capped
+//! log, and the one that reads the launcher's status pipe (the sandbox's stdin: whether the job started).
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Stdio;
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
 use super::LocalBackend;
-use super::rundir::{LOG, RESULT};
+use super::launch::{START_ERROR, STARTED, Workdir};
+use super::rundir::{LAUNCH, LOG, RESULT};
 use super::sandbox::{Limits, SandboxCommand};
 
 /// A started sandbox.
@@ -20,6 +19,9 @@ pub(super) struct Spawned {
     pub child: tokio::process::Child,
     /// Fires when the log thread has seen the end of the output.
     pub pump: tokio::sync::oneshot::Receiver<()>,
+    /// What the launcher said: `Ok` once the job is being `exec`ed, or why it could not start
+    /// (`Err(None)`: the sandbox ended before the launcher said anything).
+    pub started: tokio::sync::oneshot::Receiver<Result<(), Option<String>>>,
     /// When it was started.
     pub started_at: DateTime<Utc>,
 }
@@ -43,19 +45,18 @@ impl LocalBackend {
         run_id: &str,
         uid: u32,
         limits: Limits,
-        env: &BTreeMap<String, String>,
-        argv: Vec<String>,
+        rootfs: &Path,
+        workdir: &Workdir,
     ) -> Result<Spawned, StartError> {
         let c = self.config();
         let dir = self.run_dir(run_id);
         let result_file = dir.join(RESULT);
+        let launch_file = dir.join(LAUNCH);
         let cgroup_procs = self
             .inner
             .cgroups
             .create(&self.cgroup_key(run_id), &limits)
             .map_err(start_error("creating cgroups"))?;
-        let mut hide = c.hide_paths.clone();
-        hide.push(c.state_dir.clone());
         let cmd = SandboxCommand {
             bwrap: &c.bwrap,
             setpriv: &c.setpriv,
@@ -64,10 +65,11 @@ impl LocalBackend {
             limits,
             memory_cgroup: self.inner.cgroups.has_memory(),
             cgroup_procs,
-            hide,
+            rootfs,
+            launcher: &c.launcher,
+            launch_file: &launch_file,
             result_file: &result_file,
-            env,
-            argv,
+            workdir,
         };
         let (program, args) = cmd.build();
         debug!(run_id, ?program, ?args, "Starting sandbox");
@@ -75,6 +77,8 @@ impl LocalBackend {
         let writer2 = writer
             .try_clone()
             .map_err(start_error("creating the log pipe"))?;
+        let (status_reader, status_writer) =
+            std::io::pipe().map_err(start_error("creating the status pipe"))?;
         let child = tokio::process::Command::new(program)
             .args(args)
             .env_clear()
@@ -82,16 +86,18 @@ impl LocalBackend {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
-            .stdin(Stdio::null())
+            .stdin(status_writer)
             .stdout(writer)
             .stderr(writer2)
             .kill_on_drop(false)
             .spawn()
             .map_err(start_error("starting the sandbox"))?;
         let pump = start_log_pump(run_id, reader, &dir.join(LOG), c.max_log_bytes)?;
+        let started = start_status_reader(run_id, status_reader)?;
         Ok(Spawned {
             child,
             pump,
+            started,
             started_at: Utc::now(),
         })
     }
@@ -115,6 +121,32 @@ fn start_log_pump(
         })
         .map_err(start_error("starting the log thread"))?;
     Ok(pump)
+}
+
+/// Starts the thread reading the launcher's one status line.
+fn start_status_reader(
+    run_id: &str,
+    reader: std::io::PipeReader,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), Option<String>>>, StartError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("airlock-start-{run_id}"))
+        .spawn(move || {
+            let mut line = String::new();
+            // At most one short line; the rest of the pipe is never read.
+            let read = std::io::BufReader::new(reader.take(64 * 1024)).read_line(&mut line);
+            let said = match read {
+                Ok(_) if line.trim_end() == STARTED => Ok(()),
+                Ok(_) => Err(line
+                    .trim_end()
+                    .strip_prefix(START_ERROR)
+                    .map(str::to_string)),
+                Err(_) => Err(None),
+            };
+            let _ = tx.send(said);
+        })
+        .map_err(start_error("starting the status thread"))?;
+    Ok(rx)
 }
 
 /// Copies the job's output into `path` up to `max` bytes, then drains and discards the rest.

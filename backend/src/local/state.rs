@@ -18,7 +18,7 @@ use crate::{Observed, Phase};
 /// What was asked for; written once at launch (it holds the token, so it is readable by root only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SpecFile {
-    /// The validated request (policy defaults applied); `image` is recorded here, never pulled.
+    /// The validated request (policy defaults applied).
     pub request: RunRequest,
     /// Queue.
     pub queue: String,
@@ -57,6 +57,9 @@ pub(crate) struct StatusFile {
     pub queue: String,
     pub attempt: u32,
     pub image: String,
+    /// The manifest digest of the image the job ran (once pulled).
+    #[serde(default)]
+    pub image_digest: Option<String>,
     pub phase: PhaseFile,
     #[serde(default)]
     pub exit_code: Option<i32>,
@@ -80,11 +83,25 @@ pub(crate) struct StatusFile {
     /// Start time of the supervising process (clock ticks since boot), to tell a reused pid apart.
     #[serde(default)]
     pub supervisor_start: Option<u64>,
+    /// The job is over but its result file is not published yet (a supervisor process leaves that to the
+    /// dispatcher); the run is reported `Running` until it is.
+    #[serde(default)]
+    pub result_pending: bool,
 }
 
 impl StatusFile {
     /// The status as the backend reports it; `lost` is decided by the caller.
     pub fn to_observed(&self, lost: bool) -> Observed {
+        if self.result_pending {
+            return Observed {
+                phase: Phase::Running,
+                exit_code: None,
+                reason: None,
+                message: None,
+                finished_at: None,
+                ..self.without_pending().to_observed(lost)
+            };
+        }
         Observed {
             run_id: self.run_id.clone(),
             queue: Some(self.queue.clone()),
@@ -96,6 +113,14 @@ impl StatusFile {
             started_at: self.started_at,
             finished_at: self.finished_at,
             lost,
+        }
+    }
+
+    /// This status with its result no longer pending.
+    pub fn without_pending(&self) -> Self {
+        Self {
+            result_pending: false,
+            ..self.clone()
         }
     }
 

@@ -1,4 +1,12 @@
-//! One run from start to final status: the deadline, the exit's classification, the clean-up, the result.
+//! One run from start to final status: the image, the deadline, the exit's classification, the clean-up,
+//! the result.
+//!
+//! # Before the sandbox starts
+//! The run is `Pending` while its image is pulled (within its deadline; see `pull`), its job resolved from
+//! the request and the image config (see `launch`) and its launch script written. A failure there ends it
+//! `Failed` before anything ran: `ErrImagePull`, `DeadlineExceeded` (still pulling), `CreateContainerError`,
+//! or `StartError` (the sandbox, or the launcher, could not start the job; never the job's own exit code). The image lease is held until the
+//! run's final status is written.
 //!
 //! # Order at the end of a run
 //! 1. the job has exited (or was killed at its deadline);
@@ -11,17 +19,24 @@
 //! The ingester therefore has the result before anyone sees the run finished, and a run is never seen
 //! "lost" while its supervisor is between steps.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use airlock_images::LeasedImage;
+use airlock_schemas::RunRequest;
 use chrono::Utc;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::LocalBackend;
+use super::launch::{self, Job};
 use super::liveness::SupervisionLock;
 use super::procs::sigkill;
-use super::rundir::{RESULT, STATUS};
-use super::spawn::{Spawned, StartError};
+use super::pull::policy;
+use super::rundir::{RESULT, STATUS, write_launch_file};
+use super::sandbox::Limits;
+use super::spawn::Spawned;
 use super::state::{PhaseFile, StatusFile, write_json};
 use super::uids::UidLock;
 
@@ -33,42 +48,80 @@ pub(super) struct Run {
     pub uid_lock: UidLock,
     /// Proof that this task supervises the run; released at step 6.
     pub supervision: SupervisionLock,
-    /// The job's wall-clock deadline.
+    /// The run's wall-clock deadline (the pull counts).
     pub deadline: Duration,
+    /// When it passes (launch time + `deadline`).
+    pub deadline_at: Instant,
     /// The run token the result is published with.
     pub token: Option<String>,
+    /// The request.
+    pub request: RunRequest,
+    /// The dispatcher's job environment (the request's plus the reserved variables).
+    pub env: BTreeMap<String, String>,
+    /// The run's limits.
+    pub limits: Limits,
 }
+
+/// Why a run ended before its job ran: reason and message.
+struct NotStarted(&'static str, String);
 
 impl LocalBackend {
     /// Supervises the run until its final status is written (see the module documentation).
-    pub(super) async fn supervise(self, run: Run, spawned: Result<Spawned, StartError>) {
+    pub(super) async fn supervise(self, run: Run) {
         let Run {
             run_id,
             uid_lock,
             supervision,
             deadline,
+            deadline_at,
             token,
+            request,
+            env,
+            limits,
         } = run;
+        let prepared = self
+            .prepare(&run_id, &request, &env, uid_lock.uid(), deadline_at)
+            .await;
         let mut status = match self.read_status(&run_id) {
             Ok(Some(s)) => s,
             other => {
                 warn!(run_id = %run_id, ?other, "Run status vanished before start");
-                if let Ok(mut s) = spawned {
-                    let _ = s.child.start_kill();
-                    let _ = s.child.wait().await;
-                }
                 let lock = self.kill_tree_blocking(&run_id, None, Some(uid_lock)).await;
                 self.finish_cleanup(&run_id, None, lock);
                 return;
             }
         };
+        // Whoever writes the status from here is its supervisor (a supervisor process, or this process).
+        status.supervisor_pid = self.inner.me;
+        status.supervisor_start = self.inner.my_start;
+        let (image, job) = match prepared {
+            Ok(p) => p,
+            Err(NotStarted(reason, message)) => {
+                return self
+                    .not_started(&run_id, status, uid_lock, reason, message)
+                    .await;
+            }
+        };
+        status.image_digest = Some(image.digest().to_string());
+        let spawned = self.spawn(
+            &run_id,
+            uid_lock.uid(),
+            limits,
+            image.rootfs(),
+            &job.workdir,
+        );
         let spawned = match spawned {
             Ok(s) => s,
-            Err(e) => return self.start_failed(&run_id, status, uid_lock, e).await,
+            Err(e) => {
+                return self
+                    .not_started(&run_id, status, uid_lock, "StartError", e.to_string())
+                    .await;
+            }
         };
         let Spawned {
             mut child,
             pump,
+            started,
             started_at,
         } = spawned;
         status.phase = PhaseFile::Running;
@@ -80,7 +133,7 @@ impl LocalBackend {
         let _ = self.inner.events.send(status.to_observed(false));
         info!(run_id = %run_id, pid = ?status.pid, uid = status.uid, "Sandbox started");
 
-        let waited = tokio::time::timeout(deadline, child.wait()).await;
+        let waited = tokio::time::timeout_at(deadline_at, child.wait()).await;
         let timed_out = waited.is_err();
         if timed_out {
             info!(run_id = %run_id, "Deadline passed; killing the sandbox");
@@ -103,14 +156,57 @@ impl LocalBackend {
             Ok(s) => s.code().or_else(|| s.signal().map(|n| 128 + n)),
             Err(_) => None,
         };
-        let (phase, reason, message) = outcome(timed_out, oom, exit_code, deadline);
+        // The launcher says whether the job started; every writer is gone once the sandbox is.
+        let said = tokio::time::timeout(Duration::from_secs(5), started)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(Err(None));
+        let (phase, reason, message, exit_code) = match said {
+            Err(why) if !timed_out => {
+                let detail = why.unwrap_or_else(|| {
+                    let log = std::fs::read(self.run_dir(&run_id).join(super::rundir::LOG))
+                        .unwrap_or_default();
+                    let tail = &log[log.len().saturating_sub(1024)..];
+                    String::from_utf8_lossy(tail).trim().to_string()
+                });
+                let m = format!("the sandbox could not start the job: {detail}");
+                (PhaseFile::Failed, "StartError", Some(m), None)
+            }
+            _ => {
+                let (p, r, m) = outcome(timed_out, oom, exit_code, deadline);
+                (p, r, m, exit_code)
+            }
+        };
         status.phase = phase;
         status.exit_code = exit_code;
         status.reason = Some(reason.into());
         status.message = message;
         status.finished_at = Some(Utc::now());
         self.finish(status, token.as_deref()).await;
+        drop(image);
         drop(supervision);
+    }
+
+    /// Everything before the sandbox: the image (pulled within the deadline), the job, its launch script.
+    async fn prepare(
+        &self,
+        run_id: &str,
+        request: &RunRequest,
+        env: &BTreeMap<String, String>,
+        uid: u32,
+        deadline_at: Instant,
+    ) -> Result<(LeasedImage, Job), NotStarted> {
+        let policy = policy(request.image_pull_policy);
+        let image = self
+            .pull(run_id, &request.image, policy, deadline_at)
+            .await
+            .map_err(|f| NotStarted(f.reason, f.message))?;
+        let job = launch::resolve(request, image.config(), image.rootfs(), env)
+            .map_err(|e| NotStarted("CreateContainerError", e.to_string()))?;
+        write_launch_file(&self.run_dir(run_id), uid, &launch::script(&job))
+            .map_err(|e| NotStarted("StartError", format!("writing the launch script: {e}")))?;
+        Ok((image, job))
     }
 
     /// Steps 4 and 5 for a run whose job ran: publish the result, write and emit the final status.
@@ -121,7 +217,10 @@ impl LocalBackend {
             debug!(run_id = %run_id, "Run was removed while running; not publishing");
             return;
         }
-        if let Err(e) = self.publish_result(&run_id, &dir.join(RESULT), token).await {
+        if self.inner.nats.is_none() {
+            // A supervisor process: the dispatcher publishes it (`supervisor::publish_pending`).
+            status.result_pending = true;
+        } else if let Err(e) = self.publish_result(&run_id, &dir.join(RESULT), token).await {
             let note = e.to_string();
             status.message = Some(match status.message.take() {
                 Some(m) => format!("{m}; {note}"),
@@ -132,18 +231,19 @@ impl LocalBackend {
         info!(run_id = %run_id, phase = ?status.phase, reason = ?status.reason, exit_code = ?status.exit_code, "Sandbox finished");
     }
 
-    /// A sandbox that did not start: `Failed`, `StartError`, after cleaning up whatever it left.
-    async fn start_failed(
+    /// A run whose job never ran: `Failed` with `reason`, after cleaning up whatever it left.
+    async fn not_started(
         &self,
         run_id: &str,
         mut status: StatusFile,
         uid_lock: UidLock,
-        e: StartError,
+        reason: &'static str,
+        message: String,
     ) {
-        warn!(run_id = %run_id, error = %e, "Sandbox did not start");
+        warn!(run_id = %run_id, reason, message = %message, "Job did not start");
         status.phase = PhaseFile::Failed;
-        status.reason = Some("StartError".into());
-        status.message = Some(e.to_string());
+        status.reason = Some(reason.into());
+        status.message = Some(message);
         status.finished_at = Some(Utc::now());
         // Nothing should run, but a failure after the process started would leave it behind.
         let lock = self.kill_tree_blocking(run_id, None, Some(uid_lock)).await;

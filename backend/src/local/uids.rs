@@ -47,6 +47,16 @@ impl UidLock {
         self.uid
     }
 
+    /// A second descriptor of the same lock (held while any is open): for a supervisor process.
+    pub fn share(&self) -> std::io::Result<std::fs::File> {
+        self.file.try_clone()
+    }
+
+    /// The lock on `uid`, held through a descriptor inherited from the launching process.
+    pub fn inherited(uid: u32, file: std::fs::File) -> Self {
+        Self { uid, file }
+    }
+
     /// Records who holds the uid in the lock file, for operators (`cat <uid_lock_dir>/<uid>.lock`).
     pub fn note(&mut self, holder: &str) {
         let _ = self.file.set_len(0);

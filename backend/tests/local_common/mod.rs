@@ -1,5 +1,6 @@
 //! Shared harness of the local sandbox tests: a backend on a throwaway state directory with a uid range of
-//! its own, a real nats-server, and helpers to launch a job and await its end on the watch stream.
+//! its own, a real nats-server, a busybox-static image imported into its image store ([`BUSYBOX`], the
+//! default image of [`spec`]), and helpers to launch a job and await its end on the watch stream.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -7,10 +8,17 @@ use std::time::Duration;
 
 use airlock_backend::local::{LocalBackend, LocalConfig};
 use airlock_backend::{LaunchSpec, Launched, Observed, Phase};
+use airlock_images::{ImageStore, StoreConfig};
 use airlock_schemas::{Policy, RunRequest, Subjects, env, token};
 use airlock_test_support::NatsServer;
+use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+
+/// The busybox image every harness imports (no registry needed).
+pub const BUSYBOX: &str = "airlock.test/busybox:1";
+/// The content of `/etc/airlock-marker` in [`BUSYBOX`].
+pub const MARKER: &str = "only-in-the-busybox-image";
 
 /// Secret the tests sign run tokens with.
 pub const SECRET: &[u8] = b"test-secret";
@@ -48,7 +56,10 @@ impl Harness {
         config.tmp_bytes = 16 * 1024 * 1024;
         config.max_result_bytes = 64 * 1024;
         config.cgroup_name = format!("airlock-test-{}", std::process::id());
+        // These tests also run on machines without cgroup delegation (the OOM ones then cannot pass).
+        config.allow_no_memory_cgroup = true;
         tweak(&mut config);
+        import_busybox(dir.path(), &config.image_dir()).await;
         let backend =
             LocalBackend::new(config, client.clone(), Subjects::default()).expect("backend");
         let watch = backend.watch();
@@ -167,11 +178,19 @@ impl Drop for Harness {
     }
 }
 
+/// Imports [`BUSYBOX`] into the store at `store_dir`, from an OCI layout written under `scratch`.
+pub async fn import_busybox(scratch: &std::path::Path, store_dir: &std::path::Path) {
+    let built = build(&ImageSpec::new(vec![busybox_image_layer(MARKER).unwrap()])).unwrap();
+    let layout = write_layout(&scratch.join("busybox-layout"), &built, BUSYBOX).unwrap();
+    let store = ImageStore::open(StoreConfig::new(store_dir)).unwrap();
+    store.import(&layout, Some(BUSYBOX)).await.unwrap();
+}
+
 /// A launch spec for `command`, with the contract's environment and a valid token.
 pub fn spec(id: &str, command: &[&str], deadline: u64, extra: serde_json::Value) -> LaunchSpec {
     let mut req = serde_json::json!({
         "id": id,
-        "image": "docker.io/library/debian:12",
+        "image": BUSYBOX,
         "command": command,
         "deadline_seconds": deadline,
     });

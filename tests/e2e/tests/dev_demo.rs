@@ -16,6 +16,8 @@ async fn airlock_dev_demo_runs_a_sandboxed_job_prints_its_result_and_exits_0() -
 {
     let tmp = traversable_tempdir("airlock-e2e-dev-")?;
     let data_dir = tmp.path().join("data");
+    // What scripts/setup leaves in the default data dir: the demo image as an OCI layout (built here).
+    write_demo_layout(&data_dir)?;
     let child = Command::new(our_binary("airlock")?)
         .args([
             "dev",
@@ -61,10 +63,24 @@ async fn airlock_dev_demo_runs_a_sandboxed_job_prints_its_result_and_exits_0() -
     Ok(())
 }
 
-/// Starts `airlock dev` (no demo), waits until its janitor answers, stops it with `signal`, and checks that
-/// it exited cleanly and that its nats-server and redis-server are gone.
+/// Writes the demo image's OCI layout where `airlock dev` looks for it (`scripts/setup` does in real life).
+fn write_demo_layout(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
+    let demo = build(&ImageSpec::new(vec![busybox_image_layer("demo")?]))?;
+    write_layout(
+        &data_dir.join("demo-image"),
+        &demo,
+        "airlock.local/demo/busybox:1",
+    )?;
+    Ok(())
+}
+
+/// Starts `airlock dev` (no demo), waits until its janitor answers, starts a long job, stops it with
+/// `signal`, and checks that it exited cleanly and that its nats-server, redis-server, the job's supervisor
+/// process and its sandbox are gone.
 async fn stopping_airlock_dev_stops_everything_it_started(signal: &str) -> anyhow::Result<()> {
     let tmp = traversable_tempdir("airlock-e2e-dev-")?;
+    write_demo_layout(&tmp.path().join("data"))?;
     let mut child = Command::new(our_binary("airlock")?)
         .args(["dev", "--nats-port", "0", "--redis-port", "0", "--data-dir"])
         .arg(tmp.path().join("data"))
@@ -115,6 +131,30 @@ async fn stopping_airlock_dev_stops_everything_it_started(signal: &str) -> anyho
             .map(|_| ())
     })
     .await?;
+    // A job that runs until stopped, under a supervisor process of its own.
+    let request = serde_json::json!({"id": "long-1", "image": "airlock.local/demo/busybox:1",
+        "command": ["sleep", "600"], "deadline_seconds": 600});
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "long-1");
+    async_nats::jetstream::new(nats.clone())
+        .publish_with_headers(
+            "airlock.runs.default",
+            headers,
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await?
+        .await?;
+    let status_file = tmp.path().join("data/sandbox/runs/long-1/status.json");
+    let (supervisor, sandbox) = wait_until(T, "the job to run", || async {
+        let s: Value = serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()?;
+        (s["phase"] == "Running").then_some((s["supervisor_pid"].as_u64()?, s["pid"].as_u64()?))
+    })
+    .await?;
+    assert_ne!(
+        supervisor,
+        u64::from(pid),
+        "the run has a supervisor process of its own"
+    );
     drop(nats);
 
     let servers = children_of(pid);
@@ -135,6 +175,17 @@ async fn stopping_airlock_dev_stops_everything_it_started(signal: &str) -> anyho
             assert!(!process_alive(*p), "{name} (pid {p}) outlived airlock dev");
         }
     }
+    for (p, what) in [
+        (supervisor, "the run's supervisor"),
+        (sandbox, "the run's sandbox"),
+    ] {
+        let p = u32::try_from(p)?;
+        wait_until(T, "the job's processes to be gone", || async {
+            (!process_alive(p)).then_some(())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} (pid {p}) outlived airlock dev: {e}"))?;
+    }
     assert!(
         !port_open(nats_port).await,
         "nothing listens on the NATS port any more"
@@ -147,12 +198,13 @@ async fn stopping_airlock_dev_stops_everything_it_started(signal: &str) -> anyho
 }
 
 #[tokio::test]
-async fn stopping_airlock_dev_with_ctrl_c_stops_its_nats_and_redis_servers() -> anyhow::Result<()> {
+async fn stopping_airlock_dev_with_ctrl_c_stops_its_servers_and_running_jobs() -> anyhow::Result<()>
+{
     stopping_airlock_dev_stops_everything_it_started("-INT").await
 }
 
 #[tokio::test]
-async fn stopping_airlock_dev_with_sigterm_stops_its_nats_and_redis_servers() -> anyhow::Result<()>
+async fn stopping_airlock_dev_with_sigterm_stops_its_servers_and_running_jobs() -> anyhow::Result<()>
 {
     stopping_airlock_dev_stops_everything_it_started("-TERM").await
 }

@@ -4,22 +4,34 @@
 mod common;
 
 use airlock_schemas::RunStatus;
-use common::{
-    DISPATCHER, Runtime, SECRET, System, dir_entries, request, traversable_tempdir, visible_dir,
-};
+use airlock_test_support::wait_until;
+use common::{DISPATCHER, Runtime, SECRET, System, T, dir_entries, request, traversable_tempdir};
 use serde_json::json;
 
-/// A job that writes `{"answer":42}` as its result once `$GATE` exists (the test creates it), after a line of
+/// A job that writes `{"answer":42}` as its result once its result file is no longer empty (the test opens
+/// the gate with [`open_gate`]: nothing of the host is visible in the sandbox but that file), after a line of
 /// output.
-const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -e "$GATE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
+const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -s "$AIRLOCK_RESULT_FILE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
 
 async fn local_system() -> anyhow::Result<(System, tempfile::TempDir)> {
     let dir = traversable_tempdir("airlock-e2e-local-")?;
-    let sys = System::start(Runtime::Local {
-        dir: dir.path().join("state"),
+    let state = dir.path().join("state");
+    common::import_test_busybox(&state.join("images"), dir.path()).await?;
+    let sys = System::start(Runtime::Local { dir: state }).await?;
+    Ok((sys, dir))
+}
+
+/// Lets the [`GATED_JOB`] of run `id` go on once its attempt `attempt` runs: writes into its result file.
+async fn open_gate(dir: &tempfile::TempDir, id: &str, attempt: u64) -> anyhow::Result<()> {
+    let run = runs_dir(dir).join(id);
+    wait_until(T, "the job's attempt to run", || async {
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("status.json")).ok()?).ok()?;
+        (status["attempt"] == attempt && status["phase"] == "Running").then_some(())
     })
     .await?;
-    Ok((sys, dir))
+    std::fs::write(run.join("sandbox/result.json"), "open")?;
+    Ok(())
 }
 
 fn runs_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -161,11 +173,8 @@ async fn a_cancelled_run_is_stopped_and_ends_cancelled() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::Result<()> {
-    let (sys, _dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-gate-")?;
-    let gate_file = gate.path().join("open");
-    let mut req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
-    req["env"] = json!({ "GATE": gate_file.display().to_string() });
+    let (sys, dir) = local_system().await?;
+    let req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
     let mut events = sys.events("forged-1").await?;
     sys.submit(&req).await?;
     events.until_status("running").await?;
@@ -185,7 +194,7 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
         "nothing stored"
     );
 
-    std::fs::write(&gate_file, b"")?;
+    open_gate(&dir, "forged-1", 1).await?;
     let terminal = events.until_terminal().await?;
     assert_eq!(terminal.status, RunStatus::Succeeded);
     sys.wait_record("forged-1", "result", |r| {
@@ -211,47 +220,148 @@ async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::R
 }
 
 #[tokio::test]
-async fn a_dispatcher_killed_mid_flight_and_restarted_still_yields_exactly_one_run()
+async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_its_runs_which_run_exactly_once()
 -> anyhow::Result<()> {
     let (mut sys, dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-gate-")?;
-    let gate_file = gate.path().join("open");
-    let mut req = request("crash-1", &["/bin/sh", "-c", GATED_JOB], 60);
-    req["env"] = json!({ "GATE": gate_file.display().to_string() });
-    let mut events = sys.events("crash-1").await?;
-    sys.submit(&req).await?;
-    events.until_status("running").await?;
+    let ids: Vec<String> = (0..8).map(|i| format!("crash-{i}")).collect();
+    let mut all_events = Vec::new();
+    for id in &ids {
+        let mut events = sys.events(id).await?;
+        sys.submit(&request(id, &["/bin/sh", "-c", GATED_JOB], 60))
+            .await?;
+        events.until_status("running").await?;
+        all_events.push(events);
+    }
 
-    // The job is waiting at its gate; its supervisor dies (and the sandbox with it: --die-with-parent).
+    // The jobs wait at their gates; the dispatcher dies. Each run's supervisor process keeps it going.
     sys.kill(DISPATCHER).await?;
-    std::fs::write(&gate_file, b"")?;
-    sys.restart(DISPATCHER).await?;
-
-    let terminal = events.until_terminal().await?;
-    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
-    let rec = sys
-        .wait_record("crash-1", "result stored and reaped", |r| {
-            r.result.is_some() && r.reaped_at.is_some()
+    // Half of the jobs finish while no dispatcher runs, the other half after it is back: the restarted one
+    // adopts all of them and publishes their results.
+    let (early, late) = ids.split_at(ids.len() / 2);
+    for id in early {
+        open_gate(&dir, id, 1).await?;
+        let status_file = runs_dir(&dir).join(id).join("status.json");
+        wait_until(T, "the job to finish", || async {
+            let status: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()?;
+            (status["phase"] == "Succeeded").then_some(())
         })
         .await?;
-    assert_eq!(rec.result, Some(json!({"answer": 42})));
-    assert!(rec.result_rejections.is_empty(), "{rec:?}");
-    assert_eq!(
-        rec.attempt,
-        Some(2),
-        "the attempt lost with its supervisor is run again, once: {rec:?}"
-    );
-    let terminals = events
-        .lifecycle()
-        .iter()
-        .filter(|e| e.status.is_terminal())
-        .count();
-    assert_eq!(terminals, 1, "one terminal event: {:?}", events.seen);
+    }
+    sys.restart(DISPATCHER).await?;
+    for id in late {
+        open_gate(&dir, id, 1).await?;
+    }
+
+    for (id, events) in ids.iter().zip(all_events.iter_mut()) {
+        let terminal = events.until_terminal().await?;
+        assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+        let rec = sys
+            .wait_record(id, "result stored and reaped", |r| {
+                r.result.is_some() && r.reaped_at.is_some()
+            })
+            .await?;
+        assert_eq!(rec.result, Some(json!({"answer":42})));
+        assert!(rec.result_rejections.is_empty(), "{rec:?}");
+        assert_eq!(
+            rec.attempt,
+            Some(1),
+            "the run was not dispatched again: {rec:?}"
+        );
+        let logs = rec.logs.clone().unwrap_or_default();
+        assert_eq!(
+            logs.matches(&format!("working on {id}")).count(),
+            1,
+            "the job ran exactly once: {rec:?}"
+        );
+        let terminals = events
+            .lifecycle()
+            .iter()
+            .filter(|e| e.status.is_terminal())
+            .count();
+        assert_eq!(terminals, 1, "one terminal event: {:?}", events.seen);
+    }
     common::wait_until_runs_acked(&sys).await?;
     assert!(
         dir_entries(&runs_dir(&dir)).is_empty(),
         "no sandbox is left: {:?}",
         dir_entries(&runs_dir(&dir))
+    );
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_again()
+-> anyhow::Result<()> {
+    let (sys, dir) = local_system().await?;
+    let req = request("lost-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    let mut events = sys.events("lost-1").await?;
+    sys.submit(&req).await?;
+    events.until_status("running").await?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs_dir(&dir).join("lost-1/status.json"))?)?;
+    let supervisor = status["supervisor_pid"].as_u64().expect("supervisor pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &supervisor.to_string()])
+        .status()?;
+    assert!(killed.success());
+    open_gate(&dir, "lost-1", 2).await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let rec = sys
+        .wait_record("lost-1", "result stored and reaped", |r| {
+            r.result.is_some() && r.reaped_at.is_some()
+        })
+        .await?;
+    assert_eq!(
+        rec.attempt,
+        Some(2),
+        "the lost attempt ran again, once: {rec:?}"
+    );
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file()
+-> anyhow::Result<()> {
+    use airlock_test_support::oci::{
+        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_image_layer, tls_registry,
+    };
+    let dir = traversable_tempdir("airlock-e2e-local-")?;
+    let tls = tls_registry(dir.path()).await?;
+    let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
+    pusher
+        .push(
+            "private:1",
+            &ImageSpec::new(vec![busybox_image_layer("from-the-tls-registry")?]),
+        )
+        .await?;
+    let auth = auth_file(dir.path(), &tls.registry.host(), USER, PASSWORD)?;
+    let sys = System::start_with_env(
+        Runtime::Local {
+            dir: dir.path().join("state"),
+        },
+        vec![
+            ("SSL_CERT_FILE", tls.ca_file.display().to_string()),
+            ("AIRLOCK_REGISTRY_AUTH_FILE", auth.display().to_string()),
+        ],
+    )
+    .await?;
+    let mut req = request("tls-1", &["cat", "/etc/airlock-marker"], 60);
+    req["image"] = json!(pusher.reference("private:1"));
+    let mut events = sys.events("tls-1").await?;
+    sys.submit(&req).await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let rec = sys
+        .wait_record("tls-1", "logs stored", |r| r.reaped_at.is_some())
+        .await?;
+    assert!(
+        rec.logs
+            .as_deref()
+            .unwrap_or_default()
+            .contains("from-the-tls-registry"),
+        "{rec:?}"
     );
     sys.stop().await
 }

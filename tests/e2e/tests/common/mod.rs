@@ -71,6 +71,9 @@ impl Runtime {
                 uid_base().to_string(),
                 "--local-slots".into(),
                 LOCAL_SLOTS.to_string(),
+                // Machines without cgroup delegation run these tests too.
+                "--local-allow-no-memory-cgroup".into(),
+                "true".into(),
             ],
             Runtime::Kube {
                 kubeconfig,
@@ -96,17 +99,29 @@ pub fn traversable_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(d)
 }
 
-/// A directory jobs in the local sandbox can see (read-only): the sandbox hides `/tmp`, so it lives under
-/// `/var/tmp`. Used for gate files the test creates to let a waiting job go on.
-pub fn visible_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    // Not under the target dir: the checkout may itself live under /tmp (CI clones do), which the sandbox
-    // replaces with a private tmpfs. /var/tmp stays visible (read-only) inside the sandbox.
-    let d = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/var/tmp")?;
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755))?;
-    Ok(d)
+/// The image every request of [`request`] names.
+pub const IMAGE: &str = "docker.io/library/busybox:1.36";
+
+/// Imports a busybox-static image built by the test support as [`IMAGE`] into the image store at `store`
+/// (like `kind load`: the local runtime then runs it without a registry); `scratch` holds its OCI layout.
+pub async fn import_test_busybox(store: &Path, scratch: &Path) -> Result<()> {
+    use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
+    let built = build(&ImageSpec::new(vec![busybox_image_layer("e2e")?]))?;
+    let layout = write_layout(&scratch.join("busybox-layout"), &built, IMAGE)?;
+    let out = tokio::process::Command::new(airlock_test_support::our_binary("airlock")?)
+        .args(["image", "--store-dir"])
+        .arg(store)
+        .arg("import")
+        .arg(&layout)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "airlock image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// One of the services, with what is needed to start it again.
@@ -150,14 +165,23 @@ pub const API: usize = 3;
 impl System {
     /// Starts NATS and Redis, then the three services, and waits until each reports ready on `/readyz`.
     pub async fn start(runtime: Runtime) -> Result<Self> {
+        Self::start_with_env(runtime, Vec::new()).await
+    }
+
+    /// [`System::start`] with extra environment variables for the services.
+    pub async fn start_with_env(
+        runtime: Runtime,
+        extra_env: Vec<(&'static str, String)>,
+    ) -> Result<Self> {
         let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
-        let base_env = vec![
+        let mut base_env = vec![
             ("AIRLOCK_NATS_URL", nats.url()),
             ("AIRLOCK_REDIS_URL", redis.url()),
             ("AIRLOCK_TOKEN_SECRET", SECRET.to_string()),
             ("AIRLOCK_SHUTDOWN_GRACE", "2s".to_string()),
             ("RUST_LOG", "info".to_string()),
         ];
+        base_env.extend(extra_env);
         let backend = runtime.backend_args();
         let mut dispatcher_args = backend.clone();
         dispatcher_args.extend([
@@ -502,7 +526,7 @@ pub fn assert_timed_out(events: &[LifecycleEvent], rec: &RunRecord) {
 pub fn request(id: &str, command: &[&str], deadline_seconds: u64) -> Value {
     json!({
         "id": id,
-        "image": "docker.io/library/busybox:1.36",
+        "image": IMAGE,
         "command": command,
         "deadline_seconds": deadline_seconds,
         "metadata": { "test": id },
