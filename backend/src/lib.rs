@@ -93,6 +93,14 @@ impl Backend {
         }
     }
 
+    /// The same backend, counting its API calls into `metrics` (`airlock_backend_api_calls_total`).
+    pub fn with_metrics(self, metrics: &airlock_runtime::metrics::Metrics) -> Self {
+        match self {
+            Backend::Kube(k) => Backend::Kube(k.with_metrics(metrics.clone())),
+            other => other,
+        }
+    }
+
     /// Which kind of backend this is.
     pub fn kind(&self) -> RuntimeKind {
         match self {

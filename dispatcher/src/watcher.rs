@@ -62,6 +62,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
                 .store
                 .transition(&o.run_id, RunStatus::Running, &update)
                 .await?;
+            ctx.metrics.run_running(&o.run_id);
             if t.applied() {
                 info!(run_id = %o.run_id, attempt = o.attempt, "Run running");
                 let mut ev =
@@ -71,6 +72,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
             }
         }
         Phase::Succeeded | Phase::Failed => {
+            ctx.metrics.run_finished(&o.run_id);
             ctx.slots.release(&o.run_id).await?;
             if status.is_some_and(RunStatus::is_terminal) {
                 return Ok(());

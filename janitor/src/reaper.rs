@@ -15,7 +15,6 @@
 //! ([`crate::claim`]), so duplicated timers on several replicas delete a run's objects once.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_backend::{Backend, BackendError, Observed, Removed};
@@ -30,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::claim::Claims;
 use crate::decide::{Decision, Verdict, decide};
-use crate::metrics::Metrics;
 use crate::{Config, Error};
+use airlock_runtime::metrics::{JanitorAction, LagFrom, Metrics};
 
 /// Longest redelivery delay of a timer whose handling failed for a reason a retry is unlikely to fix (the
 /// sweep finds the run again meanwhile).
@@ -73,19 +72,19 @@ pub(crate) struct Janitor {
     pub publisher: Publisher,
     pub subjects: Subjects,
     pub claims: Claims,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     pub client: async_nats::Client,
 }
 
 impl Janitor {
     /// Handles one timer message and says how to settle it.
     pub(crate) async fn handle(&self, msg: &jetstream::Message) -> Outcome {
-        Metrics::inc(&self.metrics.timers);
+        self.metrics.janitor(JanitorAction::Timer);
         let delivered = consume::delivered(msg);
         let ev: TimerEvent = match serde_json::from_slice(&msg.payload) {
             Ok(ev) => ev,
             Err(e) => {
-                Metrics::inc(&self.metrics.poison);
+                self.metrics.poison();
                 return Outcome::Poison(format!("undecodable timer event: {e}"));
             }
         };
@@ -93,7 +92,7 @@ impl Janitor {
             (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
             (_, Some(id)) if is_valid_name(id) => self.reap(&ev, id, delivered).await,
             (kind, id) => {
-                Metrics::inc(&self.metrics.poison);
+                self.metrics.poison();
                 return Outcome::Poison(format!(
                     "{} timer with an invalid run id {id:?}",
                     kind.as_str()
@@ -107,7 +106,7 @@ impl Janitor {
                 Outcome::Transient(Duration::from_millis(250))
             }
             Err(e) => {
-                Metrics::inc(&self.metrics.reap_errors);
+                self.metrics.handler_error();
                 let run_id = ev.run_id.as_deref().unwrap_or("-");
                 warn!(run_id = %run_id, kind = ev.kind.as_str(), delivered, error = %e, "Timer handling failed; will retry");
                 let cap = if e.is_retryable() {
@@ -163,7 +162,7 @@ impl Janitor {
             })
             .await?;
         if removed == Removed::Deleted {
-            Metrics::inc(&self.metrics.removed);
+            self.metrics.janitor(JanitorAction::ObjectsRemoved);
         }
         Ok(removed)
     }
@@ -195,7 +194,7 @@ impl Janitor {
             .is_some_and(|h| h.is_terminal() && h.reaped_at.is_some());
         let attempt = head.map_or(airlock_schemas::record::FIRST_ATTEMPT, |h| h.attempt);
         if reaped || is_stale(ev, attempt) {
-            Metrics::inc(&self.metrics.late_timers);
+            self.metrics.janitor(JanitorAction::LateTimer);
             debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
             return Ok(());
         }
@@ -212,7 +211,7 @@ impl Janitor {
         let Some(run) = self.load(run_id).await? else {
             // No record (never written, or expired): whatever exists for it is an orphan.
             if self.remove(run_id).await? == Removed::Deleted {
-                Metrics::inc(&self.metrics.orphans_removed);
+                self.metrics.janitor(JanitorAction::OrphanRemoved);
                 info!(run_id = %run_id, kind = ev.kind.as_str(), "Removed the objects of a run with no record");
             }
             return Ok(());
@@ -221,7 +220,7 @@ impl Janitor {
             return self.finish(&run).await;
         }
         if is_stale(ev, run.attempt()) {
-            Metrics::inc(&self.metrics.late_timers);
+            self.metrics.janitor(JanitorAction::LateTimer);
             return Ok(());
         }
         let obs = self.observe(run_id).await?;
@@ -236,7 +235,7 @@ impl Janitor {
                     };
                     self.store.update(run_id, &update).await?;
                 }
-                Metrics::inc(&self.metrics.late_timers);
+                self.metrics.janitor(JanitorAction::LateTimer);
                 return Ok(());
             }
             attempt = attempt.max(o.attempt);
@@ -305,7 +304,10 @@ impl Janitor {
         };
         match self.store.transition(run_id, v.status, &update).await? {
             Transition::Applied { previous } => {
-                self.metrics.ended(v.status);
+                self.metrics.run_reaped(
+                    v.status.as_str(),
+                    v.finished_at.map(|t| (LagFrom::Finish, t)),
+                );
                 info!(
                     run_id = %run_id,
                     status = v.status.as_str(),
@@ -420,7 +422,7 @@ impl Janitor {
             ev.exit_code = obs.and_then(|o| o.exit_code).map(i64::from);
             self.publisher.redispatched_event(&ev, next).await?;
         }
-        Metrics::inc(&self.metrics.redispatched);
+        self.metrics.janitor(JanitorAction::Redispatched);
         info!(run_id = %run_id, why = %why, attempt = next, "Run lost through no fault of its own; re-dispatched");
         Ok(())
     }
