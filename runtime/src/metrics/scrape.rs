@@ -117,6 +117,15 @@ impl Samples {
             .sum()
     }
 
+    /// Every series named `name`: its labels and its value.
+    pub fn series(&self, name: &str) -> impl Iterator<Item = (&[(String, String)], f64)> {
+        self.0
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(l, v)| (l.as_slice(), *v))
+    }
+
     /// Whether a series named `name` exists.
     pub fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
