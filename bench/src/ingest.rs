@@ -131,10 +131,10 @@ async fn backlog(w: &World, n: usize) -> Result<()> {
                 .await?
                 .into_future(),
         );
-        if acks.len() >= 4096 {
-            if let Some(a) = acks.next().await {
-                a?;
-            }
+        if acks.len() >= 4096
+            && let Some(a) = acks.next().await
+        {
+            a?;
         }
     }
     while let Some(a) = acks.next().await {

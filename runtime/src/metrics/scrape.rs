@@ -77,7 +77,10 @@ impl Metrics {
 
 /// Samples parsed from Prometheus or OpenMetrics text: series (`name{labels}`) and their values.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Samples(BTreeMap<String, Vec<(Vec<(String, String)>, f64)>>);
+pub struct Samples(BTreeMap<String, Vec<(Labels, f64)>>);
+
+/// A series' labels, as `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
 
 impl Samples {
     /// Parses exposition text; comment lines and lines that are not `name[{labels}] value` are skipped.
