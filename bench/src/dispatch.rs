@@ -20,7 +20,7 @@ use crate::report::{Row, cpu_ms, rate};
 use crate::world::{Child, World, progress, quantile};
 
 /// Namespace of the runs' pods.
-const NS: &str = "airlock-sandbox";
+pub(crate) const NS: &str = "airlock-sandbox";
 /// The queue every request goes to.
 const QUEUE: &str = "default";
 /// Longest any dispatch phase may take.
@@ -106,24 +106,37 @@ pub async fn run(scale: &Scale, airlock: bool) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn dispatcher_flags(emu: &EmulatorHandle) -> Vec<String> {
+/// The backend flags every service needs: kube mode against `emu`.
+pub(crate) fn kube_flags(emu: &EmulatorHandle) -> Vec<String> {
+    let kubeconfig = emu.kubeconfig_path().display().to_string();
     [
         "--runtime",
         "kube",
         "--kubeconfig",
-        &emu.kubeconfig_path().display().to_string(),
+        &kubeconfig,
         "--namespace",
         NS,
-        "--nats-egress-cidrs",
-        "127.0.0.1/32",
-        "--queues",
-        "default=1000000",
-        "--max-running",
-        "1000000",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The dispatcher's flags: kube mode, no practical cap.
+pub(crate) fn dispatcher_flags(emu: &EmulatorHandle) -> Vec<String> {
+    let mut f = kube_flags(emu);
+    f.extend(
+        [
+            "--nats-egress-cidrs",
+            "127.0.0.1/32",
+            "--queues",
+            "default=1000000",
+            "--max-running",
+            "1000000",
+        ]
+        .map(String::from),
+    );
+    f
 }
 
 /// What one burst measured.
@@ -191,7 +204,10 @@ async fn publish(
 }
 
 /// Publishes one request the way a client does (`Nats-Msg-Id` = run id).
-async fn send(js: &jetstream::Context, id: &str) -> Result<jetstream::context::PublishAckFuture> {
+pub(crate) async fn send(
+    js: &jetstream::Context,
+    id: &str,
+) -> Result<jetstream::context::PublishAckFuture> {
     let body = json!({
         "id": id,
         "image": "docker.io/library/busybox:1.36",

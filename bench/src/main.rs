@@ -17,11 +17,13 @@
 //! - `dispatch`: runs/s publish → pod created and acked (kube mode, pods held Pending); p50/p99 at a fixed
 //!   offered load.
 //! - `ingest`: results/s verified, stored and acked, draining a backlog.
+//! - `reap`: runs that really run (kubelet live) reaped by the janitor: throughput and reap lag.
 //! - `report`: the table.
 
 mod ceilings;
 mod dispatch;
 mod ingest;
+mod reap;
 mod report;
 mod world;
 
@@ -38,7 +40,7 @@ enum Stage {
     Dispatch,
     /// Ingest (with the JetStream consume and Redis ceilings).
     Ingest,
-    /// Reap (not measured yet).
+    /// Reap: throughput and reap lag.
     Reap,
     /// Local sandbox mode (not measured yet; the bare sandbox ceiling is).
     Local,
@@ -76,6 +78,8 @@ pub struct Scale {
     pub ingest: usize,
     /// Bare sandboxes.
     pub bwrap: usize,
+    /// Runs reaped.
+    pub reap: usize,
 }
 
 impl Scale {
@@ -88,6 +92,7 @@ impl Scale {
                 emulator: 200,
                 ingest: 2_000,
                 bwrap: 10,
+                reap: 30,
             }
         } else {
             Self {
@@ -97,6 +102,7 @@ impl Scale {
                 emulator: 3_000,
                 ingest: 30_000,
                 bwrap: 200,
+                reap: 500,
             }
         }
     }
@@ -127,11 +133,10 @@ async fn run(stage: Stage, scale: Scale) -> anyhow::Result<()> {
     if has(Stage::Local) || stage == Stage::Ceilings {
         rows.push(ceilings::bwrap(scale.bwrap).await?);
     }
-    for (s, name) in [
-        (Stage::Local, "local"),
-        (Stage::Reap, "reap"),
-        (Stage::Memory, "memory"),
-    ] {
+    if has(Stage::Reap) {
+        rows.extend(reap::run(&scale).await?);
+    }
+    for (s, name) in [(Stage::Local, "local"), (Stage::Memory, "memory")] {
         if has(s) {
             rows.push(report::Row::not_measured(name));
         }

@@ -20,6 +20,7 @@ async fn the_quick_benchmark_prints_a_table_with_every_stage_and_ratios() -> any
         "| dispatch (kube, pods held Pending), 1 replica |",
         "| dispatch (kube, pods held Pending), 2 replicas |",
         "| ingest, draining a ",
+        "| reap, ",
         "| ceiling: JetStream pull consume + ack |",
         "| ceiling: Redis pipelined hash writes (redis-rs) |",
         "| ceiling: bare bubblewrap around `true`, in a row |",

@@ -229,11 +229,15 @@ impl System {
         what: &str,
         pred: impl Fn(&airlock_runtime::metrics::Samples) -> bool,
     ) -> Result<airlock_runtime::metrics::Samples> {
-        let pred = &pred;
-        wait_until(T, what, || async move {
-            self.metrics(i).await.ok().filter(|m| pred(m))
+        let (pred, last) = (&pred, &std::sync::Mutex::new(None));
+        let r = wait_until(T, what, || async move {
+            let m = self.metrics(i).await;
+            let ok = m.as_ref().ok().filter(|m| pred(m)).cloned();
+            *last.lock().expect("not poisoned") = Some(m);
+            ok
         })
-        .await
+        .await;
+        r.with_context(|| format!("last scrape: {:?}", last.lock().expect("not poisoned")))
     }
 
     /// Waits until service `i` answers 200 on `/readyz` (it set up its streams and consumers).
