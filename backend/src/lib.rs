@@ -1,7 +1,8 @@
 //! Airlock's backends: where runs execute, Kubernetes pods or local bubblewrap sandboxes.
 //!
-//! Above `airlock-schemas`, beside `airlock-runtime`: the dispatcher and the janitor use it; the ingester
-//! does not (it never touches a job), so it compiles neither kube nor the sandbox.
+//! Above `airlock-schemas` and `airlock-runtime` (for its metrics: API calls by verb and code): the dispatcher
+//! and the janitor use it; the ingester does not (it never touches a job), so it compiles neither kube nor the
+//! sandbox.
 //!
 //! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
 //! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps,
