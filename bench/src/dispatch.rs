@@ -140,13 +140,13 @@ pub(crate) fn dispatcher_flags(emu: &EmulatorHandle) -> Vec<String> {
 }
 
 /// What one burst measured.
-struct Burst {
-    rate: f64,
-    cpu: Duration,
+pub(crate) struct Burst {
+    pub rate: f64,
+    pub cpu: Duration,
 }
 
 /// Publishes `n` requests as fast as JetStream takes them and waits until each has its pod and was acked.
-async fn burst(
+pub(crate) async fn burst(
     w: &World,
     emu: &EmulatorHandle,
     ds: &[&Child],

@@ -18,11 +18,13 @@
 //!   offered load.
 //! - `ingest`: results/s verified, stored and acked, draining a backlog.
 //! - `reap`: runs that really run (kubelet live) reaped by the janitor: throughput and reap lag.
+//! - `memory`: peak RSS of each service with many live runs.
 //! - `report`: the table.
 
 mod ceilings;
 mod dispatch;
 mod ingest;
+mod memory;
 mod reap;
 mod report;
 mod world;
@@ -44,7 +46,7 @@ enum Stage {
     Reap,
     /// Local sandbox mode (not measured yet; the bare sandbox ceiling is).
     Local,
-    /// Peak RSS per service (not measured yet).
+    /// Peak RSS per service with many live runs.
     Memory,
 }
 
@@ -80,6 +82,8 @@ pub struct Scale {
     pub bwrap: usize,
     /// Runs reaped.
     pub reap: usize,
+    /// Live runs for the memory stage.
+    pub live: usize,
 }
 
 impl Scale {
@@ -93,6 +97,7 @@ impl Scale {
                 ingest: 2_000,
                 bwrap: 10,
                 reap: 30,
+                live: 300,
             }
         } else {
             Self {
@@ -103,6 +108,7 @@ impl Scale {
                 ingest: 30_000,
                 bwrap: 200,
                 reap: 500,
+                live: 10_000,
             }
         }
     }
@@ -136,10 +142,11 @@ async fn run(stage: Stage, scale: Scale) -> anyhow::Result<()> {
     if has(Stage::Reap) {
         rows.extend(reap::run(&scale).await?);
     }
-    for (s, name) in [(Stage::Local, "local"), (Stage::Memory, "memory")] {
-        if has(s) {
-            rows.push(report::Row::not_measured(name));
-        }
+    if has(Stage::Memory) {
+        rows.extend(memory::run(&scale).await?);
+    }
+    if has(Stage::Local) {
+        rows.push(report::Row::not_measured("local"));
     }
     report::print(&rows);
     Ok(())

@@ -21,6 +21,7 @@ async fn the_quick_benchmark_prints_a_table_with_every_stage_and_ratios() -> any
         "| dispatch (kube, pods held Pending), 2 replicas |",
         "| ingest, draining a ",
         "| reap, ",
+        "| memory: dispatcher peak RSS with ",
         "| ceiling: JetStream pull consume + ack |",
         "| ceiling: Redis pipelined hash writes (redis-rs) |",
         "| ceiling: bare bubblewrap around `true`, in a row |",
