@@ -18,12 +18,14 @@
 //!   offered load.
 //! - `ingest`: results/s verified, stored and acked, draining a backlog.
 //! - `reap`: runs that really run (kubelet live) reaped by the janitor: throughput and reap lag.
+//! - `local`: trivial runs end to end in local sandbox mode, beside the bare sandbox.
 //! - `memory`: peak RSS of each service with many live runs.
 //! - `report`: the table.
 
 mod ceilings;
 mod dispatch;
 mod ingest;
+mod local;
 mod memory;
 mod reap;
 mod report;
@@ -44,7 +46,7 @@ enum Stage {
     Ingest,
     /// Reap: throughput and reap lag.
     Reap,
-    /// Local sandbox mode (not measured yet; the bare sandbox ceiling is).
+    /// Local sandbox mode, beside the bare sandbox.
     Local,
     /// Peak RSS per service with many live runs.
     Memory,
@@ -84,6 +86,8 @@ pub struct Scale {
     pub reap: usize,
     /// Live runs for the memory stage.
     pub live: usize,
+    /// Trivial runs in local mode.
+    pub local: usize,
 }
 
 impl Scale {
@@ -98,6 +102,7 @@ impl Scale {
                 bwrap: 10,
                 reap: 30,
                 live: 300,
+                local: 20,
             }
         } else {
             Self {
@@ -109,6 +114,7 @@ impl Scale {
                 bwrap: 200,
                 reap: 500,
                 live: 10_000,
+                local: 300,
             }
         }
     }
@@ -136,7 +142,7 @@ async fn run(stage: Stage, scale: Scale) -> anyhow::Result<()> {
     if has(Stage::Ingest) || stage == Stage::Ceilings {
         rows.extend(ingest::run(&scale, stage != Stage::Ceilings).await?);
     }
-    if has(Stage::Local) || stage == Stage::Ceilings {
+    if stage == Stage::Ceilings {
         rows.push(ceilings::bwrap(scale.bwrap).await?);
     }
     if has(Stage::Reap) {
@@ -146,7 +152,7 @@ async fn run(stage: Stage, scale: Scale) -> anyhow::Result<()> {
         rows.extend(memory::run(&scale).await?);
     }
     if has(Stage::Local) {
-        rows.push(report::Row::not_measured("local"));
+        rows.extend(local::run(&scale).await?);
     }
     report::print(&rows);
     Ok(())

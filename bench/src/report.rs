@@ -13,18 +13,6 @@ pub struct Row {
     pub cpu: String,
 }
 
-impl Row {
-    /// A row for a stage not measured by this version of the benchmark.
-    pub fn not_measured(stage: &str) -> Self {
-        Self {
-            what: stage.to_string(),
-            figure: "not measured yet".into(),
-            ceiling: None,
-            cpu: String::new(),
-        }
-    }
-}
-
 /// A rate, rounded for reading.
 pub fn rate(per_s: f64, unit: &str) -> String {
     if per_s >= 10_000.0 {

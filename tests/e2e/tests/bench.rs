@@ -22,6 +22,7 @@ async fn the_quick_benchmark_prints_a_table_with_every_stage_and_ratios() -> any
         "| ingest, draining a ",
         "| reap, ",
         "| memory: dispatcher peak RSS with ",
+        "| local: ",
         "| ceiling: JetStream pull consume + ack |",
         "| ceiling: Redis pipelined hash writes (redis-rs) |",
         "| ceiling: bare bubblewrap around `true`, in a row |",
