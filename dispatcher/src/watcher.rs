@@ -50,6 +50,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
     match o.phase {
         Phase::Pending => {}
         Phase::Running => {
+            ctx.metrics.run_running(&o.run_id);
             // No record (expired, or not ours): nothing to move; the janitor's sweep deals with orphans.
             if status.is_none_or(|s| !s.can_move_to(RunStatus::Running)) {
                 return Ok(());
@@ -62,7 +63,6 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
                 .store
                 .transition(&o.run_id, RunStatus::Running, &update)
                 .await?;
-            ctx.metrics.run_running(&o.run_id);
             if t.applied() {
                 info!(run_id = %o.run_id, attempt = o.attempt, "Run running");
                 let mut ev =
