@@ -83,13 +83,6 @@ pub async fn run(scale: &Scale, airlock: bool) -> Result<Vec<Row>> {
             ceiling: Some((emu_ceiling.clone(), two.rate / emu_rate)),
             cpu: cpu_ms(two.cpu, scale.dispatch, "both dispatchers"),
         });
-        let live = emu.objects(Kind::Pod).len();
-        rows.push(Row {
-            what: format!("memory: dispatcher peak RSS with {live} live runs (pods Pending)"),
-            figure: format!("{:.1} MiB", d1.peak_rss()? as f64 / 1048576.0),
-            ceiling: None,
-            cpu: String::new(),
-        });
     }
     rows.push(Row {
         what: "ceiling: emulator creating NetworkPolicy+Pod pairs, 16 concurrent".into(),

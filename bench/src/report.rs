@@ -25,7 +25,7 @@ pub fn rate(per_s: f64, unit: &str) -> String {
 /// Milliseconds of CPU per item.
 pub fn cpu_ms(total: std::time::Duration, items: usize, whose: &str) -> String {
     let ms = total.as_secs_f64() * 1000.0 / items.max(1) as f64;
-    format!("{ms:.2} ms ({whose})")
+    format!("{ms:.3} ms ({whose})")
 }
 
 /// Prints the table (Markdown, so it pastes into `docs/BENCHMARKS.md`) on stdout.
