@@ -24,7 +24,7 @@ use airlock_runtime::store::{RecordUpdate, Store, StoredRun, Transition};
 use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, is_valid_name};
 use async_nats::jetstream;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use crate::claim::Claims;
@@ -90,7 +90,10 @@ impl Janitor {
         };
         let result = match (ev.kind, ev.run_id.as_deref()) {
             (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
-            (_, Some(id)) if is_valid_name(id) => self.reap(&ev, id, delivered).await,
+            (_, Some(id)) if is_valid_name(id) => {
+                self.reap(&ev, id, delivered, consume::published_at(msg))
+                    .await
+            }
             (kind, id) => {
                 self.metrics.poison();
                 return Outcome::Poison(format!(
@@ -185,8 +188,14 @@ impl Janitor {
         result
     }
 
-    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`.
-    async fn reap(&self, ev: &TimerEvent, run_id: &str, delivered: i64) -> Result<(), Error> {
+    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, which fired (was stored) at `fired`.
+    async fn reap(
+        &self,
+        ev: &TimerEvent,
+        run_id: &str,
+        delivered: i64,
+        fired: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
         // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
         let head = self.store.head(run_id).await?;
         let reaped = head
@@ -198,7 +207,7 @@ impl Janitor {
             debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
             return Ok(());
         }
-        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered))
+        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered, fired))
             .await
     }
 
@@ -207,6 +216,7 @@ impl Janitor {
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
+        fired: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         let Some(run) = self.load(run_id).await? else {
             // No record (never written, or expired): whatever exists for it is an orphan.
@@ -257,7 +267,12 @@ impl Janitor {
                 self.redispatch(&run, attempt, obs.as_ref(), why, delivered)
                     .await
             }
-            Decision::End(v) => self.end(&run, obs.as_ref(), v, delivered).await,
+            Decision::End(v) => {
+                let deadline = fired.filter(|_| ev.kind == TimerKind::Deadline);
+                let since = v.finished_at.map(|t| (LagFrom::Finish, t));
+                let since = since.or(deadline.map(|t| (LagFrom::Deadline, t)));
+                self.end(&run, obs.as_ref(), v, since, delivered).await
+            }
         }
     }
 
@@ -279,12 +294,13 @@ impl Janitor {
         }
     }
 
-    /// Records the terminal status, then finishes the reap.
+    /// Records the terminal status, then finishes the reap; `since` is what the reap lag is measured from.
     pub(crate) async fn end(
         &self,
         run: &StoredRun,
         obs: Option<&Observed>,
         v: Verdict,
+        since: Option<(LagFrom, DateTime<Utc>)>,
         delivered: i64,
     ) -> Result<(), Error> {
         let run_id = run.id();
@@ -304,10 +320,7 @@ impl Janitor {
         };
         match self.store.transition(run_id, v.status, &update).await? {
             Transition::Applied { previous } => {
-                self.metrics.run_reaped(
-                    v.status.as_str(),
-                    v.finished_at.map(|t| (LagFrom::Finish, t)),
-                );
+                self.metrics.run_reaped(v.status.as_str(), since);
                 info!(
                     run_id = %run_id,
                     status = v.status.as_str(),
@@ -406,7 +419,8 @@ impl Janitor {
                 exit_code: None,
                 finished_at: obs.and_then(|o| o.finished_at),
             };
-            return self.end(run, obs, v, delivered).await;
+            let since = v.finished_at.map(|t| (LagFrom::Finish, t));
+            return self.end(run, obs, v, since, delivered).await;
         };
         self.remove(run_id).await?;
         self.publisher.request(queue, request, next).await?;

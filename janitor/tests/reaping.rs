@@ -127,6 +127,14 @@ async fn a_pod_kept_pending_ends_timed_out_at_its_deadline_naming_why() -> Resul
         reason.starts_with("DeadlineExceeded: Pending (Unschedulable"),
         "reason: {reason}"
     );
+    // Counted once, its reap lag measured from the deadline timer (the pod never finished).
+    let m = janitor.metrics.samples();
+    assert_eq!(
+        m.get("airlock_reaps_total", &[("status", "timed_out")]),
+        1.0
+    );
+    let from_deadline = [("from", "deadline")];
+    assert_eq!(m.get("airlock_reap_lag_seconds_count", &from_deadline), 1.0);
     let finished = time(rec.finished_at.as_deref())?;
     let reaped = time(rec.reaped_at.as_deref())?;
     eprintln!(

@@ -189,7 +189,7 @@ impl Reap {
         );
         r.register_with_unit(
             "reap_lag",
-            "From the job's finish (or its deadline) to its terminal status recorded",
+            "From the job's finish (or its deadline timer firing) to its terminal status recorded",
             Unit::Seconds,
             self.lag.clone(),
         );

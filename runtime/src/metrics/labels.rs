@@ -154,7 +154,7 @@ pub struct StatusLabels {
 pub enum LagFrom {
     /// The job finished.
     Finish,
-    /// The deadline passed.
+    /// The deadline timer fired (deadline plus the dispatcher's grace).
     Deadline,
 }
 

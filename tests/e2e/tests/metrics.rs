@@ -30,11 +30,13 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     let airlock = airlock_test_support::our_binary("airlock")?;
     let script = format!(r#"echo '{{"n":1}}' | {} result"#, airlock.display());
 
-    // RUNS good runs, one invalid request, one forged result.
+    // RUNS good runs, one past its deadline, one invalid request, one forged result.
     let ids: Vec<String> = (0..RUNS).map(|i| format!("metrics-{i}")).collect();
     for id in &ids {
         sys.submit(&request(id, &["sh", "-c", &script], 60)).await?;
     }
+    sys.submit(&request("metrics-slow", &["sleep", "60"], 2))
+        .await?;
     let mut bad = request("metrics-bad", &["true"], 60);
     bad["image"] = json!("");
     sys.submit(&bad).await?;
@@ -44,6 +46,8 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
         sys.wait_record(id, "result", |r| r.result.is_some())
             .await?;
     }
+    let (_, rec) = sys.wait_terminal("metrics-slow").await?;
+    assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
     let (_, rec) = sys.wait_terminal("metrics-bad").await?;
     assert_eq!(rec.status, Some(RunStatus::Rejected), "{rec:?}");
     sys.publish_result(&ids[0], "forged-token", &json!({"n": 2}))
@@ -63,13 +67,21 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
         })
         .await?;
     let n = RUNS as f64;
-    assert_eq!(v(&d, "airlock_runs_accepted_total", &queue), n);
+    // Every valid request (the slow one too) was accepted, launched, and made two objects.
+    let valid = n + 1.0;
+    assert_eq!(v(&d, "airlock_runs_accepted_total", &queue), valid);
     let invalid = [("queue", QUEUE), ("reason", "invalid")];
     assert_eq!(v(&d, "airlock_runs_rejected_total", &invalid), 1.0);
-    assert_eq!(v(&d, "airlock_runs_launched_total", &queue), n);
-    assert_eq!(v(&d, "airlock_dispatch_latency_seconds_count", &queue), n);
+    assert_eq!(v(&d, "airlock_runs_launched_total", &queue), valid);
+    assert_eq!(
+        v(&d, "airlock_dispatch_latency_seconds_count", &queue),
+        valid
+    );
     let created = [("verb", "create"), ("code", "ok")];
-    assert_eq!(v(&d, "airlock_backend_api_calls_total", &created), 2.0 * n);
+    assert_eq!(
+        v(&d, "airlock_backend_api_calls_total", &created),
+        2.0 * valid
+    );
     assert_eq!(v(&d, "airlock_backend_api_retries_total", &[]), 0.0);
     assert_eq!(
         v(&d, "airlock_consumer_pending", &[("consumer", &consumer)]),
@@ -96,19 +108,23 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
         0.0
     );
 
-    // Janitor: each run reaped once as succeeded, with its lag from the job's finish.
+    // Janitor: each run reaped once with its final status, each with a reap lag (from the job's finish, or
+    // from its deadline timer when the pod had not finished).
     let j = sys
         .wait_metrics(JANITOR, "every run reaped", |m| {
-            v(m, "airlock_reaps_total", &[]) >= n
+            v(m, "airlock_reaps_total", &[]) >= valid
         })
         .await?;
     let succeeded = [("status", "succeeded")];
     assert_eq!(v(&j, "airlock_reaps_total", &succeeded), n);
-    assert_eq!(v(&j, "airlock_reaps_total", &[]), n);
+    let timed_out = [("status", "timed_out")];
+    assert_eq!(v(&j, "airlock_reaps_total", &timed_out), 1.0);
+    assert_eq!(v(&j, "airlock_reaps_total", &[]), valid);
     let lag = [("from", "finish")];
-    assert_eq!(v(&j, "airlock_reap_lag_seconds_count", &lag), n);
+    assert!(v(&j, "airlock_reap_lag_seconds_count", &lag) >= n);
+    assert_eq!(v(&j, "airlock_reap_lag_seconds_count", &[]), valid);
     let deleted = [("verb", "delete")];
-    assert!(v(&j, "airlock_backend_api_calls_total", &deleted) >= 2.0 * n);
+    assert!(v(&j, "airlock_backend_api_calls_total", &deleted) >= 2.0 * valid);
     assert!(!j.has("airlock_runs_accepted_total") && !i.has("airlock_reaps_total"));
     sys.stop().await?;
     Ok(())
