@@ -30,7 +30,8 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     let airlock = airlock_test_support::our_binary("airlock")?;
     let script = format!(r#"echo '{{"n":1}}' | {} result"#, airlock.display());
 
-    // RUNS good runs, one past its deadline, one invalid request, one forged result.
+    // RUNS good runs, one past its deadline, one invalid request, one to a queue nobody serves, one forged
+    // result.
     let ids: Vec<String> = (0..RUNS).map(|i| format!("metrics-{i}")).collect();
     for id in &ids {
         sys.submit(&request(id, &["sh", "-c", &script], 60)).await?;
@@ -40,6 +41,14 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     let mut bad = request("metrics-bad", &["true"], 60);
     bad["image"] = json!("");
     sys.submit(&bad).await?;
+    let stray = request("metrics-stray", &["true"], 60);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(async_nats::header::NATS_MESSAGE_ID, "metrics-stray");
+    let body = serde_json::to_vec(&stray)?.into();
+    sys.js
+        .publish_with_headers(sys.subjects.runs("nobody-serves-this"), h, body)
+        .await?
+        .await?;
     for id in &ids {
         let (_, rec) = sys.wait_terminal(id).await?;
         assert_eq!(rec.status, Some(RunStatus::Succeeded), "{rec:?}");
@@ -48,8 +57,10 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     }
     let (_, rec) = sys.wait_terminal("metrics-slow").await?;
     assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
-    let (_, rec) = sys.wait_terminal("metrics-bad").await?;
-    assert_eq!(rec.status, Some(RunStatus::Rejected), "{rec:?}");
+    for id in ["metrics-bad", "metrics-stray"] {
+        let (_, rec) = sys.wait_terminal(id).await?;
+        assert_eq!(rec.status, Some(RunStatus::Rejected), "{rec:?}");
+    }
     sys.publish_result(&ids[0], "forged-token", &json!({"n": 2}))
         .await?;
     let queue = [("queue", QUEUE)];
@@ -72,6 +83,9 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     assert_eq!(v(&d, "airlock_runs_accepted_total", &queue), valid);
     let invalid = [("queue", QUEUE), ("reason", "invalid")];
     assert_eq!(v(&d, "airlock_runs_rejected_total", &invalid), 1.0);
+    let unknown = [("queue", ""), ("reason", "unknown_queue")];
+    assert_eq!(v(&d, "airlock_runs_rejected_total", &unknown), 1.0);
+    assert_eq!(v(&d, "airlock_runs_rejected_total", &[]), 2.0);
     assert_eq!(v(&d, "airlock_runs_launched_total", &queue), valid);
     assert_eq!(
         v(&d, "airlock_dispatch_latency_seconds_count", &queue),
