@@ -26,6 +26,7 @@ mod strict;
 use std::sync::Arc;
 
 use airlock_backend::Backend;
+use airlock_runtime::metrics::{Metrics, Service as MetricsService};
 use airlock_runtime::service;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -41,8 +42,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let policy = config.policy()?;
     let queues = config.queue_names()?;
     let subjects = config.common.subjects();
-    let started = service::start(&config.common, NAME, &shutdown).await?;
-    let backend = Backend::from_args(&config.backend, &started.client, &subjects).await?;
+    let metrics = Metrics::new(MetricsService::Api);
+    let started = service::start(&config.common, NAME, &metrics, &shutdown).await?;
+    let backend = Backend::from_args(&config.backend, &started.client, &subjects)
+        .await?
+        .with_metrics(&metrics);
     let ctx = Arc::new(ops::Ctx {
         store: started.store,
         publisher: started.publisher,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_runtime::metrics::{ApiCall, ApiCode, Verb};
+
 /// A backend failure; [`BackendError::is_retryable`] decides between backoff and giving up.
 ///
 /// Failures with an underlying error keep it as their [`source`](std::error::Error::source), and their
@@ -92,6 +94,26 @@ impl BackendError {
                 ..
             } => Some(s.code),
             _ => None,
+        }
+    }
+
+    /// How the failed call ended, for metrics: the API's status, a timeout, or a transport failure.
+    pub fn api_code(&self) -> ApiCode {
+        match self {
+            BackendError::Timeout { .. } => ApiCode::Timeout,
+            e => e.api_status().map_or(ApiCode::Transport, ApiCode::Status),
+        }
+    }
+
+    /// The failed call as metric labels (verb and code); a local operation's verb is `other`.
+    pub fn api_call(&self) -> ApiCall {
+        let verb = match self {
+            BackendError::Kube { what, .. } | BackendError::Timeout { what, .. } => Verb::of(what),
+            _ => Verb::Other,
+        };
+        ApiCall {
+            verb,
+            code: self.api_code(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Airlock's backends: where runs execute, Kubernetes pods or local bubblewrap sandboxes.
 //!
-//! Above `airlock-schemas`, beside `airlock-runtime`: the dispatcher and the janitor use it; the ingester
-//! does not (it never touches a job), so it compiles neither kube nor the sandbox.
+//! Above `airlock-schemas` and `airlock-runtime` (for its metrics: API calls by verb and code): the dispatcher
+//! and the janitor use it; the ingester does not (it never touches a job), so it compiles neither kube nor the
+//! sandbox.
 //!
 //! The dispatcher calls [`Backend::launch`]; the dispatcher's watcher follows [`Backend::watch`]; the janitor
 //! calls [`Backend::observe`], [`Backend::logs_tail`], [`Backend::remove`] and, for sweeps,
@@ -91,6 +92,14 @@ impl Backend {
     pub fn with_egress_catalog(self, egress: BTreeMap<String, EgressDestination>) -> Self {
         match self {
             Backend::Kube(k) => Backend::Kube(k.with_egress_catalog(egress)),
+            other => other,
+        }
+    }
+
+    /// The same backend, counting its API calls into `metrics` (`airlock_backend_api_calls_total`).
+    pub fn with_metrics(self, metrics: &airlock_runtime::metrics::Metrics) -> Self {
+        match self {
+            Backend::Kube(k) => Backend::Kube(k.with_metrics(metrics.clone())),
             other => other,
         }
     }

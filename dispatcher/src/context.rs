@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use airlock_backend::{Backend, RuntimeKind};
 use airlock_runtime::consume::Outcome;
+use airlock_runtime::metrics::Metrics;
 use airlock_runtime::publish::Publisher;
 use airlock_runtime::store::Store;
 use airlock_schemas::{Policy, Subjects, env, token};
 
 use crate::config::Config;
 use crate::slots::Slots;
-use crate::unknown::UnknownQueueStats;
 
 /// What every handler, the watcher and the unknown-queue scan share.
 #[derive(Debug)]
@@ -23,7 +23,7 @@ pub struct Ctx {
     pub(crate) publisher: Publisher,
     pub(crate) backend: Backend,
     pub(crate) slots: Slots,
-    pub(crate) unknown_queue_stats: UnknownQueueStats,
+    pub(crate) metrics: Metrics,
 }
 
 impl Ctx {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use airlock_backend::{BackendError, LaunchSpec, Launched};
 use airlock_runtime::consume::{self, Outcome};
+use airlock_runtime::metrics::RejectClass;
 use airlock_runtime::store::{RecordUpdate, StoredRun, Transition};
 use airlock_schemas::{FieldError, LifecycleEvent, RunStatus, ValidatedRun, decode_request};
 use async_nats::jetstream;
@@ -78,6 +79,7 @@ async fn reject(
         .collect::<Vec<_>>()
         .join("; ");
     let recorded = record_rejection(ctx, req.msg, queue, req.published_at, reason.clone()).await?;
+    ctx.metrics.run_rejected(queue, RejectClass::Invalid);
     if recorded == RejectionRecord::NoId {
         warn!(subject = %req.msg.subject, reason = %reason, "Invalid request without a usable id; dropped");
     }
@@ -179,6 +181,9 @@ async fn record_queued(
         .store
         .transition(&run.request.id, RunStatus::Queued, &update)
         .await?;
+    if t.applied() {
+        ctx.metrics.run_accepted(&run.queue);
+    }
     if let Transition::Refused {
         current: RunStatus::Queued,
     } = t
@@ -203,11 +208,13 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Optio
         .retry(backoff)
         .when(BackendError::is_retryable)
         .notify(|e, d| {
+            ctx.metrics.backend_retry(e.api_call());
             warn!(run_id = %id, attempt, error = %e, retry_in = ?d, "Launch failed; will retry");
         })
         .await;
     let e = match launched {
         Ok(Launched::Created) => {
+            ctx.metrics.run_launched(queue, id, req.published_at);
             info!(run_id = %id, queue = %queue, attempt, "Run launched");
             return Ok(None);
         }

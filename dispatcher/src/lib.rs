@@ -25,11 +25,13 @@
 //!   is not pulled.
 //! - [`watcher`]: backend changes → `running`, `finished` timers, slots back; slot reconciliation.
 //! - [`unknown`]: requests on queues not configured here → `rejected`, through short-lived consumers.
+//! - `gauges`: slots in use and consumer state, read when `/metrics` is scraped.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
 pub mod context;
 pub mod error;
+mod gauges;
 pub mod handler;
 pub mod pull;
 pub mod reject;
@@ -41,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_backend::Backend;
+use airlock_runtime::metrics::{Metrics, Service};
 use airlock_runtime::nats::{self, ConsumerSpec, stream_name};
 use airlock_runtime::service;
 use airlock_schemas::subjects::STREAM_RUNS;
@@ -83,7 +86,9 @@ pub async fn run_with(
     let secret = config.common.token_secret()?;
     let policy = config.policy()?;
     let subjects = config.common.subjects();
-    let started = service::start_with_client(&config.common, client, &shutdown).await?;
+    let metrics = Metrics::new(Service::Dispatcher);
+    let backend = backend.with_metrics(&metrics);
+    let started = service::start_with_client(&config.common, client, &metrics, &shutdown).await?;
     let slots = Slots::new(
         started.store.connection(),
         started.store.prefix(),
@@ -109,6 +114,7 @@ pub async fn run_with(
         consumers.push((q.name.clone(), consumer));
     }
 
+    gauges::register(&metrics, &started.store, &consumers);
     let ctx = Arc::new(Ctx {
         publisher: started.publisher,
         config,
@@ -118,7 +124,7 @@ pub async fn run_with(
         store: started.store,
         backend,
         slots,
-        unknown_queue_stats: Default::default(),
+        metrics,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(watcher::watch(ctx.clone(), shutdown.clone()));

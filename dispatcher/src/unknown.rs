@@ -34,10 +34,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use airlock_runtime::consume;
+use airlock_runtime::metrics::RejectClass;
 use airlock_runtime::nats::stream_name;
 use airlock_schemas::subjects::STREAM_RUNS;
 use async_nats::jetstream::ErrorCode;
@@ -58,15 +58,6 @@ pub const DRAIN_INACTIVE: Duration = Duration::from_secs(15);
 const MAX_PER_PASS: usize = 1000;
 /// Messages asked for per pull.
 const BATCH: usize = 64;
-
-/// Counters of what the unknown-queue scan did (only grow).
-#[derive(Debug, Default)]
-pub struct UnknownQueueStats {
-    /// Requests recorded `rejected` (or found already recorded).
-    pub rejected: AtomicU64,
-    /// Requests terminated without a record: no usable run id.
-    pub dropped: AtomicU64,
-}
 
 /// The reason recorded on a request sent to `queue`, which is not one of `configured`.
 pub fn unknown_queue_reason<'a>(
@@ -252,18 +243,12 @@ async fn settle_one(
     };
     let kind = match recorded {
         RejectionRecord::Recorded(_) | RejectionRecord::IdInUse(_) => {
-            ctx.unknown_queue_stats
-                .rejected
-                .fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.run_rejected("", RejectClass::UnknownQueue);
             AckKind::Ack
         }
         RejectionRecord::NoId => {
-            let dropped = ctx
-                .unknown_queue_stats
-                .dropped
-                .fetch_add(1, Ordering::Relaxed)
-                + 1;
-            warn!(subject = %msg.subject, reason = %reason, dropped_total = dropped,
+            ctx.metrics.run_rejected("", RejectClass::NoId);
+            warn!(subject = %msg.subject, reason = %reason,
                 "Request to an unknown queue without a usable run id (body `id` or Nats-Msg-Id); terminated");
             AckKind::Term
         }

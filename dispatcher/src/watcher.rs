@@ -55,6 +55,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
         }
         Phase::Pending => {}
         Phase::Running => {
+            ctx.metrics.run_running(&o.run_id);
             // No record (expired, or not ours): nothing to move; the janitor's sweep deals with orphans.
             if status.is_none_or(|s| !s.can_move_to(RunStatus::Running)) {
                 return Ok(());
@@ -76,6 +77,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
             }
         }
         Phase::Succeeded | Phase::Failed => {
+            ctx.metrics.run_finished(&o.run_id);
             ctx.slots.release(&o.run_id).await?;
             if status.is_some_and(RunStatus::is_terminal) {
                 return Ok(());

@@ -19,22 +19,20 @@
 //! - [`ingest`]: the batch loop and the per-batch verify → lookup → pipelined write → settle.
 //! - [`verify`]: checks that need no database, and the [`Rejection`] reasons.
 //! - [`schemas`]: operator JSON Schemas by queue or image.
-//! - [`metrics`]: [`Metrics`] counters.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use airlock_runtime::config::{
     CommonArgs, ConsumerArgs, ConsumerDefaults, ConsumerEnv, ConsumerService,
 };
+use airlock_runtime::metrics::Service;
 use tokio_util::sync::CancellationToken;
 
 pub mod ingest;
-pub mod metrics;
 pub mod schemas;
 pub mod verify;
 
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use airlock_runtime::metrics::Metrics;
 pub use schemas::ResultSchemas;
 pub use verify::{RejectKind, Rejection};
 
@@ -146,14 +144,14 @@ impl Error {
 
 /// Runs the ingester until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    run_with_metrics(config, shutdown, Arc::new(Metrics::default())).await
+    run_with_metrics(config, shutdown, Metrics::new(Service::Ingester)).await
 }
 
 /// Runs the ingester until `shutdown`, counting into `metrics` (for tests and an embedding process).
 pub async fn run_with_metrics(
     config: Config,
     shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 ) -> Result<(), Error> {
     ingest::run(config, shutdown, metrics).await
 }

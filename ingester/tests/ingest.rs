@@ -9,7 +9,7 @@ use airlock_ingester::RejectKind;
 use airlock_schemas::record::field;
 use airlock_schemas::{ResultRejected, token};
 use airlock_test_support::wait_until;
-use common::{Env, InProcess};
+use common::{Counts, Env, InProcess};
 use futures::StreamExt;
 
 const T: Duration = Duration::from_secs(20);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use airlock_schemas::record::field;
 use airlock_test_support::wait_until;
-use common::{Env, InProcess, ids};
+use common::{Counts, Env, InProcess, ids};
 
 const N: usize = 10_000;
 
@@ -75,7 +75,7 @@ async fn results_published_while_redis_is_down_are_all_stored_once_and_none_is_a
     eprintln!(
         "{N} results landed {took:?} after Redis came back ({:.0}/s, {samples} samples); metrics {:?}",
         N as f64 / took.as_secs_f64(),
-        m.snapshot()
+        m.encode()
     );
 
     // Exactly once: every run has its own result, and the ingester stored each once.

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
 use crate::reaper::Janitor;
+use airlock_runtime::metrics::JanitorAction;
 
 /// Longest reason kept from a cancel request.
 const MAX_REASON: usize = 256;
@@ -116,7 +116,7 @@ impl Janitor {
                 };
                 match self.publisher.timer(&ev).await {
                     Ok(_) => {
-                        Metrics::inc(&self.metrics.cancels);
+                        self.metrics.janitor(JanitorAction::Cancel);
                         info!(run_id = %run_id, reason = ev.reason.as_deref().unwrap_or(""), "Cancel requested");
                         json!({"ok": true})
                     }

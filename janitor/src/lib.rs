@@ -21,7 +21,6 @@
 //! # Layout
 //! - [`config`]: the command line and environment ([`Config`]).
 //! - [`error`]: the error type ([`Error`]).
-//! - [`metrics`]: counters of what was done and a gauge of runs not reaped (read by tests and `airlock dev`).
 //! - `decide`: what a timer means for a run (pure).
 //! - `reaper`: handling a timer event, ending and reaping a run, re-dispatching a lost one.
 //! - `sweep`: orphans and lost timers.
@@ -33,7 +32,6 @@ mod claim;
 pub mod config;
 mod decide;
 pub mod error;
-pub mod metrics;
 mod reaper;
 mod sweep;
 
@@ -42,22 +40,23 @@ use std::time::Duration;
 
 use airlock_backend::Backend;
 use airlock_runtime::consume::{LoopOptions, run_loop};
+use airlock_runtime::metrics::Service;
 use airlock_runtime::nats::{self, ensure_consumer};
 use airlock_runtime::service;
 use airlock_schemas::subjects::STREAM_TIMERS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use airlock_runtime::metrics::Metrics;
 pub use config::Config;
 pub use error::Error;
-pub use metrics::Metrics;
 
 /// Name of the durable consumer on the timers stream, and of the cancel queue group.
 pub const DURABLE: &str = "airlock-janitor";
 
 /// Runs the janitor until `shutdown`, then lets in-flight work finish within the shutdown grace.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    run_with_metrics(config, Arc::new(Metrics::default()), shutdown).await
+    run_with_metrics(config, Metrics::new(Service::Janitor), shutdown).await
 }
 
 /// [`run`], counting into `metrics` (tests and an in-process caller read them).
@@ -65,14 +64,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 // subscription, ready), then the loop and the shutdown sequence.
 pub async fn run_with_metrics(
     config: Config,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
     let subjects = config.common.subjects();
-    let started = service::start(&config.common, DURABLE, &shutdown).await?;
+    let started = service::start(&config.common, DURABLE, &metrics, &shutdown).await?;
     let client = started.client.clone();
-    let backend = Backend::from_args(&config.backend, &client, &subjects).await?;
+    let backend = Backend::from_args(&config.backend, &client, &subjects)
+        .await?
+        .with_metrics(&metrics);
     started
         .publisher
         .schedule_sweep(config.sweep_interval)
@@ -90,7 +91,7 @@ pub async fn run_with_metrics(
         publisher: started.publisher,
         subjects: subjects.clone(),
         claims,
-        metrics,
+        metrics: metrics.clone(),
         client: client.clone(),
     });
 
@@ -103,6 +104,7 @@ pub async fn run_with_metrics(
         ),
     )
     .await?;
+    metrics.watch_consumer(&consumer);
     let cancels = client
         .queue_subscribe(subjects.cancel_all(), DURABLE.into())
         .await

@@ -15,7 +15,6 @@
 //! ([`crate::claim`]), so duplicated timers on several replicas delete a run's objects once.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_backend::{Backend, BackendError, Observed, Removed};
@@ -25,13 +24,13 @@ use airlock_runtime::store::{RecordUpdate, Store, StoredRun, Transition};
 use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, is_valid_name};
 use async_nats::jetstream;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
 use crate::claim::Claims;
 use crate::decide::{Decision, Verdict, decide};
-use crate::metrics::Metrics;
 use crate::{Config, Error};
+use airlock_runtime::metrics::{JanitorAction, LagFrom, Metrics};
 
 /// Longest redelivery delay of a timer whose handling failed for a reason a retry is unlikely to fix (the
 /// sweep finds the run again meanwhile).
@@ -73,27 +72,30 @@ pub(crate) struct Janitor {
     pub publisher: Publisher,
     pub subjects: Subjects,
     pub claims: Claims,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     pub client: async_nats::Client,
 }
 
 impl Janitor {
     /// Handles one timer message and says how to settle it.
     pub(crate) async fn handle(&self, msg: &jetstream::Message) -> Outcome {
-        Metrics::inc(&self.metrics.timers);
+        self.metrics.janitor(JanitorAction::Timer);
         let delivered = consume::delivered(msg);
         let ev: TimerEvent = match serde_json::from_slice(&msg.payload) {
             Ok(ev) => ev,
             Err(e) => {
-                Metrics::inc(&self.metrics.poison);
+                self.metrics.poison();
                 return Outcome::Poison(format!("undecodable timer event: {e}"));
             }
         };
         let result = match (ev.kind, ev.run_id.as_deref()) {
             (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
-            (_, Some(id)) if is_valid_name(id) => self.reap(&ev, id, delivered).await,
+            (_, Some(id)) if is_valid_name(id) => {
+                self.reap(&ev, id, delivered, consume::published_at(msg))
+                    .await
+            }
             (kind, id) => {
-                Metrics::inc(&self.metrics.poison);
+                self.metrics.poison();
                 return Outcome::Poison(format!(
                     "{} timer with an invalid run id {id:?}",
                     kind.as_str()
@@ -107,7 +109,7 @@ impl Janitor {
                 Outcome::Transient(Duration::from_millis(250))
             }
             Err(e) => {
-                Metrics::inc(&self.metrics.reap_errors);
+                self.metrics.handler_error();
                 let run_id = ev.run_id.as_deref().unwrap_or("-");
                 warn!(run_id = %run_id, kind = ev.kind.as_str(), delivered, error = %e, "Timer handling failed; will retry");
                 let cap = if e.is_retryable() {
@@ -163,7 +165,7 @@ impl Janitor {
             })
             .await?;
         if removed == Removed::Deleted {
-            Metrics::inc(&self.metrics.removed);
+            self.metrics.janitor(JanitorAction::ObjectsRemoved);
         }
         Ok(removed)
     }
@@ -186,8 +188,14 @@ impl Janitor {
         result
     }
 
-    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`.
-    async fn reap(&self, ev: &TimerEvent, run_id: &str, delivered: i64) -> Result<(), Error> {
+    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, which fired (was stored) at `fired`.
+    async fn reap(
+        &self,
+        ev: &TimerEvent,
+        run_id: &str,
+        delivered: i64,
+        fired: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
         // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
         let head = self.store.head(run_id).await?;
         let reaped = head
@@ -195,11 +203,11 @@ impl Janitor {
             .is_some_and(|h| h.is_terminal() && h.reaped_at.is_some());
         let attempt = head.map_or(airlock_schemas::record::FIRST_ATTEMPT, |h| h.attempt);
         if reaped || is_stale(ev, attempt) {
-            Metrics::inc(&self.metrics.late_timers);
+            self.metrics.janitor(JanitorAction::LateTimer);
             debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
             return Ok(());
         }
-        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered))
+        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered, fired))
             .await
     }
 
@@ -208,11 +216,12 @@ impl Janitor {
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
+        fired: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         let Some(run) = self.load(run_id).await? else {
             // No record (never written, or expired): whatever exists for it is an orphan.
             if self.remove(run_id).await? == Removed::Deleted {
-                Metrics::inc(&self.metrics.orphans_removed);
+                self.metrics.janitor(JanitorAction::OrphanRemoved);
                 info!(run_id = %run_id, kind = ev.kind.as_str(), "Removed the objects of a run with no record");
             }
             return Ok(());
@@ -221,7 +230,7 @@ impl Janitor {
             return self.finish(&run).await;
         }
         if is_stale(ev, run.attempt()) {
-            Metrics::inc(&self.metrics.late_timers);
+            self.metrics.janitor(JanitorAction::LateTimer);
             return Ok(());
         }
         let obs = self.observe(run_id).await?;
@@ -236,7 +245,7 @@ impl Janitor {
                     };
                     self.store.update(run_id, &update).await?;
                 }
-                Metrics::inc(&self.metrics.late_timers);
+                self.metrics.janitor(JanitorAction::LateTimer);
                 return Ok(());
             }
             attempt = attempt.max(o.attempt);
@@ -258,7 +267,12 @@ impl Janitor {
                 self.redispatch(&run, attempt, obs.as_ref(), why, delivered)
                     .await
             }
-            Decision::End(v) => self.end(&run, obs.as_ref(), v, delivered).await,
+            Decision::End(v) => {
+                let deadline = fired.filter(|_| ev.kind == TimerKind::Deadline);
+                let since = v.finished_at.map(|t| (LagFrom::Finish, t));
+                let since = since.or(deadline.map(|t| (LagFrom::Deadline, t)));
+                self.end(&run, obs.as_ref(), v, since, delivered).await
+            }
         }
     }
 
@@ -280,12 +294,13 @@ impl Janitor {
         }
     }
 
-    /// Records the terminal status, then finishes the reap.
+    /// Records the terminal status, then finishes the reap; `since` is what the reap lag is measured from.
     pub(crate) async fn end(
         &self,
         run: &StoredRun,
         obs: Option<&Observed>,
         v: Verdict,
+        since: Option<(LagFrom, DateTime<Utc>)>,
         delivered: i64,
     ) -> Result<(), Error> {
         let run_id = run.id();
@@ -305,7 +320,7 @@ impl Janitor {
         };
         match self.store.transition(run_id, v.status, &update).await? {
             Transition::Applied { previous } => {
-                self.metrics.ended(v.status);
+                self.metrics.run_reaped(v.status.as_str(), since);
                 info!(
                     run_id = %run_id,
                     status = v.status.as_str(),
@@ -404,7 +419,8 @@ impl Janitor {
                 exit_code: None,
                 finished_at: obs.and_then(|o| o.finished_at),
             };
-            return self.end(run, obs, v, delivered).await;
+            let since = v.finished_at.map(|t| (LagFrom::Finish, t));
+            return self.end(run, obs, v, since, delivered).await;
         };
         self.remove(run_id).await?;
         self.publisher.request(queue, request, next).await?;
@@ -420,7 +436,7 @@ impl Janitor {
             ev.exit_code = obs.and_then(|o| o.exit_code).map(i64::from);
             self.publisher.redispatched_event(&ev, next).await?;
         }
-        Metrics::inc(&self.metrics.redispatched);
+        self.metrics.janitor(JanitorAction::Redispatched);
         info!(run_id = %run_id, why = %why, attempt = next, "Run lost through no fault of its own; re-dispatched");
         Ok(())
     }

@@ -34,8 +34,8 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::metrics::Metrics;
 use crate::reaper::Janitor;
+use airlock_runtime::metrics::JanitorAction;
 
 /// Runs handled at once by a sweep.
 const SWEEP_CONCURRENCY: usize = 8;
@@ -58,7 +58,7 @@ impl Janitor {
             let age_ms = (Utc::now() - published).num_milliseconds();
             let max_age = self.settings.sweep_interval.max(Duration::from_secs(5));
             if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
-                Metrics::inc(&self.metrics.sweeps_skipped);
+                self.metrics.janitor(JanitorAction::SweepSkipped);
                 debug!(age_ms, "Stale sweep tick; a newer one follows");
                 return Ok(());
             }
@@ -68,7 +68,7 @@ impl Janitor {
 
     /// One sweep over the backend and the active runs.
     pub(crate) async fn sweep(&self) -> Result<(), Error> {
-        Metrics::inc(&self.metrics.sweeps);
+        self.metrics.janitor(JanitorAction::Sweep);
         let listed_at = Utc::now();
         let listed = self
             .with_retries("Listing runs", "-", || self.backend.list_objects())
@@ -113,7 +113,7 @@ impl Janitor {
             .await;
 
         let unreaped = report.unreaped.load(Ordering::Relaxed);
-        self.metrics.unreaped.store(unreaped, Ordering::Relaxed);
+        self.metrics.set_unreaped(unreaped);
         if unreaped > 0 {
             warn!(
                 unreaped,
@@ -163,7 +163,7 @@ impl Janitor {
                 Some(reaped_at) if reaped_at + chrono_duration(CLOCK_SKEW) < listed_at => {
                     warn!(run_id = %run_id, reaped_at = %reaped_at, "Objects of a reaped run are still there; removing them again");
                     if self.claimed(run_id, self.remove(run_id)).await? == Removed::Deleted {
-                        Metrics::inc(&self.metrics.orphans_removed);
+                        self.metrics.janitor(JanitorAction::OrphanRemoved);
                     }
                     return Ok(());
                 }
@@ -204,7 +204,7 @@ impl Janitor {
     async fn publish_lost(&self, ev: &TimerEvent) -> Result<bool, Error> {
         let stored = self.publisher.timer(ev).await?;
         if stored {
-            Metrics::inc(&self.metrics.lost_timers);
+            self.metrics.janitor(JanitorAction::LostTimer);
         }
         Ok(stored)
     }
@@ -235,7 +235,7 @@ impl Janitor {
             })
             .await?;
         if removed == Some(Removed::Deleted) {
-            Metrics::inc(&self.metrics.orphans_removed);
+            self.metrics.janitor(JanitorAction::OrphanRemoved);
             info!(run_id = %run_id, created_at = %created_at, "Sweep removed the objects of a run with no record");
         }
         Ok(())

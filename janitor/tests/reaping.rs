@@ -2,17 +2,16 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use airlock_backend::Phase;
-use airlock_janitor::Metrics;
 use airlock_kube_emulator::{FaultAction, ForcedState, Kind};
+use airlock_runtime::metrics::JanitorAction;
 use airlock_schemas::{RunStatus, TimerEvent, TimerKind};
 use airlock_test_support::wait_until;
 use anyhow::{Context, Result};
 use chrono::Utc;
-use common::{Env, NS, time};
+use common::{Counts, Env, NS, time};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -63,7 +62,7 @@ async fn a_job_that_exits_zero_ends_succeeded_with_its_logs_and_is_reaped_prompt
     assert_eq!(ended[0].metadata, Some(serde_json::json!({"test": id})));
 
     // A late timer for a reaped run is a no-op.
-    let late = Metrics::get(&janitor.metrics.late_timers);
+    let late = janitor.metrics.action(JanitorAction::LateTimer);
     env.publisher
         .timer(&TimerEvent {
             kind: TimerKind::Deadline,
@@ -73,7 +72,7 @@ async fn a_job_that_exits_zero_ends_succeeded_with_its_logs_and_is_reaped_prompt
         })
         .await?;
     wait_until(T, "the late timer to be handled", || async {
-        (Metrics::get(&janitor.metrics.late_timers) > late).then_some(())
+        (janitor.metrics.action(JanitorAction::LateTimer) > late).then_some(())
     })
     .await?;
     assert_eq!(env.record(id).await?.status, Some(RunStatus::Succeeded));
@@ -128,6 +127,14 @@ async fn a_pod_kept_pending_ends_timed_out_at_its_deadline_naming_why() -> Resul
         reason.starts_with("DeadlineExceeded: Pending (Unschedulable"),
         "reason: {reason}"
     );
+    // Counted once, its reap lag measured from the deadline timer (the pod never finished).
+    let m = janitor.metrics.samples();
+    assert_eq!(
+        m.get("airlock_reaps_total", &[("status", "timed_out")]),
+        1.0
+    );
+    let from_deadline = [("from", "deadline")];
+    assert_eq!(m.get("airlock_reap_lag_seconds_count", &from_deadline), 1.0);
     let finished = time(rec.finished_at.as_deref())?;
     let reaped = time(rec.reaped_at.as_deref())?;
     eprintln!(
@@ -275,8 +282,8 @@ async fn a_sweep_removes_orphans_finishes_interrupted_reaps_and_fires_lost_timer
             .status
             .is_some_and(RunStatus::is_terminal)
     );
-    assert!(Metrics::get(&janitor.metrics.orphans_removed) >= 2);
-    assert!(Metrics::get(&janitor.metrics.lost_timers) >= 2);
+    assert!(janitor.metrics.action(JanitorAction::OrphanRemoved) >= 2);
+    assert!(janitor.metrics.action(JanitorAction::LostTimer) >= 2);
     janitor.stop().await
 }
 
@@ -407,8 +414,8 @@ async fn two_janitors_and_duplicated_timers_reap_each_run_exactly_once() -> Resu
         "janitor A reaped {}, B reaped {}; late timers {} + {}",
         a.metrics.reaped(),
         b.metrics.reaped(),
-        Metrics::get(&a.metrics.late_timers),
-        Metrics::get(&b.metrics.late_timers)
+        a.metrics.action(JanitorAction::LateTimer),
+        b.metrics.action(JanitorAction::LateTimer)
     );
     assert_eq!(reaped, ids.len() as u64);
     for id in &ids {
@@ -448,7 +455,7 @@ async fn an_evicted_pod_is_redispatched_once_and_then_succeeds() -> Result<()> {
         dispatched.lock().map(|d| d.clone()).unwrap_or_default(),
         vec![(id.to_string(), 2)]
     );
-    assert_eq!(janitor.metrics.redispatched.load(Ordering::Relaxed), 1);
+    assert_eq!(janitor.metrics.action(JanitorAction::Redispatched), 1);
     let events = env.events(id).await?;
     assert!(
         events
@@ -491,7 +498,7 @@ async fn a_job_failing_on_its_own_is_not_retried() -> Result<()> {
     assert_eq!(oom.attempt, Some(1));
 
     assert!(dispatched.lock().map(|d| d.is_empty()).unwrap_or(false));
-    assert_eq!(janitor.metrics.redispatched.load(Ordering::Relaxed), 0);
+    assert_eq!(janitor.metrics.action(JanitorAction::Redispatched), 0);
     env.objects_gone("fail-1").await?;
     env.objects_gone("oom-1").await?;
     janitor.stop().await
@@ -509,7 +516,7 @@ async fn kubernetes_errors_are_retried_and_the_run_is_still_reaped() -> Result<(
     let rec = env.reaped("flaky-1", T).await?;
     assert_eq!(rec.status, Some(RunStatus::Succeeded));
     env.objects_gone("flaky-1").await?;
-    assert!(Metrics::get(&janitor.metrics.reap_errors) >= 1);
+    assert!(janitor.metrics.handler_errors() >= 1);
     assert_eq!(janitor.metrics.reaped(), 1);
     janitor.stop().await
 }

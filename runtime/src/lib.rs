@@ -5,7 +5,8 @@
 //! - [`config`]: the common command-line/environment configuration ([`config::CommonArgs`]).
 //! - [`telemetry`]: tracing set-up (human or JSON logs).
 //! - [`shutdown`]: a [`tokio_util::sync::CancellationToken`] cancelled on SIGTERM/SIGINT.
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: Prometheus metrics, one [`metrics::Metrics`] per service.
 //! - [`nats`]: connecting, and idempotent set-up of the streams and durable consumers.
 //! - [`consume`]: the per-message [`consume::Outcome`] and the bounded pull loop every service runs.
 //! - [`store`]: the Redis run record with forward-only status transitions.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod consume;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod nats;
 pub mod publish;
 pub mod service;

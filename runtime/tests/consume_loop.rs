@@ -1,11 +1,12 @@
 //! The shared pull loop and health endpoints against a real nats-server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_runtime::consume::{LoopOptions, Outcome, run_loop};
 use airlock_runtime::health::{Readiness, serve};
+use airlock_runtime::metrics::{Metrics, Samples, Service};
 use airlock_runtime::nats::{ConsumerSpec, ensure_consumer};
 use airlock_test_support::NatsServer;
 use async_nats::jetstream::{self, stream};
@@ -182,7 +183,14 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Stri
 async fn health_reports_liveness_always_and_readiness_once_set() -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
-    let addr = serve("127.0.0.1:0".parse()?, readiness.clone(), shutdown.clone()).await?;
+    let metrics = Metrics::new(Service::Dispatcher);
+    let addr = serve(
+        "127.0.0.1:0".parse()?,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     assert!(
         http_get(addr, "/healthz")
             .await?
@@ -191,6 +199,46 @@ async fn health_reports_liveness_always_and_readiness_once_set() -> anyhow::Resu
     assert!(http_get(addr, "/readyz").await?.starts_with("HTTP/1.1 503"));
     readiness.set(true);
     assert!(http_get(addr, "/readyz").await?.starts_with("HTTP/1.1 200"));
+    shutdown.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_are_served_as_openmetrics_text_refreshed_at_each_scrape() -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new(Service::Dispatcher);
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let (m, n) = (metrics.clone(), scrapes.clone());
+    metrics.on_scrape(move || {
+        let (m, n) = (m.clone(), n.clone());
+        async move {
+            let seen = n.fetch_add(1, Ordering::SeqCst) + 1;
+            m.set_slots_in_use("default", seen);
+        }
+    });
+    metrics.run_accepted("default");
+    let addr = serve(
+        "127.0.0.1:0".parse()?,
+        Readiness::default(),
+        metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    for expected in 1..=2 {
+        let page = http_get(addr, "/metrics").await?;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("application/openmetrics-text"), "{page}");
+        let body = page.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let s = Samples::parse(body);
+        assert_eq!(
+            s.get("airlock_runs_accepted_total", &[("queue", "default")]),
+            1.0
+        );
+        assert_eq!(
+            s.get("airlock_slots_in_use", &[("queue", "default")]),
+            expected as f64
+        );
+    }
     shutdown.cancel();
     Ok(())
 }

@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::path::Path;
 
+use airlock_runtime::metrics::ApiCode;
+
 use super::KubeBackend;
 use crate::BackendError;
 
@@ -86,10 +88,16 @@ impl KubeBackend {
         f: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, BackendError> {
         let after = self.config().api_timeout;
-        match tokio::time::timeout(after, f).await {
+        let r = match tokio::time::timeout(after, f).await {
             Ok(r) => r.map_err(|source| BackendError::Kube { what, source }),
             Err(_) => Err(BackendError::Timeout { what, after }),
-        }
+        };
+        self.metrics.backend_call(
+            what,
+            r.as_ref()
+                .map_or_else(BackendError::api_code, |_| ApiCode::Ok),
+        );
+        r
     }
 }
 

@@ -34,6 +34,7 @@ mod observe;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use airlock_runtime::metrics::Metrics;
 use airlock_schemas::{EgressDestination, labels};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -57,6 +58,7 @@ pub const FIELD_MANAGER: &str = "airlock-dispatcher";
 pub struct KubeBackend {
     client: kube::Client,
     config: Arc<KubeConfig>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for KubeBackend {
@@ -73,6 +75,7 @@ impl KubeBackend {
         Self {
             client,
             config: Arc::new(config),
+            metrics: Metrics::default(),
         }
     }
 
@@ -95,7 +98,13 @@ impl KubeBackend {
         Self {
             client: self.client,
             config: Arc::new(config),
+            metrics: self.metrics,
         }
+    }
+
+    /// The same backend, counting its API calls into `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// The configuration.

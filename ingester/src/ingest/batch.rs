@@ -54,7 +54,7 @@ struct Rejected {
 
 /// Verifies, writes and settles one batch.
 pub(super) async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
-    ctx.metrics.add_batch();
+    ctx.metrics.ingest_batch(msgs.len());
     let (genuine, mut rejected) = check_all(ctx, msgs).await;
 
     // The run records, for unknown/reaped runs and schemas.
@@ -64,7 +64,7 @@ pub(super) async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
         let heads = match ctx.store.heads(&ids).await {
             Ok(h) => h,
             Err(e) => {
-                ctx.metrics.add_redis_error();
+                ctx.metrics.redis_error();
                 warn!(error = %e, messages = genuine.len() + rejected.len(), "Run lookup failed; will retry");
                 // Redis is away: retry everything that needs it, handle only what does not.
                 let (needs_redis, no_record): (Vec<_>, Vec<_>) =
@@ -111,7 +111,7 @@ async fn check_all(ctx: &Ctx, msgs: Vec<Message>) -> (Vec<Genuine>, Vec<Rejected
         };
         let Some(published) = published_at(&msg) else {
             // Not a JetStream delivery: nothing can be recorded about it.
-            ctx.metrics.add_poison();
+            ctx.metrics.poison();
             settle(&msg, &Outcome::Poison("no delivery info".into())).await;
             continue;
         };
@@ -154,12 +154,12 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
             for (g, outcome) in to_store.into_iter().zip(outcomes) {
                 match outcome {
                     ResultWrite::Stored => {
-                        ctx.metrics.add_stored();
+                        ctx.metrics.result_stored();
                         debug!(run_id = %g.run_id, "Result stored");
                         settle(&g.msg, &Outcome::Done).await;
                     }
                     ResultWrite::Duplicate => {
-                        ctx.metrics.add_duplicate();
+                        ctx.metrics.result_duplicate();
                         debug!(run_id = %g.run_id, "A result was already stored; duplicate ignored");
                         settle(&g.msg, &Outcome::Done).await;
                     }
@@ -173,7 +173,7 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
             }
         }
         Err(e) => {
-            ctx.metrics.add_redis_error();
+            ctx.metrics.redis_error();
             warn!(error = %e, messages = to_store.len(), "Result write failed; will retry");
             nak_all(ctx, to_store.iter().map(|g| &g.msg)).await;
         }
@@ -185,7 +185,7 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
         match rec {
             Ok(()) => handled.push(r),
             Err(e) => {
-                ctx.metrics.add_redis_error();
+                ctx.metrics.redis_error();
                 warn!(run_id = r.run_id.as_deref().unwrap_or("-"), error = %e, "Recording a rejection failed; will retry");
                 nak_all(ctx, std::iter::once(&r.msg)).await;
             }
@@ -199,7 +199,7 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
 async fn settle_rejections(ctx: &Ctx, handled: Vec<Rejected>) {
     futures::future::join_all(handled.iter().map(|r| announce(ctx, r))).await;
     for r in handled {
-        ctx.metrics.add_rejected(r.rejection.kind);
+        ctx.metrics.result_rejected(r.rejection.kind.label());
         settle(&r.msg, &Outcome::Done).await;
     }
 }
@@ -265,5 +265,5 @@ async fn nak_all<'a>(ctx: &Ctx, msgs: impl Iterator<Item = &'a Message>) {
         settle(msg, &Outcome::Transient(delay)).await;
         n += 1;
     }
-    ctx.metrics.add_nacked(n);
+    ctx.metrics.nacked(n);
 }

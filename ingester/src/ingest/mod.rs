@@ -8,6 +8,8 @@ mod batch;
 
 use std::sync::Arc;
 
+use airlock_runtime::metrics::Metrics;
+
 use airlock_runtime::config::ConsumerArgs;
 use airlock_runtime::consume::{BatchOptions, run_batch_loop};
 use airlock_runtime::nats::{self, stream_name};
@@ -19,7 +21,7 @@ use airlock_schemas::subjects::STREAM_RESULTS;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{Config, DURABLE, Error, IngesterConsumer, Metrics, ResultSchemas};
+use crate::{Config, DURABLE, Error, IngesterConsumer, ResultSchemas};
 
 /// Most payload bytes written in one pipeline (large results make smaller batches).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -33,14 +35,14 @@ struct Ctx {
     store: Store,
     publisher: Publisher,
     schemas: ResultSchemas,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 /// Sets up streams, the durable consumer and Redis, then ingests until `shutdown`.
 pub(crate) async fn run(
     config: Config,
     shutdown: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 ) -> Result<(), Error> {
     config.consumer.validate()?;
     if config.batch_size == 0 || config.max_result_bytes == 0 {
@@ -55,7 +57,7 @@ pub(crate) async fn run(
         None => ResultSchemas::none(),
     };
     let subjects = config.common.subjects();
-    let started = service::start(&config.common, DURABLE, &shutdown).await?;
+    let started = service::start(&config.common, DURABLE, &metrics, &shutdown).await?;
     let consumer = nats::ensure_consumer(
         &started.js,
         &config.consumer.spec(
@@ -65,6 +67,7 @@ pub(crate) async fn run(
         ),
     )
     .await?;
+    metrics.watch_consumer(&consumer);
     let ctx = Arc::new(Ctx {
         subjects,
         secret,
@@ -99,6 +102,6 @@ pub(crate) async fn run(
     })
     .await?;
     started.readiness.set(false);
-    info!(metrics = ?ctx.metrics.snapshot(), "Ingester stopped");
+    info!("Ingester stopped");
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! Shared set-up for the ingester tests: real NATS and Redis, run records, publishing results.
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_ingester::{Config, Metrics};
+use airlock_ingester::{Config, Metrics, RejectKind};
+use airlock_runtime::metrics::Service;
 use airlock_runtime::nats::{StreamOptions, ensure_streams};
 use airlock_schemas::record::{self, field};
 use airlock_schemas::{Subjects, env, token};
@@ -169,7 +169,7 @@ impl Env {
 
 /// An ingester running in this process.
 pub struct InProcess {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), airlock_ingester::Error>>,
 }
@@ -177,7 +177,7 @@ pub struct InProcess {
 impl InProcess {
     /// Starts `airlock_ingester::run_with_metrics` on a task.
     pub fn start(config: Config) -> Self {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Metrics::new(Service::Ingester);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(airlock_ingester::run_with_metrics(
             config,
@@ -196,6 +196,40 @@ impl InProcess {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task).await???;
         Ok(())
+    }
+}
+
+/// The ingester's counters, read from its metrics as a scrape would.
+pub trait Counts {
+    /// `airlock_results_stored_total`.
+    fn stored(&self) -> u64;
+    /// `airlock_results_duplicate_total`.
+    fn duplicate(&self) -> u64;
+    /// `airlock_results_rejected_total{reason}`.
+    fn rejected(&self, kind: RejectKind) -> u64;
+    /// `airlock_results_rejected_total`, every reason.
+    fn rejected_total(&self) -> u64;
+    /// `airlock_redis_errors_total`.
+    fn redis_errors(&self) -> u64;
+}
+
+impl Counts for Metrics {
+    fn stored(&self) -> u64 {
+        self.samples().get("airlock_results_stored_total", &[]) as u64
+    }
+    fn duplicate(&self) -> u64 {
+        self.samples().get("airlock_results_duplicate_total", &[]) as u64
+    }
+    fn rejected(&self, kind: RejectKind) -> u64 {
+        let reason = [("reason", kind.label())];
+        self.samples()
+            .get("airlock_results_rejected_total", &reason) as u64
+    }
+    fn rejected_total(&self) -> u64 {
+        self.samples().get("airlock_results_rejected_total", &[]) as u64
+    }
+    fn redis_errors(&self) -> u64 {
+        self.samples().get("airlock_redis_errors_total", &[]) as u64
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use airlock_backend::{Backend, BackendArgs, LaunchSpec, Launched};
 use airlock_janitor::{Config, Metrics};
 use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
+use airlock_runtime::metrics::{JanitorAction, Service};
 use airlock_runtime::nats::{StreamOptions, ensure_streams};
 use airlock_runtime::publish::Publisher;
 use airlock_runtime::store::{RecordUpdate, Store};
@@ -48,7 +49,7 @@ pub struct Env {
 
 /// A janitor running in-process.
 pub struct RunningJanitor {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), airlock_janitor::Error>>,
 }
@@ -148,7 +149,7 @@ impl Env {
     /// Starts a janitor in-process with `extra` flags.
     pub fn janitor(&self, extra: &[&str]) -> Result<RunningJanitor> {
         let config = self.config(extra)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Metrics::new(Service::Janitor);
         let shutdown = self.shutdown.child_token();
         let task = tokio::spawn(airlock_janitor::run_with_metrics(
             config,
@@ -427,4 +428,27 @@ impl Drop for Env {
 pub fn time(s: Option<&str>) -> Result<chrono::DateTime<chrono::Utc>> {
     let s = s.context("timestamp missing")?;
     Ok(chrono::DateTime::parse_from_rfc3339(s)?.with_timezone(&chrono::Utc))
+}
+
+/// The janitor's counters, read from its metrics as a scrape would.
+pub trait Counts {
+    /// `airlock_janitor_actions_total{action}`.
+    fn action(&self, action: JanitorAction) -> u64;
+    /// `airlock_reaps_total`, every status.
+    fn reaped(&self) -> u64;
+    /// `airlock_handler_errors_total`.
+    fn handler_errors(&self) -> u64;
+}
+
+impl Counts for Metrics {
+    fn action(&self, action: JanitorAction) -> u64 {
+        let l = [("action", action.as_str())];
+        self.samples().get("airlock_janitor_actions_total", &l) as u64
+    }
+    fn reaped(&self) -> u64 {
+        self.samples().get("airlock_reaps_total", &[]) as u64
+    }
+    fn handler_errors(&self) -> u64 {
+        self.samples().get("airlock_handler_errors_total", &[]) as u64
+    }
 }

@@ -253,6 +253,30 @@ impl System {
         Ok(sys)
     }
 
+    /// Service `i`'s `/metrics`, parsed.
+    pub async fn metrics(&self, i: usize) -> Result<airlock_runtime::metrics::Samples> {
+        let body = http_get_body(self.specs[i].health_port, "/metrics").await?;
+        Ok(airlock_runtime::metrics::Samples::parse(&body))
+    }
+
+    /// Waits until service `i`'s `/metrics` satisfy `pred`; returns them.
+    pub async fn wait_metrics(
+        &self,
+        i: usize,
+        what: &str,
+        pred: impl Fn(&airlock_runtime::metrics::Samples) -> bool,
+    ) -> Result<airlock_runtime::metrics::Samples> {
+        let (pred, last) = (&pred, &std::sync::Mutex::new(None));
+        let r = wait_until(T, what, || async move {
+            let m = self.metrics(i).await;
+            let ok = m.as_ref().ok().filter(|m| pred(m)).cloned();
+            *last.lock().expect("not poisoned") = Some(m);
+            ok
+        })
+        .await;
+        r.with_context(|| format!("last scrape: {:?}", last.lock().expect("not poisoned")))
+    }
+
     /// Waits until service `i` answers 200 on `/readyz` (it set up its streams and consumers).
     pub async fn wait_ready(&self, i: usize) -> Result<()> {
         let spec = &self.specs[i];
@@ -531,6 +555,20 @@ pub fn request(id: &str, command: &[&str], deadline_seconds: u64) -> Value {
         "deadline_seconds": deadline_seconds,
         "metadata": { "test": id },
     })
+}
+
+/// The body of a `200` answer to `GET path` on 127.0.0.1:port.
+pub async fn http_get_body(port: u16, path: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8(buf)?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => bail!("GET {path} on port {port} answered: {text}"),
+    }
 }
 
 /// The HTTP status of `GET path` on 127.0.0.1:port, or `None` when nothing answers.

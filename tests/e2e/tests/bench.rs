@@ -1,0 +1,37 @@
+//! The benchmark never rots: `airlock-bench all --quick` runs every stage with small counts and prints its
+//! table (figures and ratios; no time is asserted).
+
+use airlock_test_support::our_binary;
+
+#[tokio::test]
+async fn the_quick_benchmark_prints_a_table_with_every_stage_and_ratios() -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(our_binary("airlock-bench")?)
+        .args(["all", "--quick"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    let table = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "exited with {}: {table}", out.status);
+    assert!(
+        table.starts_with("| What | Airlock | Ceiling (same run) | Ratio | CPU per item |"),
+        "{table}"
+    );
+    for row in [
+        "| dispatch (kube, pods held Pending), 1 replica |",
+        "| dispatch (kube, pods held Pending), 2 replicas |",
+        "| ingest, draining a ",
+        "| reap, ",
+        "| memory: dispatcher peak RSS with ",
+        "| local: ",
+        "| ceiling: JetStream pull consume + ack |",
+        "| ceiling: Redis pipelined hash writes (redis-rs) |",
+        "| ceiling: bare bubblewrap around `true`, in a row |",
+        "| ceiling: emulator creating NetworkPolicy+Pod pairs, 16 concurrent |",
+    ] {
+        assert!(table.contains(row), "no {row:?} in:\n{table}");
+    }
+    // Every measured stage is judged against a ceiling: a ratio in percent.
+    let ratios = table.lines().filter(|l| l.contains("% |")).count();
+    assert!(ratios >= 3, "{table}");
+    Ok(())
+}
