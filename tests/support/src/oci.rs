@@ -53,6 +53,10 @@ impl Tar {
     pub fn file(self, name: &str, data: &[u8]) -> Self {
         self.entry(name, EntryType::Regular, "", 0o644, data)
     }
+    /// An executable (0755).
+    pub fn executable(self, name: &str, data: &[u8]) -> Self {
+        self.entry(name, EntryType::Regular, "", 0o755, data)
+    }
     pub fn dir(self, name: &str) -> Self {
         self.entry(name, EntryType::Directory, "", 0o755, b"")
     }
@@ -158,6 +162,44 @@ pub fn busybox_layer(marker: &str) -> Result<Tar> {
         .hardlink("bin/echo", "bin/busybox")
         .dir("etc/")
         .file("etc/airlock-marker", marker.as_bytes()))
+}
+
+/// `binary` at `dest` (absolute) plus the shared libraries `ldd` lists for it, each at the path `ldd`
+/// names (their contents read through the host's symlinks), with the directories they need.
+pub fn binary_layer(binary: &Path, dest: &str) -> Result<Tar> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut files: Vec<(String, PathBuf)> = vec![(dest.to_string(), binary.to_path_buf())];
+    for line in text.lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+        let path = match line.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push((p.to_string(), PathBuf::from(p)));
+        }
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    let mut t = Tar::default();
+    for (at, _) in &files {
+        let parts: Vec<&str> = at.trim_start_matches('/').split('/').collect();
+        for i in 1..parts.len() {
+            let d = format!("{}/", parts[..i].join("/"));
+            if !dirs.contains(&d) {
+                t = t.dir(&d);
+                dirs.push(d);
+            }
+        }
+    }
+    for (at, from) in &files {
+        let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        t = t.executable(at.trim_start_matches('/'), &data);
+    }
+    Ok(t)
 }
 
 fn compress(tar: &[u8], c: Compression) -> Result<Vec<u8>> {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod local;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,28 +103,6 @@ pub fn traversable_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
 
 /// The image every request of [`request`] names.
 pub const IMAGE: &str = "docker.io/library/busybox:1.36";
-
-/// Imports a busybox-static image built by the test support as [`IMAGE`] into the image store at `store`
-/// (like `kind load`: the local runtime then runs it without a registry); `scratch` holds its OCI layout.
-pub async fn import_test_busybox(store: &Path, scratch: &Path) -> Result<()> {
-    use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
-    let built = build(&ImageSpec::new(vec![busybox_image_layer("e2e")?]))?;
-    let layout = write_layout(&scratch.join("busybox-layout"), &built, IMAGE)?;
-    let out = tokio::process::Command::new(airlock_test_support::our_binary("airlock")?)
-        .args(["image", "--store-dir"])
-        .arg(store)
-        .arg("import")
-        .arg(&layout)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "airlock image import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 /// One of the services, with what is needed to start it again.
 struct ServiceSpec {
