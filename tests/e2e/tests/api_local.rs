@@ -184,19 +184,13 @@ async fn submit_wait_exits_with_the_documented_code_for_each_outcome() -> Result
     system.stop().await
 }
 
-/// An image with busybox and our `airlock-emit` (with the libraries it links) as `/bin/airlock-emit`.
+/// The job image: busybox and our `airlock-emit` (with the libraries it links) as `/bin/airlock-emit`.
 const EMIT_IMAGE: &str = "airlock.local/e2e/emit:1";
 
 #[tokio::test]
 async fn airlock_emit_delivers_a_result_from_inside_a_local_sandbox_and_refuses_a_non_object()
 -> Result<()> {
-    use airlock_test_support::oci::{Compression, ImageSpec, binary_layer, busybox_image_layer};
-    let mut spec = ImageSpec::new(vec![
-        busybox_image_layer("emit")?,
-        binary_layer(&our_binary("airlock-emit")?, "/bin/airlock-emit")?,
-    ]);
-    // The debug binary is large: no need to compress it for every test.
-    spec.layers[1].1 = Compression::None;
+    let spec = airlock_test_support::oci::job_image("emit")?;
     let (sys, _dir) =
         common::local::local_system("airlock-e2e-api-", &[(EMIT_IMAGE, spec)]).await?;
     let script = r#"echo '[1]' | /bin/airlock-emit; echo "refused=$?"; printf '{"answer":7}' | /bin/airlock-emit"#;

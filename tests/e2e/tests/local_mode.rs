@@ -309,7 +309,7 @@ async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_aga
 async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file()
 -> anyhow::Result<()> {
     use airlock_test_support::oci::{
-        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_image_layer, tls_registry,
+        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_layer, tls_registry,
     };
     let dir = traversable_tempdir("airlock-e2e-local-")?;
     let tls = tls_registry(dir.path()).await?;
@@ -317,7 +317,7 @@ async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert
     pusher
         .push(
             "private:1",
-            &ImageSpec::new(vec![busybox_image_layer("from-the-tls-registry")?]),
+            &ImageSpec::new(vec![busybox_layer("from-the-tls-registry")?]),
         )
         .await?;
     let auth = auth_file(dir.path(), &tls.registry.host(), USER, PASSWORD)?;

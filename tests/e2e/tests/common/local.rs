@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
+use airlock_test_support::oci::{ImageSpec, build, busybox_layer, write_layout};
 use airlock_test_support::wait_until;
 use anyhow::{Result, bail};
 
@@ -42,7 +42,7 @@ pub async fn import_image(
 
 /// Imports a busybox-static image built by the test support as [`IMAGE`] into the image store at `store`.
 pub async fn import_test_busybox(store: &Path, scratch: &Path) -> Result<()> {
-    let spec = ImageSpec::new(vec![busybox_image_layer("e2e")?]);
+    let spec = ImageSpec::new(vec![busybox_layer("e2e")?]);
     import_image(store, scratch, IMAGE, &spec).await
 }
 

@@ -4,6 +4,8 @@
 //! publish with `Nats-Msg-Id`) and wait on what the system publishes: lifecycle events on
 //! `airlock.events.<id>` (an ordered consumer), then the Redis record. Nothing sleeps to synchronise: state
 //! with no event (a Redis field, a process exit, a readiness flag) is polled with `wait_until`.
+//! [`local`] has what tests of the local runtime share: images imported before a system starts, and gates
+//! opened through a job's result file.
 
 #![allow(dead_code)]
 
