@@ -12,7 +12,7 @@ use std::time::Duration;
 use airlock_backend::{Observed, Phase};
 use airlock_images::RegistryConfig;
 use airlock_test_support::oci::{
-    ImageSpec, PASSWORD, Pusher, Tar, USER, auth_file, busybox_image_layer, tls_registry,
+    ImageSpec, PASSWORD, Pusher, Tar, USER, auth_file, busybox_layer, tls_registry,
 };
 use airlock_test_support::registry::Registry;
 use futures::StreamExt;
@@ -30,7 +30,7 @@ fn plain(r: &Registry) -> RegistryConfig {
 
 /// The busybox image with Entrypoint, Cmd, Env and a WorkingDir that the image lacks.
 fn configured_image() -> ImageSpec {
-    let mut spec = ImageSpec::new(vec![busybox_image_layer("configured").unwrap()]);
+    let mut spec = ImageSpec::new(vec![busybox_layer("configured").unwrap()]);
     spec.run = json!({
         "Entrypoint": ["/bin/sh", "-c", "echo \"ran:$0:$*:FOO=$FOO:BAR=$BAR:pwd=$(pwd)\"; echo x > f && echo workdir-writable", "ep0"],
         "Cmd": ["c1", "c2"],
@@ -131,7 +131,7 @@ async fn an_image_is_pulled_from_a_tls_registry_with_htpasswd_auth() {
     pusher
         .push(
             "private",
-            &ImageSpec::new(vec![busybox_image_layer("private-marker").unwrap()]),
+            &ImageSpec::new(vec![busybox_layer("private-marker").unwrap()]),
         )
         .await
         .unwrap();
@@ -177,7 +177,7 @@ async fn twenty_concurrent_runs_of_a_new_image_pull_it_once_and_it_then_runs_wit
     pusher
         .push(
             "popular:1",
-            &ImageSpec::new(vec![busybox_image_layer("popular").unwrap()]),
+            &ImageSpec::new(vec![busybox_layer("popular").unwrap()]),
         )
         .await
         .unwrap();
@@ -305,7 +305,7 @@ async fn malicious_images_fail_their_runs_with_err_image_pull_and_the_canary_is_
         ),
     ];
     for (name, layers) in &attacks {
-        let mut all = vec![busybox_image_layer(name).unwrap()];
+        let mut all = vec![busybox_layer(name).unwrap()];
         all.extend(layers.iter().cloned());
         pusher.push(name, &ImageSpec::new(all)).await.unwrap();
     }

@@ -11,7 +11,7 @@ use airlock_backend::{LaunchSpec, Launched, Observed, Phase};
 use airlock_images::{ImageStore, StoreConfig};
 use airlock_schemas::{Policy, RunRequest, Subjects, env, token};
 use airlock_test_support::NatsServer;
-use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
+use airlock_test_support::oci::{ImageSpec, build, busybox_layer, write_layout};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -180,7 +180,7 @@ impl Drop for Harness {
 
 /// Imports [`BUSYBOX`] into the store at `store_dir`, from an OCI layout written under `scratch`.
 pub async fn import_busybox(scratch: &std::path::Path, store_dir: &std::path::Path) {
-    let built = build(&ImageSpec::new(vec![busybox_image_layer(MARKER).unwrap()])).unwrap();
+    let built = build(&ImageSpec::new(vec![busybox_layer(MARKER).unwrap()])).unwrap();
     let layout = write_layout(&scratch.join("busybox-layout"), &built, BUSYBOX).unwrap();
     let store = ImageStore::open(StoreConfig::new(store_dir)).unwrap();
     store.import(&layout, Some(BUSYBOX)).await.unwrap();

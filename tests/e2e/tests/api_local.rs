@@ -7,17 +7,13 @@ use std::process::Stdio;
 
 use airlock_test_support::{free_port, our_binary, wait_until};
 use anyhow::{Context, Result};
-use common::{Runtime, System, T, traversable_tempdir, visible_dir};
+use common::local::{gated, open_gate};
+use common::{System, T};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 async fn local_system() -> Result<(System, tempfile::TempDir)> {
-    let dir = traversable_tempdir("airlock-e2e-api-")?;
-    let sys = System::start(Runtime::Local {
-        dir: dir.path().join("state"),
-    })
-    .await?;
-    Ok((sys, dir))
+    common::local::local_system("airlock-e2e-api-", &[]).await
 }
 
 /// The CLI's exit code, stdout and stderr.
@@ -53,10 +49,12 @@ async fn status_of(sys: &System, id: &str) -> Option<String> {
 #[tokio::test]
 async fn logs_follow_streams_the_lines_of_a_running_local_job_and_ends_when_the_run_ends()
 -> Result<()> {
-    let (sys, _dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-api-gate-")?;
-    let gate_file = gate.path().join("open");
-    let script = r#"echo line-one; while [ ! -e "$GATE" ]; do sleep 0.02; done; echo line-two"#;
+    let (sys, dir) = local_system().await?;
+    // The job empties its result file again once the gate is open: it ends without a result.
+    let script = gated(
+        "echo line-one",
+        r#": > "$AIRLOCK_RESULT_FILE"; echo line-two"#,
+    );
     let (code, out, err) = airlock(
         &sys,
         &[
@@ -65,12 +63,10 @@ async fn logs_follow_streams_the_lines_of_a_running_local_job_and_ends_when_the_
             "follow-1",
             "--deadline",
             "60",
-            "--env",
-            &format!("GATE={}", gate_file.display()),
             "--",
             "/bin/sh",
             "-c",
-            script,
+            &script,
         ],
     )
     .await?;
@@ -88,12 +84,20 @@ async fn logs_follow_streams_the_lines_of_a_running_local_job_and_ends_when_the_
         .await
         .context("no line followed")??;
     assert_eq!(first.as_deref(), Some("line-one"));
-    // The job is still running (waiting for the gate) while its first line was streamed.
-    assert_eq!(
-        status_of(&sys, "follow-1").await.as_deref(),
-        Some("running")
+    // The job cannot end before its gate opens, so it was in progress when its first line was streamed
+    // (its record may still say `pending` until the watcher notices): the record reaches `running` while
+    // the follow goes on.
+    let now = status_of(&sys, "follow-1").await;
+    assert!(
+        matches!(now.as_deref(), Some("pending" | "running")),
+        "{now:?}"
     );
-    std::fs::write(&gate_file, b"")?;
+    wait_until(T, "follow-1 running", || async {
+        (status_of(&sys, "follow-1").await.as_deref() == Some("running")).then_some(())
+    })
+    .await?;
+    assert!(follow.try_wait()?.is_none(), "logs -f ended early");
+    open_gate(&dir, "follow-1", 1).await?;
     let mut rest = Vec::new();
     while let Some(l) = tokio::time::timeout(T, lines.next_line()).await?? {
         rest.push(l);
@@ -180,17 +184,21 @@ async fn submit_wait_exits_with_the_documented_code_for_each_outcome() -> Result
     system.stop().await
 }
 
+/// The job image: busybox and our `airlock-emit` (with the libraries it links) as `/bin/airlock-emit`.
+const EMIT_IMAGE: &str = "airlock.local/e2e/emit:1";
+
 #[tokio::test]
 async fn airlock_emit_delivers_a_result_from_inside_a_local_sandbox_and_refuses_a_non_object()
 -> Result<()> {
-    let (sys, _dir) = local_system().await?;
-    let emit = our_binary("airlock-emit")?.display().to_string();
-    let script =
-        format!(r#"echo '[1]' | {emit}; echo "refused=$?"; printf '{{"answer":7}}' | {emit}"#);
+    let spec = airlock_test_support::oci::job_image("emit")?;
+    let (sys, _dir) =
+        common::local::local_system("airlock-e2e-api-", &[(EMIT_IMAGE, spec)]).await?;
+    let script = r#"echo '[1]' | /bin/airlock-emit; echo "refused=$?"; printf '{"answer":7}' | /bin/airlock-emit"#;
     let (code, out, err) = airlock(
         &sys,
         &[
-            "submit", "--wait", "--id", "emit-1", "--", "/bin/sh", "-c", &script,
+            "submit", "--wait", "--id", "emit-1", "--image", EMIT_IMAGE, "--", "/bin/sh", "-c",
+            script,
         ],
     )
     .await?;
@@ -269,21 +277,11 @@ async fn follows(sys: &System) -> Option<u64> {
 async fn a_follow_is_relayed_only_while_its_follower_listens() -> Result<()> {
     use futures::StreamExt;
     let (sys, _dir) = local_system().await?;
-    let gate = visible_dir("airlock-e2e-api-gate-")?;
-    let gate_file = gate.path().join("never");
+    // The gate is never opened: the job runs until it is cancelled.
+    let script = gated("echo line-one", "true");
     let (code, _, err) = airlock(
         &sys,
-        &[
-            "submit",
-            "--id",
-            "left-1",
-            "--env",
-            &format!("GATE={}", gate_file.display()),
-            "--",
-            "/bin/sh",
-            "-c",
-            r#"echo line-one; while [ ! -e "$GATE" ]; do sleep 0.02; done"#,
-        ],
+        &["submit", "--id", "left-1", "--", "/bin/sh", "-c", &script],
     )
     .await?;
     assert_eq!(code, 0, "{err}");

@@ -65,8 +65,8 @@ async fn airlock_dev_demo_runs_a_sandboxed_job_prints_its_result_and_exits_0() -
 
 /// Writes the demo image's OCI layout where `airlock dev` looks for it (`scripts/setup` does in real life).
 fn write_demo_layout(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
-    let demo = build(&ImageSpec::new(vec![busybox_image_layer("demo")?]))?;
+    use airlock_test_support::oci::{ImageSpec, build, busybox_layer, write_layout};
+    let demo = build(&ImageSpec::new(vec![busybox_layer("demo")?]))?;
     write_layout(
         &data_dir.join("demo-image"),
         &demo,

@@ -13,7 +13,7 @@ mod kube_cluster;
 use std::path::Path;
 
 use airlock_schemas::RunStatus;
-use airlock_test_support::images::{self, ImageSpec};
+use airlock_test_support::oci::{self, ImageSpec};
 use common::{System, T};
 use kube_cluster::{Cluster, MARKER};
 use serde_json::{Value, json};
@@ -115,23 +115,20 @@ async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_di
         return Ok(());
     };
     // The job image plus a workdir, with a config that publishes what the job sees.
-    let mut spec = images::job_image(MARKER)?;
-    spec.layers.push(
-        images::Tar::default()
-            .dir("app/")?
-            .file("app/data", b"from the workdir")?,
-    );
+    let mut spec = oci::job_image(MARKER)?;
+    spec.layers.push((
+        oci::Tar::default()
+            .dir("app/")
+            .file("app/data", b"from the workdir"),
+        oci::Compression::Gzip,
+    ));
     let publish = r#"echo "{\"by\":\"$1\",\"pwd\":\"$(pwd)\",\"data\":\"$(cat data)\",\"env\":\"$FROM_IMAGE $OVERRIDE\"}" | airlock-emit"#;
-    spec.config = json!({
+    spec.run = json!({
         "Entrypoint": ["/bin/sh", "-c", publish, "job"],
         "Cmd": ["cmd-default"],
         "Env": ["PATH=/bin", "FROM_IMAGE=image-env", "OVERRIDE=image"],
         "WorkingDir": "/app",
     });
-    let spec = ImageSpec {
-        layers: spec.layers,
-        config: spec.config,
-    };
     let (_, plain) = cluster.registry.as_ref().expect("emulator registry");
     let digest = plain.push("configured:1", &spec).await?;
     let by_tag = plain.reference("configured:1");
@@ -238,10 +235,8 @@ async fn on_kubernetes_an_image_running_as_root_under_run_as_non_root_shows_crea
         return Ok(());
     };
     let (_, plain) = cluster.registry.as_ref().expect("emulator registry");
-    let root_image = ImageSpec {
-        layers: vec![images::busybox_layer("root")?],
-        config: json!({"Env": ["PATH=/bin"]}),
-    };
+    let root_image = ImageSpec::new(vec![oci::busybox_layer("root")?, oci::users_layer()])
+        .with_run(json!({"Env": ["PATH=/bin"]}));
     plain.push("root:1", &root_image).await?;
     let image = plain.reference("root:1");
     // Pods leave the uid to the image, keeping runAsNonRoot.

@@ -5,37 +5,21 @@ mod common;
 
 use airlock_schemas::RunStatus;
 use airlock_test_support::wait_until;
+use common::local::{gated, open_gate, runs_dir};
 use common::{DISPATCHER, Runtime, SECRET, System, T, dir_entries, request, traversable_tempdir};
 use serde_json::json;
 
-/// A job that writes `{"answer":42}` as its result once its result file is no longer empty (the test opens
-/// the gate with [`open_gate`]: nothing of the host is visible in the sandbox but that file), after a line of
-/// output.
-const GATED_JOB: &str = r#"echo "working on $AIRLOCK_RUN_ID"; while [ ! -s "$AIRLOCK_RESULT_FILE" ]; do sleep 0.02; done; printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#;
+/// A job that writes `{"answer":42}` as its result once the test opens its gate ([`open_gate`]: nothing of
+/// the host is visible in the sandbox but its result file), after a line of output.
+fn gated_job() -> String {
+    gated(
+        r#"echo "working on $AIRLOCK_RUN_ID""#,
+        r#"printf '{"answer":42}' > "$AIRLOCK_RESULT_FILE""#,
+    )
+}
 
 async fn local_system() -> anyhow::Result<(System, tempfile::TempDir)> {
-    let dir = traversable_tempdir("airlock-e2e-local-")?;
-    let state = dir.path().join("state");
-    common::import_test_busybox(&state.join("images"), dir.path()).await?;
-    let sys = System::start(Runtime::Local { dir: state }).await?;
-    Ok((sys, dir))
-}
-
-/// Lets the [`GATED_JOB`] of run `id` go on once its attempt `attempt` runs: writes into its result file.
-async fn open_gate(dir: &tempfile::TempDir, id: &str, attempt: u64) -> anyhow::Result<()> {
-    let run = runs_dir(dir).join(id);
-    wait_until(T, "the job's attempt to run", || async {
-        let status: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.join("status.json")).ok()?).ok()?;
-        (status["attempt"] == attempt && status["phase"] == "Running").then_some(())
-    })
-    .await?;
-    std::fs::write(run.join("sandbox/result.json"), "open")?;
-    Ok(())
-}
-
-fn runs_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    dir.path().join("state/runs")
+    common::local::local_system("airlock-e2e-local-", &[]).await
 }
 
 #[tokio::test]
@@ -174,7 +158,7 @@ async fn a_cancelled_run_is_stopped_and_ends_cancelled() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_forged_result_is_rejected_and_the_genuine_result_stays() -> anyhow::Result<()> {
     let (sys, dir) = local_system().await?;
-    let req = request("forged-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    let req = request("forged-1", &["/bin/sh", "-c", &gated_job()], 60);
     let mut events = sys.events("forged-1").await?;
     sys.submit(&req).await?;
     events.until_status("running").await?;
@@ -227,7 +211,7 @@ async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_its_runs_which_run_
     let mut all_events = Vec::new();
     for id in &ids {
         let mut events = sys.events(id).await?;
-        sys.submit(&request(id, &["/bin/sh", "-c", GATED_JOB], 60))
+        sys.submit(&request(id, &["/bin/sh", "-c", &gated_job()], 60))
             .await?;
         events.until_status("running").await?;
         all_events.push(events);
@@ -294,7 +278,7 @@ async fn a_dispatcher_killed_mid_flight_and_restarted_adopts_its_runs_which_run_
 async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_again()
 -> anyhow::Result<()> {
     let (sys, dir) = local_system().await?;
-    let req = request("lost-1", &["/bin/sh", "-c", GATED_JOB], 60);
+    let req = request("lost-1", &["/bin/sh", "-c", &gated_job()], 60);
     let mut events = sys.events("lost-1").await?;
     sys.submit(&req).await?;
     events.until_status("running").await?;
@@ -325,7 +309,7 @@ async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_aga
 async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file()
 -> anyhow::Result<()> {
     use airlock_test_support::oci::{
-        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_image_layer, tls_registry,
+        ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_layer, tls_registry,
     };
     let dir = traversable_tempdir("airlock-e2e-local-")?;
     let tls = tls_registry(dir.path()).await?;
@@ -333,7 +317,7 @@ async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert
     pusher
         .push(
             "private:1",
-            &ImageSpec::new(vec![busybox_image_layer("from-the-tls-registry")?]),
+            &ImageSpec::new(vec![busybox_layer("from-the-tls-registry")?]),
         )
         .await?;
     let auth = auth_file(dir.path(), &tls.registry.host(), USER, PASSWORD)?;

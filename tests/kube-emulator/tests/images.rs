@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_images::{RegistryConfig, StoreConfig};
 use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Kind};
-use airlock_test_support::images::{self, ImageSpec, Pusher};
+use airlock_test_support::oci::{self, ImageSpec, Pusher};
 use airlock_test_support::registry::Registry;
 use common::{WAIT, client};
 use k8s_openapi::api::core::v1::Pod;
@@ -61,22 +61,17 @@ fn pod(name: &str, container: Value, security: Value) -> Pod {
 
 /// An image whose config sets Entrypoint, Cmd, Env and WorkingDir (a directory of its own).
 fn configured_image(marker: &str) -> ImageSpec {
-    let layer = images::busybox_layer(marker)
+    let layer = oci::busybox_layer(marker)
         .unwrap()
         .dir("app/")
-        .unwrap()
-        .file("app/data", b"in the workdir\n")
-        .unwrap();
-    ImageSpec {
-        layers: vec![layer],
-        config: json!({
+        .file("app/data", b"in the workdir\n");
+    ImageSpec::new(vec![layer, oci::users_layer()]).with_run(json!({
             "Entrypoint": ["/bin/sh", "-c"],
             "Cmd": ["echo default cmd; cat data; echo \"$FROM_IMAGE $OVERRIDDEN\""],
             "Env": ["PATH=/bin", "FROM_IMAGE=image-env", "OVERRIDDEN=from-image"],
             "WorkingDir": "/app",
             "User": "1000",
-        }),
-    }
+    }))
 }
 
 async fn finished_log(emu: &EmulatorHandle, pods: &Api<Pod>, name: &str) -> String {
@@ -99,16 +94,17 @@ async fn finished_log(emu: &EmulatorHandle, pods: &Api<Pod>, name: &str) -> Stri
 
 #[tokio::test]
 async fn a_pod_runs_in_its_image_and_cannot_see_the_hosts_usr_or_etc() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
     let reg = Registry::start_plain().await.unwrap();
     let pusher = Pusher::plain(&reg);
     pusher
         .push(
             "tools:1",
-            &ImageSpec {
-                layers: vec![images::busybox_layer("only in the image").unwrap()],
-                config: json!({"Env": ["PATH=/bin"]}),
-            },
+            &ImageSpec::new(vec![
+                oci::busybox_layer("only in the image").unwrap(),
+                oci::users_layer(),
+            ])
+            .with_run(json!({"Env": ["PATH=/bin"]})),
         )
         .await
         .unwrap();
@@ -136,7 +132,7 @@ async fn a_pod_runs_in_its_image_and_cannot_see_the_hosts_usr_or_etc() {
 
 #[tokio::test]
 async fn entrypoint_cmd_env_and_working_dir_follow_kubernetes_semantics_by_tag_and_by_digest() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
     let reg = Registry::start_plain().await.unwrap();
     let pusher = Pusher::plain(&reg);
     let digest = pusher
@@ -185,20 +181,14 @@ async fn entrypoint_cmd_env_and_working_dir_follow_kubernetes_semantics_by_tag_a
 
 #[tokio::test]
 async fn a_private_image_is_pulled_over_tls_with_credentials() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
-    let tls = images::tls_registry(dir.path()).await.unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
+    let tls = oci::tls_registry(dir.path()).await.unwrap();
     let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
     pusher
         .push("private/app:1", &configured_image("private"))
         .await
         .unwrap();
-    let auth = images::auth_file(
-        dir.path(),
-        &tls.registry.host(),
-        images::USER,
-        images::PASSWORD,
-    )
-    .unwrap();
+    let auth = oci::auth_file(dir.path(), &tls.registry.host(), oci::USER, oci::PASSWORD).unwrap();
     let emu = emulator(
         dir.path(),
         RegistryConfig {
@@ -235,7 +225,7 @@ async fn waiting(emu: &EmulatorHandle, name: &str, reason: &str) -> Value {
 
 #[tokio::test]
 async fn a_missing_image_waits_in_err_image_pull_then_image_pull_back_off_with_events() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
     let reg = Registry::start_plain().await.unwrap();
     let emu = emulator(dir.path(), plain(&reg)).await;
     let pods: Api<Pod> = Api::namespaced(client(&emu).await, NS);
@@ -282,26 +272,21 @@ async fn a_missing_image_waits_in_err_image_pull_then_image_pull_back_off_with_e
 
 #[tokio::test]
 async fn run_as_non_root_with_an_image_running_as_root_is_create_container_config_error() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
     let reg = Registry::start_plain().await.unwrap();
     let pusher = Pusher::plain(&reg);
     pusher
         .push(
             "root:1",
-            &ImageSpec {
-                layers: vec![images::busybox_layer("r").unwrap()],
-                config: json!({}),
-            },
+            &ImageSpec::new(vec![oci::busybox_layer("r").unwrap(), oci::users_layer()]),
         )
         .await
         .unwrap();
     pusher
         .push(
             "named:1",
-            &ImageSpec {
-                layers: vec![images::busybox_layer("r").unwrap()],
-                config: json!({"User": "nobody"}),
-            },
+            &ImageSpec::new(vec![oci::busybox_layer("r").unwrap(), oci::users_layer()])
+                .with_run(json!({"User": "nobody"})),
         )
         .await
         .unwrap();
@@ -346,7 +331,7 @@ async fn run_as_non_root_with_an_image_running_as_root_is_create_container_confi
 
 #[tokio::test]
 async fn never_with_an_absent_image_is_err_image_never_pull_and_a_bad_name_is_invalid_image_name() {
-    let dir = images::shared_tempdir("emu-img-").unwrap();
+    let dir = oci::shared_tempdir("emu-img-").unwrap();
     let reg = Registry::start_plain().await.unwrap();
     let emu = emulator(dir.path(), plain(&reg)).await;
     let pods: Api<Pod> = Api::namespaced(client(&emu).await, NS);
@@ -382,20 +367,14 @@ async fn never_with_an_absent_image_is_err_image_never_pull_and_a_bad_name_is_in
 #[tokio::test]
 async fn the_emulator_binary_pulls_over_tls_trusting_ssl_cert_file_with_its_registry_auth_file() {
     use tokio::io::AsyncBufReadExt as _;
-    let dir = images::shared_tempdir("emu-bin-").unwrap();
-    let tls = images::tls_registry(dir.path()).await.unwrap();
+    let dir = oci::shared_tempdir("emu-bin-").unwrap();
+    let tls = oci::tls_registry(dir.path()).await.unwrap();
     let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
     pusher
         .push("private/bin:1", &configured_image("via the binary"))
         .await
         .unwrap();
-    let auth = images::auth_file(
-        dir.path(),
-        &tls.registry.host(),
-        images::USER,
-        images::PASSWORD,
-    )
-    .unwrap();
+    let auth = oci::auth_file(dir.path(), &tls.registry.host(), oci::USER, oci::PASSWORD).unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_airlock-kube-emulator"))
         .arg("--kubeconfig")

@@ -5,16 +5,14 @@
 //! - [`NatsServer`]: JetStream-enabled nats-server; [`NatsServer::stop`]/[`NatsServer::restart`] simulate outages.
 //! - [`RedisServer`]: redis-server without persistence; stop/restart likewise.
 //! - [`Service`]: one of our binaries started as a child process, killed on drop.
-//! - [`images`]: test images (busybox, the job image with our `airlock`) pushed to a [`registry::Registry`].
 //! - [`wait_until`]: poll an async condition with a timeout (for state that has no event to await).
 //! - [`registry`]: a real OCI registry (Debian's `docker-registry`), plain or TLS with htpasswd.
-//! - [`oci`]: images built by tests (busybox-static, any config, hostile layers), pushed or written as OCI
-//!   layouts.
+//! - [`oci`]: images built by tests (busybox-static, the job image with our `airlock` and `airlock-emit`,
+//!   any config, hostile layers), pushed to a [`registry::Registry`] or written as OCI layouts.
 //!
 //! Binaries are found through `AIRLOCK_NATS_SERVER` / `AIRLOCK_REDIS_SERVER`, then the project venv
 //! (`.venv/bin/nats-server`), then `PATH`. Nothing here talks to anything but 127.0.0.1.
 
-pub mod images;
 pub mod oci;
 pub mod registry;
 

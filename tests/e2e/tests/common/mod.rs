@@ -4,8 +4,12 @@
 //! publish with `Nats-Msg-Id`) and wait on what the system publishes: lifecycle events on
 //! `airlock.events.<id>` (an ordered consumer), then the Redis record. Nothing sleeps to synchronise: state
 //! with no event (a Redis field, a process exit, a readiness flag) is polled with `wait_until`.
+//! [`local`] has what tests of the local runtime share: images imported before a system starts, and gates
+//! opened through a job's result file.
 
 #![allow(dead_code)]
+
+pub mod local;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,28 +105,6 @@ pub fn traversable_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
 
 /// The image every request of [`request`] names.
 pub const IMAGE: &str = "docker.io/library/busybox:1.36";
-
-/// Imports a busybox-static image built by the test support as [`IMAGE`] into the image store at `store`
-/// (like `kind load`: the local runtime then runs it without a registry); `scratch` holds its OCI layout.
-pub async fn import_test_busybox(store: &Path, scratch: &Path) -> Result<()> {
-    use airlock_test_support::oci::{ImageSpec, build, busybox_image_layer, write_layout};
-    let built = build(&ImageSpec::new(vec![busybox_image_layer("e2e")?]))?;
-    let layout = write_layout(&scratch.join("busybox-layout"), &built, IMAGE)?;
-    let out = tokio::process::Command::new(airlock_test_support::our_binary("airlock")?)
-        .args(["image", "--store-dir"])
-        .arg(store)
-        .arg("import")
-        .arg(&layout)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "airlock image import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 /// One of the services, with what is needed to start it again.
 struct ServiceSpec {

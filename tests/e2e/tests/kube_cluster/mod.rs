@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use airlock_images::{RegistryConfig, StoreConfig};
 use airlock_kube_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use airlock_test_support::images::{self, Pusher};
+use airlock_test_support::oci::{self, Pusher};
 use airlock_test_support::registry::Registry;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -39,7 +39,7 @@ pub struct Cluster {
     pub registry: Option<(Registry, Pusher)>,
     /// Emulator only, when asked for: a TLS registry with htpasswd auth the kubelet trusts (its CA) and
     /// has credentials for, and a pusher to it.
-    pub tls: Option<(images::TlsRegistry, Pusher)>,
+    pub tls: Option<(oci::TlsRegistry, Pusher)>,
     /// Emulator only: the image store's directory.
     _dir: Option<tempfile::TempDir>,
 }
@@ -72,11 +72,11 @@ impl Cluster {
     async fn start(name: &str, with_tls: bool) -> anyhow::Result<Option<Self>> {
         match std::env::var_os("AIRLOCK_TEST_KUBECONFIG") {
             None => {
-                let dir = images::shared_tempdir("airlock-e2e-kube-")?;
+                let dir = oci::shared_tempdir("airlock-e2e-kube-")?;
                 let registry = Registry::start_plain().await?;
                 let pusher = Pusher::plain(&registry);
                 pusher
-                    .push("airlock-job:1", &images::job_image(MARKER)?)
+                    .push("airlock-job:1", &oci::job_image(MARKER)?)
                     .await?;
                 let mut registry_config = RegistryConfig {
                     insecure_registries: vec![registry.host()],
@@ -84,15 +84,11 @@ impl Cluster {
                     ..RegistryConfig::default()
                 };
                 let tls = if with_tls {
-                    let tls = images::tls_registry(dir.path()).await?;
+                    let tls = oci::tls_registry(dir.path()).await?;
                     let host = tls.registry.host();
                     registry_config.extra_ca_files.push(tls.ca_file.clone());
-                    registry_config.auth_file = Some(images::auth_file(
-                        dir.path(),
-                        &host,
-                        images::USER,
-                        images::PASSWORD,
-                    )?);
+                    registry_config.auth_file =
+                        Some(oci::auth_file(dir.path(), &host, oci::USER, oci::PASSWORD)?);
                     let pusher = Pusher::tls(&tls.registry, &tls.ca_pem);
                     Some((tls, pusher))
                 } else {
