@@ -28,7 +28,7 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     })
     .await?;
     let airlock = airlock_test_support::our_binary("airlock")?;
-    let script = format!(r#"echo '{{"n":1}}' | {} result"#, airlock.display());
+    let script = format!(r#"echo '{{"n":1}}' | {} emit"#, airlock.display());
 
     // RUNS good runs, one past its deadline, one invalid request, one to a queue nobody serves, one forged
     // result.
