@@ -11,8 +11,10 @@
 //! # Layout
 //! - this module: the connection, the Lua scripts and the methods.
 //! - `record`: the typed views of the record and the update of its fields.
+//! - `rejections`: writes for refused requests, which never overwrite an existing record.
 
 mod record;
+mod rejections;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -71,6 +73,13 @@ for i = 5, #ARGV, 2 do
 end
 if new_rank >= 3 then
   redis.call('SREM', KEYS[2], ARGV[3])
+  if cur == 'queued' then
+    -- A run ending before it was launched gives back the slot it may hold while its launch is retried.
+    -- KEYS[4] is the prefix of the per-queue slot keys; the queue is only known from the record.
+    redis.call('ZREM', KEYS[3], ARGV[3])
+    local q = redis.call('HGET', KEYS[1], 'queue')
+    if q then redis.call('ZREM', KEYS[4] .. q, ARGV[3]) end
+  end
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 else
   redis.call('SADD', KEYS[2], ARGV[3])
@@ -97,7 +106,7 @@ table.insert(list, ARGV[1])
 local max = tonumber(ARGV[2])
 while #list > max do table.remove(list, 1) end
 redis.call('HSET', KEYS[1], 'result_rejections', cjson.encode(list))
-return #list
+return redis.call('HINCRBY', KEYS[1], 'result_rejections_total', 1)
 "#;
 
 /// The run store.
@@ -176,7 +185,8 @@ impl Store {
     }
 
     /// Moves `run_id` to `status` (creating the record if needed) and applies `update`, unless the record
-    /// already has that status or a later one. Terminal statuses leave the active set and start the TTL.
+    /// already has that status or a later one. Terminal statuses leave the active set and start the TTL; a
+    /// run ending straight from `queued` also gives back its dispatcher slot (`<prefix>:slots:*`), if any.
     pub async fn transition(
         &self,
         run_id: &str,
@@ -185,6 +195,8 @@ impl Store {
     ) -> Result<Transition, Error> {
         let mut inv = self.transition.key(self.key(run_id));
         inv.key(schema::active_key(&self.prefix))
+            .key(schema::slots_all_key(&self.prefix))
+            .key(schema::slots_queue_key(&self.prefix, ""))
             .arg(status.as_str())
             .arg(schema::now())
             .arg(run_id)
@@ -270,21 +282,22 @@ impl Store {
             .collect())
     }
 
-    /// Records a rejected result submission on the run (keeps the last `max`); no-op for unknown runs.
+    /// Records a rejected result submission on the run (keeps the last `max` reasons) and counts it; returns
+    /// how many were rejected in all, including this one (0 for an unknown run: nothing recorded).
     pub async fn add_result_rejection(
         &self,
         run_id: &str,
         reason: &str,
         max: usize,
-    ) -> Result<(), Error> {
-        let _: i64 = self
+    ) -> Result<u64, Error> {
+        let total: u64 = self
             .add_rejection
             .key(self.key(run_id))
             .arg(reason)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(())
+        Ok(total)
     }
 
     async fn hash(&self, run_id: &str) -> Result<HashMap<String, String>, Error> {
