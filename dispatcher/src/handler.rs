@@ -278,7 +278,9 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
         fail(ctx, id, queue, attempt, &reason, true).await?;
         // A nak on the last delivery: JetStream stops redelivering and sends the max-deliveries advisory;
         // the message stays in the stream as the dead letter.
-        return Ok(Launch::Settle(Outcome::Transient(Duration::from_millis(100))));
+        return Ok(Launch::Settle(Outcome::Transient(Duration::from_millis(
+            100,
+        ))));
     }
     if let BackendError::NotOurs { name, run_id } = &e {
         if ctx

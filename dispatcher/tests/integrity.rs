@@ -173,7 +173,10 @@ async fn a_malformed_request_naming_another_clients_queued_run_leaves_it_untouch
     assert_eq!(rec["status"], "queued", "{rec:?}");
     assert!(!rec.contains_key("reason"), "{rec:?}");
     assert_eq!(rec["request_rejections"], "1");
-    assert!(rec["request"].contains("\"command\""), "the genuine request is kept");
+    assert!(
+        rec["request"].contains("\"command\""),
+        "the genuine request is kept"
+    );
 
     env.emu.clear_faults();
     env.wait_status("victim", "pending", T).await?;

@@ -12,17 +12,20 @@ use serde_json::{Map, Value};
 
 use crate::FieldError;
 
+/// The stable start of the message of a body that is not exactly one JSON object.
+pub const NOT_AN_OBJECT: &str = "not a JSON object";
+
 /// Parses `bytes` as exactly one JSON object (whitespace around it allowed) and returns its members.
 ///
 /// Errors name the path `.` (the whole body): invalid JSON, trailing characters, or another kind of value.
 pub fn object_from_slice(bytes: &[u8]) -> Result<Map<String, Value>, FieldError> {
     let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| FieldError::new(".", format!("not one JSON object: {e}")))?;
+        .map_err(|e| FieldError::new(".", format!("{NOT_AN_OBJECT}: invalid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
         other => Err(FieldError::new(
             ".",
-            format!("not one JSON object: got {}", kind(&other)),
+            format!("{NOT_AN_OBJECT}: got {}", kind(&other)),
         )),
     }
 }
@@ -117,7 +120,7 @@ mod tests {
     #[test]
     fn a_positional_array_is_refused_at_the_top_and_inside() {
         let e = err(r#"["a", "alpine", null, ["cmd"]]"#);
-        assert_eq!(e.to_string(), ".: not one JSON object: got an array");
+        assert_eq!(e.to_string(), ".: not a JSON object: got an array");
         let e = err(r#"{"id":"a","image":"alpine","resources":[{"cpu":"1"}]}"#);
         assert_eq!(e.path, "resources");
         assert!(e.message.contains("found an array"), "{e}");
