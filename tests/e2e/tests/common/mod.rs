@@ -149,7 +149,15 @@ pub const JANITOR: usize = 2;
 impl System {
     /// Starts NATS and Redis, then the three services, and waits until each reports ready on `/readyz`.
     pub async fn start(runtime: Runtime) -> Result<Self> {
-        let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
+        Self::start_with_redis(runtime, &[]).await
+    }
+
+    /// [`System::start`] with extra `redis-server` arguments (e.g. persistence, so Redis can be restarted).
+    pub async fn start_with_redis(runtime: Runtime, redis_args: &[&str]) -> Result<Self> {
+        let (nats, redis) = tokio::try_join!(
+            NatsServer::start(),
+            RedisServer::start_with_args(redis_args)
+        )?;
         let base_env = vec![
             ("AIRLOCK_NATS_URL", nats.url()),
             ("AIRLOCK_REDIS_URL", redis.url()),
