@@ -21,7 +21,7 @@ use airlock_kube_emulator::{Emulator, EmulatorConfig, Kind};
 use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, token};
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use common::{DISPATCHER, INGESTER, JANITOR, Runtime, SECRET, System, request};
+use common::{DISPATCHER, INGESTER, JANITOR, Runtime, System, request};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -474,6 +474,9 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
     }
     if keys > submitted.len() as u64 + 2 {
         leaks.push("more Redis keys than run records");
+    }
+    if pods_created > submitted.len() as u64 {
+        leaks.push("more pods created than runs");
     }
     if pods + policies > 0 || job_processes > 0 {
         leaks.push("pods, policies or job processes left");
