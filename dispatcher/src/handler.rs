@@ -4,6 +4,10 @@
 //! the same single pod: the record only moves forward, objects are found by name on 409, timers and events
 //! are deduplicated by `Nats-Msg-Id`. The message is acknowledged only once the pod exists and the run is
 //! recorded `pending`.
+//!
+//! A run that is no longer `queued` (cancelled, timed out, superseded) is never launched: taking the slot
+//! checks it atomically, before the first launch and before every retry, and a run that ended while its
+//! launch was in flight has what was created removed. Every path that gives a run up gives its slot back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,9 +238,11 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
     let tries = std::sync::atomic::AtomicU32::new(0);
     let launched = (|| async {
         if tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+            // Refreshes the slot the run holds (a reclaimed one is taken again if it fits; a launch already
+            // under way goes on either way) and re-checks that the run may still be launched.
             match ctx.slots.acquire(queue, id, attempt).await {
                 Ok(Acquire::NotLaunchable) => return Err(LaunchError::NotLaunchable),
-                Ok(_) => {}
+                Ok(Acquire::Taken | Acquire::Full) => {}
                 Err(e) => return Err(LaunchError::Store(e.into())),
             }
         }
@@ -325,8 +331,13 @@ async fn not_launchable(ctx: &Ctx, id: &str, attempt: u32) -> Result<Option<Outc
             debug!(run_id = %id, attempt, status = ?h.status, "Already launched; completing the dispatch");
             Ok(None)
         }
+        Some(h) if !h.is_terminal() => {
+            // A newer attempt holds the run's slot (slots are per run): leave it.
+            info!(run_id = %id, attempt, current = h.attempt, "Superseded by a newer attempt; acknowledged without launching");
+            Ok(Some(Outcome::Done))
+        }
         _ => {
-            info!(run_id = %id, attempt, status = ?head.and_then(|h| h.status), "Run ended or superseded before its launch; acknowledged without launching");
+            info!(run_id = %id, attempt, status = ?head.and_then(|h| h.status), "Run ended before its launch; acknowledged without launching");
             ctx.slots.release(id).await?;
             Ok(Some(Outcome::Done))
         }
@@ -368,12 +379,22 @@ async fn fail(
         finished_at: Some(Utc::now()),
         ..RecordUpdate::default()
     };
-    ctx.store.transition(id, RunStatus::Failed, &update).await?;
-    let ev = LifecycleEvent::now(id, RunStatus::Failed)
-        .with_queue(Some(queue.to_string()))
-        .with_reason(reason);
-    if let Err(e) = ctx.publisher.event(&ev, attempt).await {
-        warn!(run_id = %id, error = %e, "Publishing the failed event failed");
+    // Announced only when the run is `failed` (now or by an earlier delivery): a run cancelled or timed out
+    // meanwhile keeps that outcome, and its clients hear only of that.
+    let t = ctx.store.transition(id, RunStatus::Failed, &update).await?;
+    if matches!(
+        t,
+        Transition::Applied { .. }
+            | Transition::Refused {
+                current: RunStatus::Failed
+            }
+    ) {
+        let ev = LifecycleEvent::now(id, RunStatus::Failed)
+            .with_queue(Some(queue.to_string()))
+            .with_reason(reason);
+        if let Err(e) = ctx.publisher.event(&ev, attempt).await {
+            warn!(run_id = %id, error = %e, "Publishing the failed event failed");
+        }
     }
     if cleanup && let Err(e) = ctx.backend.remove(id).await {
         warn!(run_id = %id, error = %e, "Removing a failed run's objects failed; the janitor's sweep will");
