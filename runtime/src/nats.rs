@@ -73,6 +73,10 @@ pub struct StreamOptions {
 
 /// Size bounds of one stream. What happens at a bound is each stream's own choice (see
 /// [`stream_configs`]): the work queues refuse new messages, the others drop their oldest.
+///
+/// JetStream reserves every stream's `max_bytes` against the server's `max_file_store` (by default 75% of
+/// the free disk) when the stream is created, so the defaults stay small (544 MiB in all): a server that
+/// cannot reserve them refuses to create the streams ("insufficient storage resources").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
     /// Most messages.
@@ -88,31 +92,31 @@ pub struct StreamLimits {
 const MIB: i64 = 1024 * 1024;
 
 impl StreamLimits {
-    /// `AIRLOCK_RUNS`: a million requests or 1 GiB waiting, each at most 1 MiB.
+    /// `AIRLOCK_RUNS`: a million requests or 128 MiB waiting, each at most 1 MiB.
     pub const RUNS: Self = Self {
         max_msgs: 1_000_000,
-        max_bytes: 1024 * MIB,
+        max_bytes: 128 * MIB,
         max_msg_size: MIB as i32,
         max_msgs_per_subject: 0,
     };
-    /// `AIRLOCK_RESULTS`: a million results or 1 GiB waiting, each at most 8 MiB, at most 100 per run.
+    /// `AIRLOCK_RESULTS`: a million results or 256 MiB waiting, each at most 8 MiB, at most 100 per run.
     pub const RESULTS: Self = Self {
         max_msgs: 1_000_000,
-        max_bytes: 1024 * MIB,
+        max_bytes: 256 * MIB,
         max_msg_size: 8 * MIB as i32,
         max_msgs_per_subject: 100,
     };
-    /// `AIRLOCK_TIMERS`: a million timers or 256 MiB, each at most 64 KiB, the newest 16 per subject.
+    /// `AIRLOCK_TIMERS`: a million timers or 32 MiB, each at most 64 KiB, the newest 16 per subject.
     pub const TIMERS: Self = Self {
         max_msgs: 1_000_000,
-        max_bytes: 256 * MIB,
+        max_bytes: 32 * MIB,
         max_msg_size: 64 * 1024,
         max_msgs_per_subject: 16,
     };
-    /// `AIRLOCK_EVENTS`: a million events or 1 GiB, each at most 256 KiB, the newest 64 per run.
+    /// `AIRLOCK_EVENTS`: a million events or 128 MiB, each at most 256 KiB, the newest 64 per run.
     pub const EVENTS: Self = Self {
         max_msgs: 1_000_000,
-        max_bytes: 1024 * MIB,
+        max_bytes: 128 * MIB,
         max_msg_size: 256 * 1024,
         max_msgs_per_subject: 64,
     };
