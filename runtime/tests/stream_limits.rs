@@ -187,3 +187,28 @@ async fn a_runs_results_past_the_per_run_bound_are_refused_and_other_runs_still_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_default_bounds_fit_a_server_with_one_gib_of_file_store() -> anyhow::Result<()> {
+    // JetStream reserves every stream's byte bound against `max_file_store` when it creates the stream.
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("js.conf");
+    std::fs::write(&conf, "jetstream { max_file_store: 1GB }\n")?;
+    let nats = NatsServer::start_with_args(&["-c", &conf.display().to_string()]).await?;
+    let js = jetstream::new(nats.client().await?);
+    ensure_streams(&js, &Subjects::default(), &StreamOptions::default()).await?;
+    // And more than the server has is refused with the server's error, not ignored.
+    let greedy = StreamOptions {
+        events: StreamLimits {
+            max_bytes: 2 * 1024 * 1024 * 1024,
+            ..StreamLimits::EVENTS
+        },
+        ..StreamOptions::default()
+    };
+    assert!(
+        ensure_streams(&js, &Subjects::default(), &greedy)
+            .await
+            .is_err()
+    );
+    Ok(())
+}
