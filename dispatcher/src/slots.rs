@@ -13,8 +13,9 @@
 //!   below their caps. Being atomic in Redis, the caps hold across any number of replicas. The handler runs
 //!   it again before every launch retry.
 //! - **Release** happens when a watcher (every replica runs one) sees the run's pod finished or deleted, when
-//!   a handler gives up on a run, and when a run ends straight from `queued` (the store's terminal transition
-//!   removes it in the same script). Removing a member twice is harmless.
+//!   a handler gives up on a run, and when the run is recorded terminal (the store's terminal transition
+//!   removes it in the same script, so a finish no watcher saw, or a cancel of a queued run, frees it too).
+//!   Removing a member twice is harmless.
 //! - **Reconcile**: a slot whose run has nothing live in the backend and that was acquired longer than the
 //!   lease ago is reclaimed, so a handler that crashed between acquiring and creating, or a release lost
 //!   while every dispatcher was down, cannot leak capacity forever. A redelivered request re-acquires.

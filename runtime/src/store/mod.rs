@@ -73,13 +73,12 @@ for i = 5, #ARGV, 2 do
 end
 if new_rank >= 3 then
   redis.call('SREM', KEYS[2], ARGV[3])
-  if cur == 'queued' then
-    -- A run ending before it was launched gives back the slot it may hold while its launch is retried.
-    -- KEYS[4] is the prefix of the per-queue slot keys; the queue is only known from the record.
-    redis.call('ZREM', KEYS[3], ARGV[3])
-    local q = redis.call('HGET', KEYS[1], 'queue')
-    if q then redis.call('ZREM', KEYS[4] .. q, ARGV[3]) end
-  end
+  -- An ended run gives back its dispatcher slot, whoever ends it: one still queued (its launch being
+  -- retried) and one whose finish no watcher saw (its dispatcher was down) alike. KEYS[4] is the prefix of
+  -- the per-queue slot keys; the queue is only known from the record.
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  local q = redis.call('HGET', KEYS[1], 'queue')
+  if q then redis.call('ZREM', KEYS[4] .. q, ARGV[3]) end
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 else
   redis.call('SADD', KEYS[2], ARGV[3])
@@ -185,8 +184,8 @@ impl Store {
     }
 
     /// Moves `run_id` to `status` (creating the record if needed) and applies `update`, unless the record
-    /// already has that status or a later one. Terminal statuses leave the active set and start the TTL; a
-    /// run ending straight from `queued` also gives back its dispatcher slot (`<prefix>:slots:*`), if any.
+    /// already has that status or a later one. Terminal statuses leave the active set, start the TTL and give
+    /// back the run's dispatcher slot (`<prefix>:slots:*`), if it holds one.
     pub async fn transition(
         &self,
         run_id: &str,
