@@ -15,13 +15,11 @@
 //! - `serve`: the micro service, one task per endpoint, bounded concurrency, replies and error headers.
 //! - `ops`: one module per group of operations (`read`: status, result, list; `write`: cancel, submit;
 //!   `logs`), and `view` (a record as the API shows it).
-//! - `strict`: decoding a request body (one JSON object, field paths).
 
 pub mod config;
 pub mod error;
 mod ops;
 mod serve;
-mod strict;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Recording an invalid request `rejected`: from the queue handler and from the unknown-queue scan.
 
 use airlock_runtime::store::RecordUpdate;
-use airlock_schemas::{LifecycleEvent, RunStatus, is_valid_name};
+use airlock_schemas::{LifecycleEvent, RequestRejected, RunStatus, is_valid_name, json};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
@@ -12,12 +12,17 @@ use crate::context::Ctx;
 /// Largest raw request kept on a `rejected` record.
 const MAX_RAW_REQUEST: usize = 16 * 1024;
 
+/// Most [`RequestRejected`] events published for one existing run; later refusals are only counted on it.
+const MAX_ANNOUNCED: u64 = 10;
+
 /// What [`record_rejection`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RejectionRecord {
-    /// The run was recorded `rejected` (or already was) and the event published.
+    /// The run was recorded `rejected` (now, or by an earlier delivery of this request) and the event
+    /// published.
     Recorded(String),
-    /// The id belongs to a run past `queued`; left untouched (logged).
+    /// The id belongs to another run: that run was left untouched; the refusal was counted on it and
+    /// announced as a [`RequestRejected`] event.
     IdInUse(String),
     /// Neither the body's `id` nor the `Nats-Msg-Id` is a valid run id: nothing could be recorded.
     NoId,
@@ -25,7 +30,7 @@ pub(crate) enum RejectionRecord {
 
 /// The run id an invalid request can be recorded under: its `id` if valid, else its `Nats-Msg-Id`.
 fn rejected_id(msg: &jetstream::Message) -> Option<String> {
-    let from_body = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+    let from_body = json::object_from_slice(&msg.payload)
         .ok()
         .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string));
     let from_header = msg
@@ -41,6 +46,10 @@ fn rejected_id(msg: &jetstream::Message) -> Option<String> {
 
 /// Records the request in `msg` `rejected` with `reason` under its id (see [`rejected_id`]) and publishes the
 /// event. `queue` is the queue the request was sent to.
+///
+/// A rejection never overwrites a record: the record is created only where there is none, atomically. When
+/// the id is taken by another run (a malformed request naming someone else's queued run, say), that run is
+/// left exactly as it is; the refusal is only counted on it and announced as a [`RequestRejected`] event.
 pub(crate) async fn record_rejection(
     ctx: &Ctx,
     msg: &jetstream::Message,
@@ -51,14 +60,6 @@ pub(crate) async fn record_rejection(
     let Some(id) = rejected_id(msg) else {
         return Ok(RejectionRecord::NoId);
     };
-    match ctx.store.head(&id).await?.and_then(|h| h.status) {
-        None | Some(RunStatus::Queued | RunStatus::Rejected) => {}
-        Some(current) => {
-            warn!(run_id = %id, status = %current, reason = %reason,
-                "Invalid request reuses the id of an existing run; ignored");
-            return Ok(RejectionRecord::IdInUse(id));
-        }
-    }
     let request = (msg.payload.len() <= MAX_RAW_REQUEST)
         .then(|| std::str::from_utf8(&msg.payload).ok().map(str::to_string))
         .flatten();
@@ -67,17 +68,48 @@ pub(crate) async fn record_rejection(
         queue: Some(queue.to_string()),
         submitted_at: Some(submitted_at),
         finished_at: Some(Utc::now()),
-        request,
+        request: request.clone(),
         ..RecordUpdate::default()
     };
-    let t = ctx
-        .store
-        .transition(&id, RunStatus::Rejected, &update)
-        .await?;
-    info!(run_id = %id, queue = %queue, reason = %reason, applied = t.applied(), "Request rejected");
+    if !ctx.store.create(&id, RunStatus::Rejected, &update).await? {
+        let existing = ctx.store.run(&id).await?;
+        let ours = existing.as_ref().is_some_and(|r| {
+            r.record.status == Some(RunStatus::Rejected)
+                && r.record.reason.as_deref() == Some(reason.as_str())
+        });
+        if !ours {
+            return id_in_use(ctx, msg, &id, queue, reason).await;
+        }
+        // Recorded by an earlier delivery of this very request: finish by publishing the event.
+    }
+    info!(run_id = %id, queue = %queue, reason = %reason, "Request rejected");
     let ev = LifecycleEvent::now(&id, RunStatus::Rejected)
         .with_queue(Some(queue.to_string()))
         .with_reason(reason);
     ctx.publisher.event(&ev, 1).await?;
     Ok(RejectionRecord::Recorded(id))
+}
+
+/// A refused request naming an existing run: counted on that run and announced (while the count is small).
+async fn id_in_use(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    id: &str,
+    queue: &str,
+    reason: String,
+) -> Result<RejectionRecord, Error> {
+    let count = ctx.store.count_request_rejection(id).await?;
+    warn!(run_id = %id, queue = %queue, reason = %reason, count,
+        "Invalid request reuses the id of an existing run; refused, the run is untouched");
+    if count <= MAX_ANNOUNCED {
+        let ev = RequestRejected {
+            run_id: id.to_string(),
+            queue: queue.to_string(),
+            reason,
+            at: Utc::now(),
+        };
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        ctx.publisher.request_rejected(&ev, seq).await?;
+    }
+    Ok(RejectionRecord::IdInUse(id.to_string()))
 }

@@ -6,11 +6,16 @@
 //! finishes or disappears. Slots are members of Redis sorted sets, `<prefix>:slots:queue:<queue>` and
 //! `<prefix>:slots:all`, keyed by run id and scored by when they were last (re)acquired:
 //!
-//! - **Acquire** is one Lua script: a run that already holds its slot keeps it (a redelivery, a re-dispatch);
-//!   otherwise it gets one only if both the queue's set and the global set are below their caps. Being atomic
-//!   in Redis, the caps hold across any number of replicas.
-//! - **Release** happens when a watcher (every replica runs one) sees the run's pod finished or deleted, and
-//!   when a handler gives up on a run. Removing a member twice is harmless.
+//! - **Acquire** is one Lua script: it first reads the run's record and refuses a run that may no longer be
+//!   launched (ended, superseded by a newer attempt, or past `queued` on its first attempt), so a cancel or a
+//!   deadline recorded meanwhile always wins over a launch; then a run that already holds its slot keeps it
+//!   (a redelivery, a re-dispatch); otherwise it gets one only if both the queue's set and the global set are
+//!   below their caps. Being atomic in Redis, the caps hold across any number of replicas. The handler runs
+//!   it again before every launch retry.
+//! - **Release** happens when a watcher (every replica runs one) sees the run's pod finished or deleted, when
+//!   a handler gives up on a run, and when the run is recorded terminal (the store's terminal transition
+//!   removes it in the same script, so a finish no watcher saw, or a cancel of a queued run, frees it too).
+//!   Removing a member twice is harmless.
 //! - **Reconcile**: a slot whose run has nothing live in the backend and that was acquired longer than the
 //!   lease ago is reclaimed, so a handler that crashed between acquiring and creating, or a release lost
 //!   while every dispatcher was down, cannot leak capacity forever. A redelivered request re-acquires.
@@ -34,8 +39,17 @@ use tokio::sync::Notify;
 
 use crate::config::QueueCap;
 use airlock_runtime::Error;
+use airlock_schemas::{RunStatus, record};
 
+/// KEYS: queue slots, all slots, the run's record. ARGV: run id, now, queue cap, global cap, attempt.
 const ACQUIRE: &str = r#"
+local terminal = { __TERMINAL__ }
+local status = redis.call('HGET', KEYS[3], 'status')
+local current = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '1') or 1
+local attempt = tonumber(ARGV[5])
+if (not status) or terminal[status] or current > attempt or (attempt <= 1 and status ~= 'queued') then
+  return -1
+end
 local now = ARGV[2]
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -64,6 +78,18 @@ end
 return n
 "#;
 
+/// What [`Slots::acquire`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// The run holds its slot now (or already did) and may be launched.
+    Taken,
+    /// The queue or the global cap is reached.
+    Full,
+    /// The run may not be launched: no record, ended, a newer attempt, or already past `queued` on its first
+    /// attempt. Nothing was taken.
+    NotLaunchable,
+}
+
 /// The slot book of this process.
 pub struct Slots {
     conn: ConnectionManager,
@@ -85,6 +111,16 @@ impl std::fmt::Debug for Slots {
             .field("global_cap", &self.global_cap)
             .finish_non_exhaustive()
     }
+}
+
+/// The terminal statuses as a Lua table literal (`rejected = true, ...`).
+fn terminal_table() -> String {
+    RunStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("{} = true", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn now_ms() -> i64 {
@@ -146,7 +182,7 @@ impl Slots {
             prefix: prefix.to_string(),
             queues,
             global_cap,
-            acquire: Script::new(ACQUIRE),
+            acquire: Script::new(&ACQUIRE.replace("__TERMINAL__", &terminal_table())),
             reclaim: Script::new(RECLAIM),
             wake: Notify::new(),
             reserved,
@@ -156,12 +192,12 @@ impl Slots {
 
     /// Redis key of a queue's slots.
     pub fn queue_key(prefix: &str, queue: &str) -> String {
-        format!("{prefix}:slots:queue:{queue}")
+        record::slots_queue_key(prefix, queue)
     }
 
     /// Redis key of all slots.
     pub fn global_key(prefix: &str) -> String {
-        format!("{prefix}:slots:all")
+        record::slots_all_key(prefix)
     }
 
     fn cap(&self, queue: &str) -> u32 {
@@ -205,19 +241,26 @@ impl Slots {
         }
     }
 
-    /// Takes a slot of `queue` for `run_id` (keeps it if the run holds it already); `false` when full.
-    pub async fn acquire(&self, queue: &str, run_id: &str) -> Result<bool, Error> {
+    /// Takes a slot of `queue` for `run_id`'s `attempt` (keeps it if the run holds it already), in the same
+    /// atomic step as checking that the run may still be launched; see [`Acquire`].
+    pub async fn acquire(&self, queue: &str, run_id: &str, attempt: u32) -> Result<Acquire, Error> {
         let r: i64 = self
             .acquire
             .key(Self::queue_key(&self.prefix, queue))
             .key(Self::global_key(&self.prefix))
+            .key(record::key(&self.prefix, run_id))
             .arg(run_id)
             .arg(now_ms())
             .arg(self.cap(queue))
             .arg(self.global_cap)
+            .arg(attempt)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(r == 1)
+        Ok(match r {
+            1 => Acquire::Taken,
+            0 => Acquire::Full,
+            _ => Acquire::NotLaunchable,
+        })
     }
 
     /// Gives `run_id`'s slot back (whatever its queue) and wakes the pull loops.

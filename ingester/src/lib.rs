@@ -42,6 +42,10 @@ pub const DURABLE: &str = "airlock-ingester";
 /// Most rejection reasons kept on a run's record.
 pub const MAX_REJECTIONS: usize = 20;
 
+/// Most `ResultRejected` events published for one run: this many as they are, then one more carrying the
+/// count; later rejections are only counted on the record (`result_rejections_total`).
+pub const MAX_REJECTION_EVENTS: u64 = 10;
+
 /// The ingester's consumer settings: names `AIRLOCK_INGESTER_*` and defaults.
 #[derive(Debug, Clone)]
 pub struct IngesterConsumer;

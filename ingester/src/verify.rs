@@ -1,7 +1,7 @@
 //! Checks on one result message that need no database: subject, token, size, encoding, shape; and the
 //! reasons a submission is rejected.
 
-use airlock_schemas::{Subjects, env, is_valid_name, token};
+use airlock_schemas::{Subjects, env, is_valid_name, json, token};
 
 /// Why a submission was rejected, as a counter label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,30 +141,10 @@ pub fn check(
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Rejection::with(
-            RejectKind::NotAnObject,
-            format!(
-                "not a JSON object: invalid JSON at line {} column {}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    if !value.is_object() {
-        let got = match value {
-            serde_json::Value::Null => "null",
-            serde_json::Value::Bool(_) => "a boolean",
-            serde_json::Value::Number(_) => "a number",
-            serde_json::Value::String(_) => "a string",
-            serde_json::Value::Array(_) => "an array",
-            serde_json::Value::Object(_) => "an object",
-        };
-        return Err(Rejection::with(
-            RejectKind::NotAnObject,
-            format!("not a JSON object: got {got}"),
-        ));
-    }
+    // Exactly one JSON object, the whole body: no trailing bytes, no second object, no other value.
+    let value = json::object_from_slice(body)
+        .map(serde_json::Value::Object)
+        .map_err(|e| Rejection::with(RejectKind::NotAnObject, e.message))?;
     Ok(Candidate {
         text: text.to_string(),
         value,
@@ -251,6 +231,12 @@ mod tests {
             "not a JSON object: got an array"
         );
         assert!(reason(Some(&good), b"{").starts_with("not a JSON object: invalid JSON"));
+        for two in [&b"{} x"[..], b"{}{}", b"{\"a\":1} {\"a\":2}"] {
+            assert!(
+                reason(Some(&good), two).starts_with("not a JSON object: invalid JSON: trailing"),
+                "{two:?}"
+            );
+        }
         assert!(check(SECRET, "r-1", Some(&good), b"{\"a\":1}", 16).is_ok());
     }
 

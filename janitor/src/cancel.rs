@@ -59,7 +59,8 @@ fn reason_of(payload: &[u8]) -> Option<String> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    let text = match serde_json::from_slice::<serde_json::Value>(payload) {
+    // A JSON body must be exactly one object (`{"reason": "..."}`); anything else is a plain-text reason.
+    let text = match airlock_schemas::json::object_from_slice(payload) {
         Ok(v) => v.get("reason")?.as_str()?.to_string(),
         Err(_) => String::from_utf8_lossy(payload).into_owned(),
     };
@@ -143,6 +144,11 @@ mod tests {
             Some("by alice")
         );
         assert_eq!(reason_of(br#"{"other":1}"#), None);
+        // Not exactly one object: the body is taken as text, never as the first object's reason.
+        assert_eq!(
+            reason_of(br#"{"reason":"a"}{"reason":"b"}"#).as_deref(),
+            Some(r#"{"reason":"a"}{"reason":"b"}"#)
+        );
         assert_eq!(
             reason_of(b"no longer needed").as_deref(),
             Some("no longer needed")

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::nats::{StreamLimits, StreamOptions};
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
@@ -90,6 +92,132 @@ pub struct CommonArgs {
     /// How long a finished run's record and result are kept in Redis.
     #[arg(long, env = "AIRLOCK_RECORD_TTL", value_parser = humantime::parse_duration, default_value = "7days")]
     pub record_ttl: Duration,
+
+    /// Size bounds of the streams.
+    #[command(flatten)]
+    pub streams: StreamArgs,
+}
+
+/// Size bounds of every stream (`AIRLOCK_<STREAM>_MAX_*`); the defaults are [`crate::nats::StreamLimits`]'s
+/// constants. Every service applies them at start, updating existing streams.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Most requests waiting in `AIRLOCK_RUNS`; then new requests are refused.
+    #[arg(long, env = "AIRLOCK_RUNS_MAX_MSGS", default_value_t = StreamLimits::RUNS.max_msgs)]
+    pub runs_max_msgs: i64,
+    /// Most bytes waiting in `AIRLOCK_RUNS`.
+    #[arg(long, env = "AIRLOCK_RUNS_MAX_BYTES", default_value_t = StreamLimits::RUNS.max_bytes)]
+    pub runs_max_bytes: i64,
+    /// Largest request message (keep it at least the policy's `max_request_bytes`).
+    #[arg(long, env = "AIRLOCK_RUNS_MAX_MSG_SIZE", default_value_t = StreamLimits::RUNS.max_msg_size)]
+    pub runs_max_msg_size: i32,
+
+    /// Most results waiting in `AIRLOCK_RESULTS`; then new results are refused.
+    #[arg(long, env = "AIRLOCK_RESULTS_MAX_MSGS", default_value_t = StreamLimits::RESULTS.max_msgs)]
+    pub results_max_msgs: i64,
+    /// Most bytes waiting in `AIRLOCK_RESULTS`.
+    #[arg(long, env = "AIRLOCK_RESULTS_MAX_BYTES", default_value_t = StreamLimits::RESULTS.max_bytes)]
+    pub results_max_bytes: i64,
+    /// Largest result message a job can publish.
+    #[arg(long, env = "AIRLOCK_RESULTS_MAX_MSG_SIZE", default_value_t = StreamLimits::RESULTS.max_msg_size)]
+    pub results_max_msg_size: i32,
+    /// Most results waiting for one run; then that run's new results are refused.
+    #[arg(long, env = "AIRLOCK_RESULTS_MAX_MSGS_PER_RUN", default_value_t = StreamLimits::RESULTS.max_msgs_per_subject)]
+    pub results_max_msgs_per_run: i64,
+
+    /// Most messages kept in `AIRLOCK_TIMERS`; then the oldest are dropped (the sweep finds lost timers).
+    #[arg(long, env = "AIRLOCK_TIMERS_MAX_MSGS", default_value_t = StreamLimits::TIMERS.max_msgs)]
+    pub timers_max_msgs: i64,
+    /// Most bytes kept in `AIRLOCK_TIMERS`.
+    #[arg(long, env = "AIRLOCK_TIMERS_MAX_BYTES", default_value_t = StreamLimits::TIMERS.max_bytes)]
+    pub timers_max_bytes: i64,
+    /// Largest timer message.
+    #[arg(long, env = "AIRLOCK_TIMERS_MAX_MSG_SIZE", default_value_t = StreamLimits::TIMERS.max_msg_size)]
+    pub timers_max_msg_size: i32,
+    /// Most messages kept per timer subject (one run's timers of one kind, or the sweep); the newest stay.
+    #[arg(long, env = "AIRLOCK_TIMERS_MAX_MSGS_PER_SUBJECT", default_value_t = StreamLimits::TIMERS.max_msgs_per_subject)]
+    pub timers_max_msgs_per_subject: i64,
+
+    /// Most events kept in `AIRLOCK_EVENTS`; then the oldest are dropped.
+    #[arg(long, env = "AIRLOCK_EVENTS_MAX_MSGS", default_value_t = StreamLimits::EVENTS.max_msgs)]
+    pub events_max_msgs: i64,
+    /// Most bytes kept in `AIRLOCK_EVENTS`.
+    #[arg(long, env = "AIRLOCK_EVENTS_MAX_BYTES", default_value_t = StreamLimits::EVENTS.max_bytes)]
+    pub events_max_bytes: i64,
+    /// Largest event message.
+    #[arg(long, env = "AIRLOCK_EVENTS_MAX_MSG_SIZE", default_value_t = StreamLimits::EVENTS.max_msg_size)]
+    pub events_max_msg_size: i32,
+    /// Most events kept for one run; the newest stay.
+    #[arg(long, env = "AIRLOCK_EVENTS_MAX_MSGS_PER_RUN", default_value_t = StreamLimits::EVENTS.max_msgs_per_subject)]
+    pub events_max_msgs_per_run: i64,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        let (r, s, t, e) = (
+            StreamLimits::RUNS,
+            StreamLimits::RESULTS,
+            StreamLimits::TIMERS,
+            StreamLimits::EVENTS,
+        );
+        Self {
+            runs_max_msgs: r.max_msgs,
+            runs_max_bytes: r.max_bytes,
+            runs_max_msg_size: r.max_msg_size,
+            results_max_msgs: s.max_msgs,
+            results_max_bytes: s.max_bytes,
+            results_max_msg_size: s.max_msg_size,
+            results_max_msgs_per_run: s.max_msgs_per_subject,
+            timers_max_msgs: t.max_msgs,
+            timers_max_bytes: t.max_bytes,
+            timers_max_msg_size: t.max_msg_size,
+            timers_max_msgs_per_subject: t.max_msgs_per_subject,
+            events_max_msgs: e.max_msgs,
+            events_max_bytes: e.max_bytes,
+            events_max_msg_size: e.max_msg_size,
+            events_max_msgs_per_run: e.max_msgs_per_subject,
+        }
+    }
+}
+
+impl StreamArgs {
+    /// The stream options these bounds and `replicas` make.
+    pub fn options(&self, replicas: usize) -> StreamOptions {
+        let limits = |max_msgs, max_bytes, max_msg_size, max_msgs_per_subject| StreamLimits {
+            max_msgs,
+            max_bytes,
+            max_msg_size,
+            max_msgs_per_subject,
+        };
+        StreamOptions {
+            replicas,
+            runs: limits(
+                self.runs_max_msgs,
+                self.runs_max_bytes,
+                self.runs_max_msg_size,
+                0,
+            ),
+            results: limits(
+                self.results_max_msgs,
+                self.results_max_bytes,
+                self.results_max_msg_size,
+                self.results_max_msgs_per_run,
+            ),
+            timers: limits(
+                self.timers_max_msgs,
+                self.timers_max_bytes,
+                self.timers_max_msg_size,
+                self.timers_max_msgs_per_subject,
+            ),
+            events: limits(
+                self.events_max_msgs,
+                self.events_max_bytes,
+                self.events_max_msg_size,
+                self.events_max_msgs_per_run,
+            ),
+            ..StreamOptions::default()
+        }
+    }
 }
 
 impl CommonArgs {
@@ -104,6 +232,7 @@ impl CommonArgs {
             shutdown_grace: Duration::from_secs(30),
             stream_replicas: 1,
             record_ttl: Duration::from_secs(7 * 24 * 3600),
+            streams: StreamArgs::default(),
         }
     }
 

@@ -61,6 +61,65 @@ pub struct StreamOptions {
     pub events_max_age: Duration,
     /// How long results are kept in their stream (the durable copy is in Redis).
     pub results_max_age: Duration,
+    /// Bounds of `AIRLOCK_RUNS` (no per-subject bound: a subject is a queue).
+    pub runs: StreamLimits,
+    /// Bounds of `AIRLOCK_RESULTS`; per subject = per run.
+    pub results: StreamLimits,
+    /// Bounds of `AIRLOCK_TIMERS`; per subject = per run and timer kind (or the sweep).
+    pub timers: StreamLimits,
+    /// Bounds of `AIRLOCK_EVENTS`; per subject = per run.
+    pub events: StreamLimits,
+}
+
+/// Size bounds of one stream. What happens at a bound is each stream's own choice (see
+/// [`stream_configs`]): the work queues refuse new messages, the others drop their oldest.
+///
+/// JetStream reserves every stream's `max_bytes` against the server's `max_file_store` (by default 75% of
+/// the free disk) when the stream is created, so the defaults stay small (544 MiB in all): a server that
+/// cannot reserve them refuses to create the streams ("insufficient storage resources").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Most messages.
+    pub max_msgs: i64,
+    /// Most bytes.
+    pub max_bytes: i64,
+    /// Largest message, in bytes.
+    pub max_msg_size: i32,
+    /// Most messages on one subject (0: no per-subject bound).
+    pub max_msgs_per_subject: i64,
+}
+
+const MIB: i64 = 1024 * 1024;
+
+impl StreamLimits {
+    /// `AIRLOCK_RUNS`: a million requests or 128 MiB waiting, each at most 1 MiB.
+    pub const RUNS: Self = Self {
+        max_msgs: 1_000_000,
+        max_bytes: 128 * MIB,
+        max_msg_size: MIB as i32,
+        max_msgs_per_subject: 0,
+    };
+    /// `AIRLOCK_RESULTS`: a million results or 256 MiB waiting, each at most 8 MiB, at most 100 per run.
+    pub const RESULTS: Self = Self {
+        max_msgs: 1_000_000,
+        max_bytes: 256 * MIB,
+        max_msg_size: 8 * MIB as i32,
+        max_msgs_per_subject: 100,
+    };
+    /// `AIRLOCK_TIMERS`: a million timers or 32 MiB, each at most 64 KiB, the newest 16 per subject.
+    pub const TIMERS: Self = Self {
+        max_msgs: 1_000_000,
+        max_bytes: 32 * MIB,
+        max_msg_size: 64 * 1024,
+        max_msgs_per_subject: 16,
+    };
+    /// `AIRLOCK_EVENTS`: a million events or 128 MiB, each at most 256 KiB, the newest 64 per run.
+    pub const EVENTS: Self = Self {
+        max_msgs: 1_000_000,
+        max_bytes: 128 * MIB,
+        max_msg_size: 256 * 1024,
+        max_msgs_per_subject: 64,
+    };
 }
 
 impl Default for StreamOptions {
@@ -69,66 +128,112 @@ impl Default for StreamOptions {
             replicas: 1,
             events_max_age: Duration::from_secs(24 * 3600),
             results_max_age: Duration::from_secs(24 * 3600),
+            runs: StreamLimits::RUNS,
+            results: StreamLimits::RESULTS,
+            timers: StreamLimits::TIMERS,
+            events: StreamLimits::EVENTS,
         }
     }
 }
 
-/// The configuration of each of Airlock's streams.
+/// `config` with the bounds `l`; `discard_new`: refuse new messages at a bound (work queues, whose
+/// messages must not be lost) rather than drop the oldest.
+fn bounded(config: stream::Config, l: &StreamLimits, discard_new: bool) -> stream::Config {
+    stream::Config {
+        max_messages: l.max_msgs,
+        max_bytes: l.max_bytes,
+        max_message_size: l.max_msg_size,
+        max_messages_per_subject: if l.max_msgs_per_subject > 0 {
+            l.max_msgs_per_subject
+        } else {
+            -1
+        },
+        discard: if discard_new {
+            stream::DiscardPolicy::New
+        } else {
+            stream::DiscardPolicy::Old
+        },
+        discard_new_per_subject: discard_new && l.max_msgs_per_subject > 0,
+        ..config
+    }
+}
+
+/// The configuration of each of Airlock's streams, each bounded by its [`StreamLimits`]: the work queues
+/// (`AIRLOCK_RUNS`, `AIRLOCK_RESULTS`) refuse new messages at a bound (the publisher gets an error; nothing
+/// accepted is lost), `AIRLOCK_RESULTS` also per run; `AIRLOCK_TIMERS` and `AIRLOCK_EVENTS` drop their
+/// oldest messages, overall and per subject.
 pub fn stream_configs(subjects: &Subjects, opts: &StreamOptions) -> Vec<stream::Config> {
     let prefixed = |name: &str| stream_name(subjects, name);
     vec![
-        stream::Config {
-            name: prefixed(STREAM_RUNS),
-            description: Some("Airlock run requests; deduplicated by Nats-Msg-Id = run id".into()),
-            subjects: vec![subjects.runs_all()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(300),
-            num_replicas: opts.replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: prefixed(STREAM_RESULTS),
-            description: Some(
-                "Results published by jobs (untrusted until the ingester verifies them)".into(),
-            ),
-            subjects: vec![subjects.results_all()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_age: opts.results_max_age,
-            // A job can publish at most this much per message; the ingester enforces its own lower limit.
-            max_message_size: 8 * 1024 * 1024,
-            num_replicas: opts.replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: prefixed(STREAM_TIMERS),
-            description: Some(
-                "Timer events for the janitor, and the schedules that produce them".into(),
-            ),
-            subjects: vec![subjects.timers_all(), subjects.schedules_all()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            allow_message_schedules: true,
-            // Sweep ticks carry a TTL (`Nats-Schedule-TTL`), so they do not pile up for the stream's max age.
-            allow_message_ttl: true,
-            allow_rollup: true,
-            duplicate_window: Duration::from_secs(300),
-            max_age: Duration::from_secs(14 * 24 * 3600),
-            num_replicas: opts.replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: prefixed(STREAM_EVENTS),
-            description: Some("Lifecycle events of runs, for clients".into()),
-            subjects: vec![subjects.events_all()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            max_age: opts.events_max_age,
-            duplicate_window: Duration::from_secs(120),
-            num_replicas: opts.replicas,
-            ..Default::default()
-        },
+        bounded(
+            stream::Config {
+                name: prefixed(STREAM_RUNS),
+                description: Some(
+                    "Airlock run requests; deduplicated by Nats-Msg-Id = run id".into(),
+                ),
+                subjects: vec![subjects.runs_all()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(300),
+                num_replicas: opts.replicas,
+                ..Default::default()
+            },
+            &opts.runs,
+            true,
+        ),
+        bounded(
+            stream::Config {
+                name: prefixed(STREAM_RESULTS),
+                description: Some(
+                    "Results published by jobs (untrusted until the ingester verifies them)".into(),
+                ),
+                subjects: vec![subjects.results_all()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_age: opts.results_max_age,
+                // `max_message_size` is what a job can publish at most; the ingester enforces its own lower limit.
+                num_replicas: opts.replicas,
+                ..Default::default()
+            },
+            &opts.results,
+            true,
+        ),
+        bounded(
+            stream::Config {
+                name: prefixed(STREAM_TIMERS),
+                description: Some(
+                    "Timer events for the janitor, and the schedules that produce them".into(),
+                ),
+                subjects: vec![subjects.timers_all(), subjects.schedules_all()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                allow_message_schedules: true,
+                // Sweep ticks carry a TTL (`Nats-Schedule-TTL`), so they do not pile up for the stream's max age.
+                allow_message_ttl: true,
+                allow_rollup: true,
+                duplicate_window: Duration::from_secs(300),
+                max_age: Duration::from_secs(14 * 24 * 3600),
+                num_replicas: opts.replicas,
+                ..Default::default()
+            },
+            &opts.timers,
+            false,
+        ),
+        bounded(
+            stream::Config {
+                name: prefixed(STREAM_EVENTS),
+                description: Some("Lifecycle events of runs, for clients".into()),
+                subjects: vec![subjects.events_all()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: opts.events_max_age,
+                duplicate_window: Duration::from_secs(120),
+                num_replicas: opts.replicas,
+                ..Default::default()
+            },
+            &opts.events,
+            false,
+        ),
     ]
 }
 
@@ -149,7 +254,8 @@ pub fn stream_name(subjects: &Subjects, base: &str) -> String {
     }
 }
 
-/// Creates or updates every stream. Safe to run from many processes at once.
+/// Creates or updates every stream: an existing stream whose settings differ (older bounds, say) is
+/// updated in place. Safe to run from many processes at once.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,

@@ -7,7 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use airlock_schemas::{
-    LifecycleEvent, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent, TimerKind, env,
+    LifecycleEvent, RequestRejected, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent,
+    TimerKind, env,
 };
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
@@ -49,6 +50,13 @@ pub enum MsgId<'a> {
         /// Run id.
         run_id: &'a str,
         /// Stream sequence of the rejected result.
+        sequence: u64,
+    },
+    /// A refused request naming an existing run: one per request message (its stream sequence).
+    RequestRejected {
+        /// Run id.
+        run_id: &'a str,
+        /// Stream sequence of the refused request.
         sequence: u64,
     },
     /// A timer event: one per kind, run and attempt.
@@ -96,6 +104,9 @@ impl fmt::Display for MsgId<'_> {
             }
             MsgId::ResultRejected { run_id, sequence } => {
                 write!(f, "result-rejected-{run_id}-{sequence}")
+            }
+            MsgId::RequestRejected { run_id, sequence } => {
+                write!(f, "request-rejected-{run_id}-{sequence}")
             }
             MsgId::Timer {
                 kind,
@@ -207,6 +218,17 @@ impl Publisher {
     /// Publishes a rejected result's event on `airlock.events.<run_id>` (deduplicated per result message).
     pub async fn result_rejected(&self, ev: &ResultRejected, sequence: u64) -> Result<(), Error> {
         let id = MsgId::ResultRejected {
+            run_id: &ev.run_id,
+            sequence,
+        };
+        self.publish(self.subjects.events(&ev.run_id), id, HeaderMap::new(), ev)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes a refused request's event on `airlock.events.<run_id>` (deduplicated per request message).
+    pub async fn request_rejected(&self, ev: &RequestRejected, sequence: u64) -> Result<(), Error> {
+        let id = MsgId::RequestRejected {
             run_id: &ev.run_id,
             sequence,
         };

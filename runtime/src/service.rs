@@ -13,7 +13,7 @@ use crate::Error;
 use crate::config::CommonArgs;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::nats::{self, StreamOptions};
+use crate::nats;
 use crate::publish::Publisher;
 use crate::store::Store;
 
@@ -86,10 +86,7 @@ async fn finish(
 ) -> Result<Started, Error> {
     let subjects = common.subjects();
     let js = jetstream::new(client.clone());
-    let opts = StreamOptions {
-        replicas: common.stream_replicas,
-        ..StreamOptions::default()
-    };
+    let opts = common.streams.options(common.stream_replicas);
     nats::ensure_streams(&js, &subjects, &opts).await?;
     let store = common.connect_store().await?;
     Ok(Started {

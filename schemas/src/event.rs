@@ -129,7 +129,9 @@ impl TimerEvent {
 
 /// A rejected result submission, on `airlock.events.<run_id>` next to the run's [`LifecycleEvent`]s.
 ///
-/// Never carries the rejected body. Told apart from a lifecycle event by having no `status`.
+/// Never carries the rejected body. Told apart from a lifecycle event by having no `status`, and from a
+/// [`RequestRejected`] by having no `queue`. Only the first few rejections of a run are announced; the run
+/// record counts them all (`result_rejections_total`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResultRejected {
@@ -139,5 +141,23 @@ pub struct ResultRejected {
     /// `invalid UTF-8`, `not a JSON object`, `body is N bytes`, `schema:`), then details.
     pub reason: String,
     /// When the ingester rejected it.
+    pub at: DateTime<Utc>,
+}
+
+/// An invalid request that named the id of a run that already exists, on `airlock.events.<run_id>`.
+///
+/// The existing run is left untouched (a rejection never overwrites a record); this event and the record's
+/// `request_rejections` count are all that is kept of the refused request. Told apart from a
+/// [`LifecycleEvent`] by having no `status`, and from a [`ResultRejected`] by its `queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRejected {
+    /// Run id the refused request named.
+    pub run_id: String,
+    /// Queue the refused request was sent to.
+    pub queue: String,
+    /// Why it was refused: every problem with its field path.
+    pub reason: String,
+    /// When the dispatcher refused it.
     pub at: DateTime<Utc>,
 }

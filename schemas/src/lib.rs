@@ -9,9 +9,12 @@
 //! - [`api`]: the request-reply API on `airlock.api.<op>`: operations, requests, replies, errors.
 //! - [`subjects`]: subject names and stream names, all under a configurable prefix.
 //! - [`request`]: [`RunRequest`] and its validation against an operator [`Policy`].
+//! - [`limits`]: the size bounds of a request the contract states (env, args, labels, metadata).
+//! - [`json`]: strict decoding of client bodies (exactly one JSON object, nothing else).
 //! - [`quantity`]: Kubernetes resource quantities (`500m`, `256Mi`).
 //! - [`record`]: the Redis run record, [`RunStatus`] and its forward-only ordering.
-//! - [`event`]: [`TimerEvent`] for the janitor, [`LifecycleEvent`] and [`ResultRejected`] for clients.
+//! - [`event`]: [`TimerEvent`] for the janitor, [`LifecycleEvent`], [`ResultRejected`] and
+//!   [`RequestRejected`] for clients.
 //! - [`token`]: the HMAC run token that authenticates a job's result.
 //! - [`env`]: the environment every job receives.
 //! - [`labels`]: Kubernetes labels Airlock puts on what it creates.
@@ -19,14 +22,16 @@
 pub mod api;
 pub mod env;
 pub mod event;
+pub mod json;
 pub mod labels;
+pub mod limits;
 pub mod quantity;
 pub mod record;
 pub mod request;
 pub mod subjects;
 pub mod token;
 
-pub use event::{LifecycleEvent, ResultRejected, TimerEvent, TimerKind};
+pub use event::{LifecycleEvent, RequestRejected, ResultRejected, TimerEvent, TimerKind};
 pub use record::{RunStatus, TransitionError};
 pub use request::{
     EgressDestination, EgressPort, FieldError, ImagePullPolicy, Policy, ResourceList, Resources,
@@ -47,6 +52,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("timer-event.v1.json", schema::<TimerEvent>()),
         ("lifecycle-event.v1.json", schema::<LifecycleEvent>()),
         ("result-rejected.v1.json", schema::<ResultRejected>()),
+        ("request-rejected.v1.json", schema::<RequestRejected>()),
         ("run-record.v1.json", schema::<record::RunRecord>()),
         ("policy.v1.json", schema::<Policy>()),
         ("api/error.v1.json", schema::<api::ErrorReply>()),

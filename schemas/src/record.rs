@@ -14,6 +14,16 @@ pub fn active_key(prefix: &str) -> String {
     format!("{prefix}:runs:active")
 }
 
+/// Redis key of the sorted set of every run holding a running slot (the dispatcher's global cap).
+pub fn slots_all_key(prefix: &str) -> String {
+    format!("{prefix}:slots:all")
+}
+
+/// Redis key of the sorted set of runs of `queue` holding a running slot (the queue's cap).
+pub fn slots_queue_key(prefix: &str, queue: &str) -> String {
+    format!("{prefix}:slots:queue:{queue}")
+}
+
 /// The attempt a run is on when nothing says otherwise (attempts are 1-based).
 pub const FIRST_ATTEMPT: u32 = 1;
 
@@ -53,6 +63,10 @@ pub mod field {
     pub const RESULT_AT: &str = "result_at";
     /// Rejected result submissions (JSON array of reasons, bounded).
     pub const RESULT_REJECTIONS: &str = "result_rejections";
+    /// How many result submissions were rejected in all (`result_rejections` keeps only the last few).
+    pub const RESULT_REJECTIONS_TOTAL: &str = "result_rejections_total";
+    /// How many invalid requests named this run's id (each refused without touching the run).
+    pub const REQUEST_REJECTIONS: &str = "request_rejections";
     /// Queue the run came from.
     pub const QUEUE: &str = "queue";
     /// Image of the run.
@@ -186,9 +200,15 @@ pub struct RunRecord {
     /// When the result was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_at: Option<String>,
-    /// Rejected result submissions.
+    /// Rejected result submissions (the last few).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub result_rejections: Vec<String>,
+    /// How many result submissions were rejected in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_rejections_total: Option<u64>,
+    /// How many invalid requests named this run's id (each refused, the run untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_rejections: Option<u64>,
     /// Queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
@@ -252,6 +272,12 @@ impl RunRecord {
                 .get(field::RESULT_REJECTIONS)
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
+            result_rejections_total: h
+                .get(field::RESULT_REJECTIONS_TOTAL)
+                .and_then(|v| v.parse().ok()),
+            request_rejections: h
+                .get(field::REQUEST_REJECTIONS)
+                .and_then(|v| v.parse().ok()),
             queue: s(field::QUEUE),
             image: s(field::IMAGE),
             submitted_at: s(field::SUBMITTED_AT),

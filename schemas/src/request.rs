@@ -7,7 +7,8 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{env, labels, quantity};
+use crate::limits::{MAX_ARGV_ITEMS, MAX_EGRESS};
+use crate::{env, json, labels, limits, quantity};
 
 /// A request to run one container, published to `airlock.runs.<queue>`.
 ///
@@ -22,14 +23,18 @@ pub struct RunRequest {
     /// When to pull the image: `IfNotPresent` (the default), `Always` or `Never`, as Kubernetes means them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
-    /// Entrypoint override.
+    /// Entrypoint override. With `args`: at most 1,000 items and 128 KiB together.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ARGV_ITEMS))]
     pub command: Vec<String>,
-    /// Arguments.
+    /// Arguments. With `command`: at most 1,000 items and 128 KiB together.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ARGV_ITEMS))]
     pub args: Vec<String>,
-    /// Environment variables; names under `AIRLOCK_` are reserved.
+    /// Environment variables; names under `AIRLOCK_` are reserved. At most 1,000 entries and 128 KiB of
+    /// names and values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 1000))]
     pub env: BTreeMap<String, String>,
     /// CPU and memory requests and limits; policy defaults fill what is missing.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
@@ -37,13 +42,16 @@ pub struct RunRequest {
     /// Wall-clock deadline for the whole run, Pending included; policy default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_seconds: Option<u64>,
-    /// Names of operator-defined egress destinations the job may reach.
+    /// Names of operator-defined egress destinations the job may reach (at most 64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EGRESS))]
     pub egress: Vec<String>,
-    /// Labels put on the pod (the `airlock.dev/` prefix is reserved).
+    /// Labels put on the pod (the `airlock.dev/` prefix is reserved). At most 64 labels and 16 KiB of keys
+    /// and values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub labels: BTreeMap<String, String>,
-    /// Opaque JSON echoed in lifecycle events.
+    /// Opaque JSON echoed in lifecycle events; at most 16 KiB encoded as compact JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
 }
@@ -257,8 +265,9 @@ pub fn is_valid_name(s: &str) -> bool {
     NAME_RE.is_match(s)
 }
 
-/// Decodes a request, reporting every problem with its path: JSON syntax and type errors first (serde stops
-/// at the first one), otherwise every contract and policy violation.
+/// Decodes a request, reporting every problem with its path: the body must be exactly one JSON object
+/// ([`json::from_slice_object`]); its syntax and type errors come first (serde stops at the first one),
+/// otherwise every contract, size and policy violation (at most [`MAX_REPORTED`] of them).
 pub fn decode_request(
     bytes: &[u8],
     queue: &str,
@@ -274,20 +283,7 @@ pub fn decode_request(
             ),
         )]);
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let request: RunRequest = match serde_path_to_error::deserialize(de) {
-        Ok(r) => r,
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let path = if path.is_empty() || path == "." {
-                ".".to_string()
-            } else {
-                path
-            };
-            return Err(vec![FieldError::new(path, inner.to_string())]);
-        }
-    };
+    let request: RunRequest = json::from_slice_object(bytes).map_err(|e| vec![e])?;
     request.validate(queue, policy)
 }
 
@@ -306,11 +302,17 @@ impl RunRequest {
             p.add("id", NAME_RULE);
         }
         self.check_image(policy, &mut p);
+        p.0.extend(limits::check(&self));
         self.check_argv_and_env(&mut p);
         self.check_labels(&mut p);
         self.check_deadline_and_egress(policy, &mut p);
         self.fill_resources(&policy.default_resources);
         check_resources(&self.resources, policy, &mut p);
+        if p.0.len() > MAX_REPORTED {
+            let more = p.0.len() - MAX_REPORTED;
+            p.0.truncate(MAX_REPORTED);
+            p.add(".", format!("and {more} more problems"));
+        }
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -407,6 +409,9 @@ impl RunRequest {
         fill(&mut r.limits.memory, &d.limits.memory);
     }
 }
+
+/// Most problems reported for one request (then a count of the rest).
+pub const MAX_REPORTED: usize = 50;
 
 const NAME_RULE: &str = "must be 1-40 characters of [a-z0-9-], alphanumeric at both ends";
 

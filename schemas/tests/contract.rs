@@ -225,3 +225,116 @@ fn the_committed_json_schemas_are_current() {
         "stale schemas {stale:?}: run `AIRLOCK_BLESS=1 cargo test -p airlock-schemas` and commit"
     );
 }
+
+#[test]
+fn a_request_is_exactly_one_json_object_and_nothing_else() {
+    let p = Policy::default();
+    for body in [
+        r#"{"id":"a","image":"alpine"} trailing-garbage"#,
+        r#"{"id":"a","image":"alpine"}{"id":"b","image":"alpine"}"#,
+        r#"["a", "alpine", null, ["cmd"]]"#,
+        r#"{"id":"a","image":"alpine","resources":[{"cpu":"1"}]}"#,
+    ] {
+        let errs = decode_request(body.as_bytes(), "q", &p).expect_err(body);
+        assert_eq!(errs.len(), 1, "{body}: {errs:?}");
+    }
+    assert!(decode_request(b"\n {\"id\":\"a\",\"image\":\"alpine\"} \n", "q", &p).is_ok());
+}
+
+#[test]
+fn env_args_labels_and_metadata_beyond_the_stated_limits_are_rejected_with_their_path() {
+    use airlock_schemas::limits::*;
+    let p = Policy {
+        max_request_bytes: 4 * 1024 * 1024,
+        ..Policy::default()
+    };
+    let reasons = |v: serde_json::Value| -> Vec<String> {
+        let Err(errs) = decode_request(&serde_json::to_vec(&v).expect("encodes"), "q", &p) else {
+            panic!("accepted a request over a limit");
+        };
+        errs.iter().map(ToString::to_string).collect()
+    };
+    let env: serde_json::Map<String, serde_json::Value> =
+        (0..4_500).map(|i| (format!("V{i}"), json!("x"))).collect();
+    let got = reasons(json!({"id": "a", "image": "alpine", "env": env}));
+    assert_eq!(
+        got,
+        [format!("env: 4500 entries, the limit is {MAX_ENV_ENTRIES}")]
+    );
+
+    let args: Vec<String> = (0..9_500).map(|i| i.to_string()).collect();
+    let got = reasons(json!({"id": "a", "image": "alpine", "command": ["sh"], "args": args}));
+    assert_eq!(
+        got,
+        [format!(
+            "args: command and args have 9501 items together, the limit is {MAX_ARGV_ITEMS}"
+        )]
+    );
+
+    let big = "x".repeat(MAX_ENV_BYTES.max(MAX_ARGV_BYTES) + 1);
+    let got = reasons(json!({"id": "a", "image": "alpine", "env": {"BIG": big}}));
+    assert!(got[0].starts_with("env: names and values are"), "{got:?}");
+    let got = reasons(json!({"id": "a", "image": "alpine", "args": [big]}));
+    assert!(got[0].starts_with("args: command and args are"), "{got:?}");
+
+    let labels: serde_json::Map<String, serde_json::Value> = (0..MAX_LABELS + 1)
+        .map(|i| (format!("l{i}"), json!("v")))
+        .collect();
+    let got = reasons(json!({"id": "a", "image": "alpine", "labels": labels}));
+    assert_eq!(
+        got,
+        [format!("labels: 65 labels, the limit is {MAX_LABELS}")]
+    );
+
+    let got = reasons(
+        json!({"id": "a", "image": "alpine", "metadata": {"m": "x".repeat(MAX_METADATA_BYTES)}}),
+    );
+    assert!(got[0].starts_with("metadata: "), "{got:?}");
+
+    // At the limits, all is well.
+    let env: serde_json::Map<String, serde_json::Value> = (0..MAX_ENV_ENTRIES)
+        .map(|i| (format!("V{i}"), json!("x")))
+        .collect();
+    let args: Vec<String> = (0..MAX_ARGV_ITEMS - 1).map(|i| i.to_string()).collect();
+    let ok = json!({"id": "a", "image": "alpine", "command": ["sh"], "args": args, "env": env});
+    assert!(decode_request(&serde_json::to_vec(&ok).expect("encodes"), "q", &p).is_ok());
+}
+
+#[test]
+fn the_json_schema_states_the_count_limits() {
+    use airlock_schemas::limits::*;
+    let schema = json_schemas()
+        .into_iter()
+        .find(|(f, _)| *f == "run-request.v1.json")
+        .map(|(_, s)| s)
+        .expect("schema exists");
+    let prop = |name: &str, key: &str| schema["properties"][name][key].as_u64();
+    assert_eq!(prop("command", "maxItems"), Some(MAX_ARGV_ITEMS as u64));
+    assert_eq!(prop("args", "maxItems"), Some(MAX_ARGV_ITEMS as u64));
+    assert_eq!(prop("env", "maxProperties"), Some(MAX_ENV_ENTRIES as u64));
+    assert_eq!(prop("labels", "maxProperties"), Some(MAX_LABELS as u64));
+    assert_eq!(prop("egress", "maxItems"), Some(MAX_EGRESS as u64));
+    let v = schema_validator("run-request.v1.json");
+    let env: serde_json::Map<String, serde_json::Value> = (0..MAX_ENV_ENTRIES + 1)
+        .map(|i| (format!("V{i}"), json!("x")))
+        .collect();
+    assert!(!v.is_valid(&json!({"id": "a", "image": "alpine", "env": env})));
+}
+
+#[test]
+fn too_many_problems_are_reported_as_the_first_fifty_and_a_count() {
+    let env: serde_json::Map<String, serde_json::Value> = (0..200)
+        .map(|i| (format!("AIRLOCK_{i}"), json!("x")))
+        .collect();
+    let errs = decode_request(
+        &serde_json::to_vec(&json!({"id": "a", "image": "alpine", "env": env})).expect("encodes"),
+        "q",
+        &Policy::default(),
+    )
+    .expect_err("reserved names");
+    assert_eq!(errs.len(), airlock_schemas::request::MAX_REPORTED + 1);
+    assert_eq!(
+        errs.last().map(ToString::to_string).as_deref(),
+        Some(".: and 150 more problems")
+    );
+}

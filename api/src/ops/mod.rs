@@ -14,12 +14,12 @@ use airlock_runtime::publish::Publisher;
 use airlock_runtime::store::Store;
 use airlock_schemas::Policy;
 use airlock_schemas::api::{ApiError, ErrorCode, Op};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::serve::respond;
-use crate::strict;
 
 /// What every operation uses.
 #[derive(Debug)]
@@ -61,11 +61,14 @@ impl Ctx {
 }
 
 /// Decodes a request body, or the `invalid` error naming the field.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    strict::from_slice_object(body).map_err(|d| {
+fn decode<T: DeserializeOwned + Serialize>(body: &[u8]) -> Result<T, ApiError> {
+    airlock_schemas::json::from_slice_object(body).map_err(|e| {
         ApiError::invalid(
-            format!("invalid request: {}: {}", d.field, d.message),
-            vec![d],
+            format!("invalid request: {}: {}", e.path, e.message),
+            vec![airlock_schemas::api::ErrorDetail {
+                field: e.path,
+                message: e.message,
+            }],
         )
     })
 }

@@ -5,6 +5,11 @@
 //! round trip storing every genuine result ([`airlock_runtime::store::Store::store_results`]), concurrently
 //! with recording the rejections; (4) rejection events; (5) settle: ack what Redis confirmed or what was
 //! rejected, nak the rest with the capped redelivery delay. Nothing is acked before its write returned.
+//!
+//! Rejection events are bounded, so forged results cannot grow `AIRLOCK_EVENTS` without bound: nothing is
+//! published for a run that does not exist (or a subject naming no valid run), and a run's rejections are
+//! announced only up to [`MAX_REJECTION_EVENTS`], then once more with the count so far; after that they
+//! are only counted on the record (`result_rejections_total`).
 
 use airlock_runtime::consume::{Outcome, delivered, published_at, settle};
 use airlock_runtime::store::{ResultWrite, RunHead};
@@ -14,8 +19,8 @@ use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
 use super::Ctx;
-use crate::MAX_REJECTIONS;
 use crate::verify::{self, Candidate, RejectKind, Rejection};
+use crate::{MAX_REJECTION_EVENTS, MAX_REJECTIONS};
 
 /// Splits `msgs` into consecutive batches of at most `max_bytes` of payload (at least one message each).
 pub(super) fn split_by_bytes(msgs: Vec<Message>, max_bytes: usize) -> Vec<Vec<Message>> {
@@ -74,7 +79,7 @@ pub(super) async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
                     .map(|g| &g.msg)
                     .chain(needs_redis.iter().map(|r| &r.msg));
                 nak_all(ctx, all).await;
-                settle_rejections(ctx, no_record).await;
+                settle_rejections(ctx, no_record.into_iter().map(|r| (r, 0)).collect()).await;
                 return;
             }
         };
@@ -183,7 +188,7 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
     let mut handled = Vec::new();
     for (r, rec) in rejected.into_iter().zip(recorded) {
         match rec {
-            Ok(()) => handled.push(r),
+            Ok(total) => handled.push((r, total)),
             Err(e) => {
                 ctx.metrics.redis_error();
                 warn!(run_id = r.run_id.as_deref().unwrap_or("-"), error = %e, "Recording a rejection failed; will retry");
@@ -191,14 +196,15 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
             }
         }
     }
-    handled.extend(late_rejections);
+    handled.extend(late_rejections.into_iter().map(|r| (r, 0)));
     settle_rejections(ctx, handled).await;
 }
 
-/// Announces, counts and acks rejections that are recorded (or have no record to be recorded on).
-async fn settle_rejections(ctx: &Ctx, handled: Vec<Rejected>) {
-    futures::future::join_all(handled.iter().map(|r| announce(ctx, r))).await;
-    for r in handled {
+/// Announces, counts and acks rejections that are recorded (or have no record to be recorded on), each
+/// with the run's count of rejections so far (0: no record).
+async fn settle_rejections(ctx: &Ctx, handled: Vec<(Rejected, u64)>) {
+    futures::future::join_all(handled.iter().map(|(r, total)| announce(ctx, r, *total))).await;
+    for (r, _) in handled {
         ctx.metrics.result_rejected(r.rejection.kind.label());
         settle(&r.msg, &Outcome::Done).await;
     }
@@ -227,28 +233,43 @@ fn judge(ctx: &Ctx, g: &Genuine, head: Option<RunHead>) -> Result<(), Rejection>
     Ok(())
 }
 
-/// Records a rejection on its run (a no-op for unknown runs and invalid run ids).
-async fn record_rejection(ctx: &Ctx, r: &Rejected) -> Result<(), airlock_runtime::Error> {
+/// Records a rejection on its run and returns the run's count of rejections so far (0, recording nothing,
+/// for unknown runs and invalid run ids).
+async fn record_rejection(ctx: &Ctx, r: &Rejected) -> Result<u64, airlock_runtime::Error> {
     match &r.run_id {
         Some(id) if r.rejection.kind != RejectKind::UnknownRun => {
             ctx.store
                 .add_result_rejection(id, &r.rejection.reason, MAX_REJECTIONS)
                 .await
         }
-        _ => Ok(()),
+        _ => Ok(0),
     }
 }
 
-/// Logs a rejection and publishes it on `airlock.events.<run_id>` (deduplicated per message); best effort.
-async fn announce(ctx: &Ctx, r: &Rejected) {
+/// Logs a rejection and, while the run's count `total` allows, publishes it on `airlock.events.<run_id>`
+/// (deduplicated per message; best effort): nothing for a run with no record, the first
+/// [`MAX_REJECTION_EVENTS`] as they are, the next one as the count so far, none after.
+async fn announce(ctx: &Ctx, r: &Rejected, total: u64) {
     let Some(run_id) = &r.run_id else {
         warn!(subject = %r.msg.subject, reason = %r.rejection, "Result rejected");
         return;
     };
-    warn!(run_id = %run_id, reason = %r.rejection, "Result rejected");
+    if total == 0 || total > MAX_REJECTION_EVENTS + 1 {
+        debug!(run_id = %run_id, reason = %r.rejection, total, "Result rejected; not announced");
+        return;
+    }
+    warn!(run_id = %run_id, reason = %r.rejection, total, "Result rejected");
+    let reason = if total > MAX_REJECTION_EVENTS {
+        format!(
+            "{} (rejection {total} of this run; later ones are only counted on the run's record)",
+            r.rejection.reason
+        )
+    } else {
+        r.rejection.reason.clone()
+    };
     let ev = ResultRejected {
         run_id: run_id.clone(),
-        reason: r.rejection.reason.clone(),
+        reason,
         at: Utc::now(),
     };
     let seq = r.msg.info().map(|i| i.stream_sequence).unwrap_or(0);

@@ -15,11 +15,11 @@ use redis::AsyncCommands;
 use super::{Store, StoredRun};
 use crate::Error;
 
-/// The Lua run by the transition script after the record's fields are written (`cur` is the previous
-/// status or false, `KEYS[3]` the index prefix, `ARGV[1]` the new status, `ARGV[3]` the run id, `ARGV[4]`
-/// the record TTL in seconds).
+/// The Lua run by the record scripts (transition, and creating a refused request's record) after the
+/// record's fields are written (`cur` is the previous status or false, the last of `KEYS` the index prefix,
+/// `ARGV[1]` the new status, `ARGV[3]` the run id, `ARGV[4]` the record TTL in seconds).
 pub(super) const SCRIPT: &str = r#"
-local ix = KEYS[3]
+local ix = KEYS[#KEYS]
 local id = ARGV[3]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -11,10 +11,12 @@
 //! # Layout
 //! - this module: the connection, the Lua scripts and the methods.
 //! - `record`: the typed views of the record and the update of its fields.
-//! - `index`: the listing indexes the transition script keeps, and [`Store::list`] over them.
+//! - `index`: the listing indexes the record scripts keep, and [`Store::list`] over them.
+//! - `rejections`: writes for refused requests, which never overwrite an existing record.
 
 mod index;
 mod record;
+mod rejections;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -75,6 +77,12 @@ end
 __INDEX__
 if new_rank >= 3 then
   redis.call('SREM', KEYS[2], ARGV[3])
+  -- An ended run gives back its dispatcher slot, whoever ends it: one still queued (its launch being
+  -- retried) and one whose finish no watcher saw (its dispatcher was down) alike. KEYS[4] is the prefix of
+  -- the per-queue slot keys; the queue is only known from the record.
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  local q = redis.call('HGET', KEYS[1], 'queue')
+  if q then redis.call('ZREM', KEYS[4] .. q, ARGV[3]) end
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 else
   redis.call('SADD', KEYS[2], ARGV[3])
@@ -101,7 +109,7 @@ table.insert(list, ARGV[1])
 local max = tonumber(ARGV[2])
 while #list > max do table.remove(list, 1) end
 redis.call('HSET', KEYS[1], 'result_rejections', cjson.encode(list))
-return #list
+return redis.call('HINCRBY', KEYS[1], 'result_rejections_total', 1)
 "#;
 
 /// The run store.
@@ -184,7 +192,8 @@ impl Store {
     }
 
     /// Moves `run_id` to `status` (creating the record if needed) and applies `update`, unless the record
-    /// already has that status or a later one. Terminal statuses leave the active set and start the TTL.
+    /// already has that status or a later one. Terminal statuses leave the active set, start the TTL and give
+    /// back the run's dispatcher slot (`<prefix>:slots:*`), if it holds one.
     pub async fn transition(
         &self,
         run_id: &str,
@@ -193,6 +202,9 @@ impl Store {
     ) -> Result<Transition, Error> {
         let mut inv = self.transition.key(self.key(run_id));
         inv.key(schema::active_key(&self.prefix))
+            .key(schema::slots_all_key(&self.prefix))
+            .key(schema::slots_queue_key(&self.prefix, ""))
+            // The index prefix is always the last key (see `index::SCRIPT`).
             .key(index::prefix(&self.prefix))
             .arg(status.as_str())
             .arg(schema::now())
@@ -279,21 +291,22 @@ impl Store {
             .collect())
     }
 
-    /// Records a rejected result submission on the run (keeps the last `max`); no-op for unknown runs.
+    /// Records a rejected result submission on the run (keeps the last `max` reasons) and counts it; returns
+    /// how many were rejected in all, including this one (0 for an unknown run: nothing recorded).
     pub async fn add_result_rejection(
         &self,
         run_id: &str,
         reason: &str,
         max: usize,
-    ) -> Result<(), Error> {
-        let _: i64 = self
+    ) -> Result<u64, Error> {
+        let total: u64 = self
             .add_rejection
             .key(self.key(run_id))
             .arg(reason)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(())
+        Ok(total)
     }
 
     async fn hash(&self, run_id: &str) -> Result<HashMap<String, String>, Error> {

@@ -147,7 +147,7 @@ pub const API: usize = 3;
 impl System {
     /// Starts NATS and Redis, then the three services, and waits until each reports ready on `/readyz`.
     pub async fn start(runtime: Runtime) -> Result<Self> {
-        Self::start_with_env(runtime, Vec::new()).await
+        Self::start_with(runtime, Vec::new(), &[]).await
     }
 
     /// [`System::start`] with extra environment variables for the services.
@@ -155,7 +155,24 @@ impl System {
         runtime: Runtime,
         extra_env: Vec<(&'static str, String)>,
     ) -> Result<Self> {
-        let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
+        Self::start_with(runtime, extra_env, &[]).await
+    }
+
+    /// [`System::start`] with extra `redis-server` arguments (e.g. persistence, so Redis can be restarted).
+    pub async fn start_with_redis(runtime: Runtime, redis_args: &[&str]) -> Result<Self> {
+        Self::start_with(runtime, Vec::new(), redis_args).await
+    }
+
+    /// [`System::start`] with extra service environment variables and `redis-server` arguments.
+    pub async fn start_with(
+        runtime: Runtime,
+        extra_env: Vec<(&'static str, String)>,
+        redis_args: &[&str],
+    ) -> Result<Self> {
+        let (nats, redis) = tokio::try_join!(
+            NatsServer::start(),
+            RedisServer::start_with_args(redis_args)
+        )?;
         let mut base_env = vec![
             ("AIRLOCK_NATS_URL", nats.url()),
             ("AIRLOCK_REDIS_URL", redis.url()),

@@ -1,0 +1,122 @@
+//! The store's integrity guarantees against a real redis-server: refusals never overwrite a record, a run
+//! that ends gives its slot back, rejections are counted in all.
+
+use std::time::Duration;
+
+use airlock_runtime::store::{RecordUpdate, Store};
+use airlock_schemas::RunStatus;
+use airlock_schemas::record::{slots_all_key, slots_queue_key};
+use airlock_test_support::RedisServer;
+use redis::AsyncCommands;
+
+async fn store(redis: &RedisServer) -> anyhow::Result<Store> {
+    Ok(Store::connect(&redis.url(), "airlock", Duration::from_secs(3600)).await?)
+}
+
+fn queued_on(queue: &str) -> RecordUpdate {
+    RecordUpdate {
+        queue: Some(queue.into()),
+        attempt: Some(1),
+        ..RecordUpdate::default()
+    }
+}
+
+async fn holds_slot(s: &Store, queue: &str, id: &str) -> anyhow::Result<(bool, bool)> {
+    let mut c = s.connection();
+    let all: Option<f64> = c.zscore(slots_all_key("airlock"), id).await?;
+    let q: Option<f64> = c.zscore(slots_queue_key("airlock", queue), id).await?;
+    Ok((all.is_some(), q.is_some()))
+}
+
+async fn take_slot(s: &Store, queue: &str, id: &str) -> anyhow::Result<()> {
+    let mut c = s.connection();
+    let () = c.zadd(slots_all_key("airlock"), id, 1).await?;
+    let () = c.zadd(slots_queue_key("airlock", queue), id, 1).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_that_ends_gives_its_slot_back_in_the_same_write() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    for (id, end) in [
+        ("c1", RunStatus::Cancelled),
+        ("t1", RunStatus::TimedOut),
+        ("f1", RunStatus::Failed),
+    ] {
+        s.transition(id, RunStatus::Queued, &queued_on("q")).await?;
+        take_slot(&s, "q", id).await?;
+        assert_eq!(holds_slot(&s, "q", id).await?, (true, true));
+        assert!(
+            s.transition(id, end, &RecordUpdate::default())
+                .await?
+                .applied()
+        );
+        assert_eq!(holds_slot(&s, "q", id).await?, (false, false), "{id}");
+    }
+    // A launched run keeps its slot while it runs, and gives it back when it ends even if no watcher saw
+    // its pod finish (its dispatcher was down).
+    s.transition("p1", RunStatus::Queued, &queued_on("q"))
+        .await?;
+    take_slot(&s, "q", "p1").await?;
+    s.transition("p1", RunStatus::Running, &RecordUpdate::default())
+        .await?;
+    assert_eq!(holds_slot(&s, "q", "p1").await?, (true, true));
+    s.transition("p1", RunStatus::Succeeded, &RecordUpdate::default())
+        .await?;
+    assert_eq!(holds_slot(&s, "q", "p1").await?, (false, false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refusal_creates_a_record_only_where_there_is_none() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    s.transition("genuine", RunStatus::Queued, &queued_on("q"))
+        .await?;
+    let refusal = RecordUpdate {
+        reason: Some("bogus: unknown field".into()),
+        ..RecordUpdate::default()
+    };
+    assert!(!s.create("genuine", RunStatus::Rejected, &refusal).await?);
+    let rec = s.get("genuine").await?.expect("record");
+    assert_eq!(rec.status, Some(RunStatus::Queued));
+    assert_eq!(rec.reason, None);
+    assert_eq!(s.count_request_rejection("genuine").await?, 1);
+    assert_eq!(s.count_request_rejection("genuine").await?, 2);
+    assert_eq!(
+        s.get("genuine").await?.expect("record").request_rejections,
+        Some(2)
+    );
+
+    assert_eq!(s.count_request_rejection("nobody").await?, 0);
+    assert!(s.get("nobody").await?.is_none(), "counting created nothing");
+    assert!(s.create("nobody", RunStatus::Rejected, &refusal).await?);
+    let rec = s.get("nobody").await?.expect("record");
+    assert_eq!(rec.status, Some(RunStatus::Rejected));
+    assert!(!s.active_runs().await?.contains(&"nobody".to_string()));
+    let ttl: i64 = s.connection().ttl("airlock:run:nobody").await?;
+    assert!(ttl > 0, "a terminal record expires");
+    Ok(())
+}
+
+#[tokio::test]
+async fn result_rejections_are_counted_in_all_while_the_reasons_stay_bounded() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    s.transition("r1", RunStatus::Queued, &RecordUpdate::default())
+        .await?;
+    for i in 1..=30u64 {
+        assert_eq!(s.add_result_rejection("r1", "invalid token", 20).await?, i);
+    }
+    let rec = s.get("r1").await?.expect("record");
+    assert_eq!(rec.result_rejections.len(), 20);
+    assert_eq!(rec.result_rejections_total, Some(30));
+    assert_eq!(
+        s.add_result_rejection("ghost", "invalid token", 20).await?,
+        0
+    );
+    assert!(s.get("ghost").await?.is_none());
+    Ok(())
+}
