@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use airlock_schemas::{
+    TraceParent,
     LifecycleEvent, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent, TimerKind, env,
 };
 use async_nats::HeaderMap;
@@ -229,13 +230,15 @@ impl Publisher {
 
     /// Schedules the run's deadline timer: a message schedule that fires once at `at` into
     /// `airlock.timers.deadline.<run_id>`. Re-scheduling replaces the earlier schedule (same subject, rollup).
+    /// The timer carries the run's `traceparent` header when given.
     pub async fn schedule_deadline(
         &self,
         run_id: &str,
         attempt: u32,
         at: DateTime<Utc>,
+        traceparent: Option<&TraceParent>,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Deadline, run_id, attempt, at)
+        self.schedule_once(TimerKind::Deadline, run_id, attempt, at, traceparent)
             .await
     }
 
@@ -248,7 +251,7 @@ impl Publisher {
         attempt: u32,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Stuck, run_id, attempt, at)
+        self.schedule_once(TimerKind::Stuck, run_id, attempt, at, None)
             .await
     }
 
@@ -259,9 +262,13 @@ impl Publisher {
         run_id: &str,
         attempt: u32,
         at: DateTime<Utc>,
+        traceparent: Option<&TraceParent>,
     ) -> Result<(), Error> {
         let ev = TimerEvent::for_run(kind, run_id, attempt);
         let mut h = HeaderMap::new();
+        if let Some(tp) = traceparent {
+            crate::telemetry::to_headers(&mut h, tp);
+        }
         // A schedule needs whole seconds; round up so it never fires early.
         let at = if at.timestamp_subsec_nanos() > 0 {
             DateTime::from_timestamp(at.timestamp() + 1, 0).unwrap_or(at)

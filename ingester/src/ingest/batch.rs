@@ -8,7 +8,8 @@
 
 use airlock_runtime::consume::{Outcome, delivered, published_at, settle};
 use airlock_runtime::store::{ResultWrite, RunHead};
-use airlock_schemas::ResultRejected;
+use airlock_runtime::telemetry;
+use airlock_schemas::{ResultRejected, TraceParent};
 use async_nats::jetstream::Message;
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
@@ -43,6 +44,8 @@ struct Genuine {
     run_id: String,
     candidate: Candidate,
     published: DateTime<Utc>,
+    /// The run's trace: the result's `traceparent` header, else the one recorded on the run.
+    trace: Option<TraceParent>,
 }
 
 /// A message to be rejected; `run_id` is absent when the subject names no valid run.
@@ -78,7 +81,13 @@ pub(super) async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
                 return;
             }
         };
-        for (g, head) in genuine.into_iter().zip(heads) {
+        for (mut g, head) in genuine.into_iter().zip(heads) {
+            if g.trace.is_none() {
+                g.trace = head
+                    .as_ref()
+                    .and_then(|h| h.traceparent.as_deref())
+                    .and_then(TraceParent::parse);
+            }
             match judge(ctx, &g, head) {
                 Ok(()) => to_store.push(g),
                 Err(rejection) => rejected.push(Rejected {
@@ -123,6 +132,7 @@ async fn check_all(ctx: &Ctx, msgs: Vec<Message>) -> (Vec<Genuine>, Vec<Rejected
             ctx.max_bytes,
         ) {
             Ok(candidate) => genuine.push(Genuine {
+                trace: telemetry::from_headers(msg.headers.as_ref()),
                 msg,
                 run_id,
                 candidate,
@@ -155,7 +165,9 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
                 match outcome {
                     ResultWrite::Stored => {
                         ctx.metrics.result_stored();
-                        debug!(run_id = %g.run_id, "Result stored");
+                        let tp = g.trace.unwrap_or_else(telemetry::new_trace);
+                        telemetry::run_span("ingest", &g.run_id, &tp)
+                            .in_scope(|| debug!("Result stored"));
                         settle(&g.msg, &Outcome::Done).await;
                     }
                     ResultWrite::Duplicate => {
@@ -245,7 +257,9 @@ async fn announce(ctx: &Ctx, r: &Rejected) {
         warn!(subject = %r.msg.subject, reason = %r.rejection, "Result rejected");
         return;
     };
-    warn!(run_id = %run_id, reason = %r.rejection, "Result rejected");
+    let tp = telemetry::from_headers(r.msg.headers.as_ref()).unwrap_or_else(telemetry::new_trace);
+    telemetry::run_span("ingest", run_id, &tp)
+        .in_scope(|| warn!(reason = %r.rejection, "Result rejected"));
     let ev = ResultRejected {
         run_id: run_id.clone(),
         reason: r.rejection.reason.clone(),
