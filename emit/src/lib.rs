@@ -191,7 +191,8 @@ pub fn emit(
 fn is_traceparent(t: &str) -> bool {
     t.len() == 55
         && t.starts_with("00-")
-        && t.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && t.bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Runs `airlock-emit` with `args` (the first is the program name); prints one line and returns the exit

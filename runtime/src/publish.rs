@@ -7,8 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use airlock_schemas::{
-    TraceParent,
-    LifecycleEvent, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent, TimerKind, env,
+    LifecycleEvent, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent, TimerKind,
+    TraceParent, env,
 };
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;

@@ -88,6 +88,8 @@ fn exporter(service: &str) -> Option<SdkTracerProvider> {
         return None;
     }
     use opentelemetry_otlp::WithExportConfig as _;
+    // Already installed by another part of the process is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

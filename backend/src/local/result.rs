@@ -8,8 +8,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use airlock_schemas::trace::{self, TraceParent};
 use airlock_schemas::env;
+use airlock_schemas::trace::{self, TraceParent};
 use async_nats::PublishErrorKind;
 use tracing::{debug, warn};
 

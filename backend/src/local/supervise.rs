@@ -183,7 +183,9 @@ impl LocalBackend {
         status.reason = Some(reason.into());
         status.message = message;
         status.finished_at = Some(Utc::now());
-        let traceparent = env.get(airlock_schemas::trace::TRACEPARENT).map(String::as_str);
+        let traceparent = env
+            .get(airlock_schemas::trace::TRACEPARENT)
+            .map(String::as_str);
         self.finish(status, token.as_deref(), traceparent).await;
         drop(image);
         drop(supervision);
