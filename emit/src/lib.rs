@@ -223,6 +223,20 @@ mod tests {
     }
 
     #[test]
+    fn only_a_w3c_shaped_traceparent_is_passed_on() {
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        assert!(!is_traceparent(""));
+        assert!(!is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX: y"
+        ));
+        assert!(!is_traceparent(
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"
+        ));
+    }
+
+    #[test]
     fn arguments_are_checked() {
         let args = |v: &[&str]| parse_args(v.iter().map(|s| s.to_string()));
         assert!(matches!(args(&["e", "--file"]), Err(EmitError::Usage(_))));
