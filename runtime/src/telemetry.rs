@@ -167,3 +167,35 @@ pub fn passed_on(span: &Span, tp: &TraceParent) -> TraceParent {
         flags: sc.trace_flags().to_u8(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_trace_is_a_valid_sampled_traceparent_of_its_own() {
+        let (a, b) = (new_trace(), new_trace());
+        assert_eq!(TraceParent::parse(&a.to_string()), Some(a));
+        assert!(a.sampled());
+        assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn a_traceparent_travels_in_nats_headers_and_a_malformed_one_is_ignored() {
+        let tp = new_trace();
+        let mut h = async_nats::HeaderMap::new();
+        to_headers(&mut h, &tp);
+        assert_eq!(from_headers(Some(&h)), Some(tp));
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert(TRACEPARENT_HEADER, "00-xyz");
+        assert_eq!(from_headers(Some(&bad)), None);
+        assert_eq!(from_headers(None), None);
+    }
+
+    #[test]
+    fn without_export_the_run_span_carries_the_trace_id_and_passes_the_traceparent_on_unchanged() {
+        let tp = new_trace();
+        let span = run_span("test", "r-1", &tp);
+        assert_eq!(passed_on(&span, &tp), tp);
+    }
+}
