@@ -6,7 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = airlock_api::Config::parse();
-    telemetry::init(config.common.log_format);
+    let _telemetry = telemetry::init(config.common.log_format, "airlock-api");
     let shutdown = shutdown::on_signals();
     airlock_api::run(config, shutdown).await?;
     Ok(())

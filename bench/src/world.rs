@@ -27,17 +27,17 @@ pub async fn serve(args: &[String]) -> Result<()> {
     match name.as_str() {
         "dispatcher" => {
             let c = airlock_dispatcher::Config::try_parse_from(argv)?;
-            telemetry::init(c.common.log_format);
+            let _telemetry = telemetry::init(c.common.log_format, "airlock-dispatcher");
             airlock_dispatcher::run(c, stop).await?;
         }
         "ingester" => {
             let c = airlock_ingester::Config::try_parse_from(argv)?;
-            telemetry::init(c.common.log_format);
+            let _telemetry = telemetry::init(c.common.log_format, "airlock-ingester");
             airlock_ingester::run(c, stop).await?;
         }
         "janitor" => {
             let c = airlock_janitor::Config::try_parse_from(argv)?;
-            telemetry::init(c.common.log_format);
+            let _telemetry = telemetry::init(c.common.log_format, "airlock-janitor");
             airlock_janitor::run(c, stop).await?;
         }
         other => bail!("unknown service {other:?}"),

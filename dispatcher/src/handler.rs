@@ -16,11 +16,14 @@ use airlock_backend::{BackendError, LaunchSpec, Launched};
 use airlock_runtime::consume::{self, Outcome};
 use airlock_runtime::metrics::RejectClass;
 use airlock_runtime::store::{RecordUpdate, StoredRun, Transition};
-use airlock_schemas::{FieldError, LifecycleEvent, RunStatus, ValidatedRun, decode_request};
+use airlock_runtime::telemetry;
+use airlock_schemas::{
+    FieldError, LifecycleEvent, RunStatus, TraceParent, ValidatedRun, decode_request, trace,
+};
 use async_nats::jetstream;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
@@ -49,7 +52,31 @@ pub async fn handle(
             reservation.give_up();
             reject(&ctx, &req, &queue, &errors).await
         }
-        Ok(run) => dispatch(&ctx, &req, run, reservation).await,
+        Ok(run) => {
+            let id = run.request.id.clone();
+            match ctx.store.run(&id).await {
+                Err(e) => Err(e.into()),
+                Ok(existing) => {
+                    // One trace per run: the recorded one (a redelivery or a re-dispatch), else the
+                    // request's, else a new one.
+                    let tp = existing
+                        .as_ref()
+                        .and_then(|r| r.record.traceparent.as_deref())
+                        .and_then(TraceParent::parse)
+                        .or_else(|| telemetry::from_headers(msg.headers.as_ref()))
+                        .unwrap_or_else(telemetry::new_trace);
+                    let span = telemetry::run_span("dispatch", &id, &tp);
+                    let run = Traced {
+                        run,
+                        existing,
+                        tp: telemetry::passed_on(&span, &tp),
+                    };
+                    dispatch(&ctx, &req, run, reservation)
+                        .instrument(span)
+                        .await
+                }
+            }
+        }
     };
     match result {
         Ok(o) => o,
@@ -90,19 +117,30 @@ async fn reject(
     Ok(Outcome::Done)
 }
 
+/// A valid request with its run's record (if any) and the `traceparent` it passes on.
+struct Traced {
+    run: ValidatedRun,
+    existing: Option<StoredRun>,
+    tp: TraceParent,
+}
+
 async fn dispatch(
     ctx: &Arc<Ctx>,
     req: &Request<'_>,
-    mut run: ValidatedRun,
+    traced: Traced,
     mut reservation: Reservation,
 ) -> Result<Outcome, Error> {
+    let Traced {
+        mut run,
+        existing,
+        tp,
+    } = traced;
     let id = run.request.id.clone();
-    let existing = ctx.store.run(&id).await?;
     if let Some(done) = already_handled(existing.as_ref(), &id, req.attempt) {
         return Ok(done);
     }
     // 1. `queued` first, so a fast job's result finds a record.
-    let submitted_at = record_queued(ctx, req, &run, existing.as_ref()).await?;
+    let submitted_at = record_queued(ctx, req, &run, existing.as_ref(), &tp).await?;
 
     // 2. A slot (normally free: the pull loop pulls only what fits), only while the run may be launched.
     let launchable = acquire_slot(ctx, &run.queue, &id, req.attempt).await?;
@@ -115,8 +153,10 @@ async fn dispatch(
     }
     let deadline = run.request.deadline_seconds.unwrap_or(run.deadline_seconds);
     let queue = run.queue.clone();
+    let mut env = ctx.job_env(&id, &run.request.env);
+    env.insert(trace::TRACEPARENT.into(), tp.to_string());
     let spec = LaunchSpec {
-        env: ctx.job_env(&id, &run.request.env),
+        env,
         run,
         attempt: req.attempt,
     };
@@ -151,7 +191,7 @@ async fn dispatch(
         + chrono::Duration::seconds(i64::try_from(deadline).unwrap_or(i64::MAX / 2_000))
         + chrono::Duration::from_std(ctx.config.deadline_grace).unwrap_or_default();
     ctx.publisher
-        .schedule_deadline(&id, req.attempt, at)
+        .schedule_deadline(&id, req.attempt, at, Some(&tp))
         .await?;
     Ok(Outcome::Done)
 }
@@ -178,6 +218,7 @@ async fn record_queued(
     req: &Request<'_>,
     run: &ValidatedRun,
     existing: Option<&StoredRun>,
+    tp: &TraceParent,
 ) -> Result<DateTime<Utc>, Error> {
     if req.attempt > 1 {
         return Ok(existing
@@ -190,6 +231,7 @@ async fn record_queued(
         request: Some(serde_json::to_string(&run.request).map_err(airlock_runtime::Error::from)?),
         submitted_at: Some(req.published_at),
         attempt: Some(1),
+        traceparent: Some(tp.to_string()),
         ..RecordUpdate::default()
     };
     let t = ctx

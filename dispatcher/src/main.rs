@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.common.log_format);
+    let _telemetry = telemetry::init(config.common.log_format, "airlock-dispatcher");
     let shutdown = shutdown::on_signals();
     airlock_dispatcher::run(config, shutdown).await?;
     Ok(())

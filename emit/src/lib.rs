@@ -8,7 +8,7 @@
 //! local sandbox) it is written there and the runtime publishes it when the job ends. Otherwise it is
 //! published to `AIRLOCK_RESULT_SUBJECT` on `AIRLOCK_NATS_URL` with the `Airlock-Run-Token` header
 //! (`AIRLOCK_RUN_TOKEN`), as a request whose reply is JetStream's publish acknowledgement: success means
-//! the results stream stored it.
+//! the results stream stored it. The run's `TRACEPARENT`, when set, goes with it as the `traceparent` header.
 //!
 //! Refusals it can see end with exit code 1 and one line saying why: not a JSON object, larger than
 //! `AIRLOCK_MAX_RESULT_BYTES` (default 1 MiB, the ingester's default), the stream's error, or a NATS
@@ -177,14 +177,22 @@ pub fn emit(
         need("AIRLOCK_RUN_TOKEN")?,
     );
     let timeout = a.timeout.unwrap_or(Duration::from_secs(10));
-    let ack = nats::publish_acked(
-        &url,
-        &subject,
-        &[("Airlock-Run-Token", token.as_str())],
-        &body,
-        timeout,
-    )?;
+    let mut headers = vec![("Airlock-Run-Token", token.as_str())];
+    // The run's trace goes on with the result; a value that is no header value is left out.
+    let traceparent = env("TRACEPARENT").filter(|t| is_traceparent(t));
+    if let Some(t) = &traceparent {
+        headers.push(("traceparent", t.as_str()));
+    }
+    let ack = nats::publish_acked(&url, &subject, &headers, &body, timeout)?;
     Ok(format!("result stored ({ack})"))
+}
+
+/// Whether `t` has the shape of a W3C `traceparent` (`00-` then hex and dashes, 55 characters).
+fn is_traceparent(t: &str) -> bool {
+    t.len() == 55
+        && t.starts_with("00-")
+        && t.bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Runs `airlock-emit` with `args` (the first is the program name); prints one line and returns the exit
@@ -212,6 +220,20 @@ mod tests {
         assert!(matches!(check(b"[1]"), Err(EmitError::Refused(_))));
         assert!(matches!(check(b"{"), Err(EmitError::Refused(_))));
         assert!(matches!(check(b"\"x\""), Err(EmitError::Refused(_))));
+    }
+
+    #[test]
+    fn only_a_w3c_shaped_traceparent_is_passed_on() {
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        assert!(!is_traceparent(""));
+        assert!(!is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX: y"
+        ));
+        assert!(!is_traceparent(
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"
+        ));
     }
 
     #[test]

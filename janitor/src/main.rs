@@ -6,7 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = airlock_janitor::Config::parse();
-    telemetry::init(config.common.log_format);
+    let _telemetry = telemetry::init(config.common.log_format, "airlock-janitor");
     let shutdown = shutdown::on_signals();
     airlock_janitor::run(config, shutdown).await?;
     Ok(())

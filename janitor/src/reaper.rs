@@ -20,12 +20,15 @@ use std::time::Duration;
 use airlock_backend::{Backend, BackendError, Observed, Removed};
 use airlock_runtime::consume::{self, Outcome};
 use airlock_runtime::publish::Publisher;
-use airlock_runtime::store::{RecordUpdate, Store, StoredRun, Transition};
-use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, is_valid_name};
+use airlock_runtime::store::{RecordUpdate, RunHead, Store, StoredRun, Transition};
+use airlock_runtime::telemetry;
+use airlock_schemas::{
+    LifecycleEvent, RunStatus, Subjects, TimerEvent, TimerKind, TraceParent, is_valid_name,
+};
 use async_nats::jetstream;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::claim::Claims;
 use crate::decide::{Decision, Verdict, decide};
@@ -91,7 +94,8 @@ impl Janitor {
         let result = match (ev.kind, ev.run_id.as_deref()) {
             (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
             (_, Some(id)) if is_valid_name(id) => {
-                self.reap(&ev, id, delivered, consume::published_at(msg))
+                let tp = telemetry::from_headers(msg.headers.as_ref());
+                self.reap(&ev, id, delivered, consume::published_at(msg), tp)
                     .await
             }
             (kind, id) => {
@@ -188,16 +192,39 @@ impl Janitor {
         result
     }
 
-    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, which fired (was stored) at `fired`.
+    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, which fired (was stored) at `fired`,
+    /// in the run's trace: the timer's `traceparent`, else the one recorded on the run.
     async fn reap(
         &self,
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
         fired: Option<DateTime<Utc>>,
+        tp: Option<TraceParent>,
     ) -> Result<(), Error> {
         // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
         let head = self.store.head(run_id).await?;
+        let tp = tp
+            .or_else(|| {
+                head.as_ref()
+                    .and_then(|h| h.traceparent.as_deref())
+                    .and_then(TraceParent::parse)
+            })
+            .unwrap_or_else(telemetry::new_trace);
+        let span = telemetry::run_span("reap", run_id, &tp);
+        self.reap_traced(ev, run_id, delivered, fired, head)
+            .instrument(span)
+            .await
+    }
+
+    async fn reap_traced(
+        &self,
+        ev: &TimerEvent,
+        run_id: &str,
+        delivered: i64,
+        fired: Option<DateTime<Utc>>,
+        head: Option<RunHead>,
+    ) -> Result<(), Error> {
         let reaped = head
             .as_ref()
             .is_some_and(|h| h.is_terminal() && h.reaped_at.is_some());

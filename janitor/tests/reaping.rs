@@ -90,7 +90,7 @@ async fn a_job_that_runs_past_its_deadline_ends_timed_out_with_deadline_exceeded
     env.submit(id, "echo started; sleep 30", 1).await?;
     // The dispatcher's deadline schedule (deadline + grace): the kubelet's activeDeadlineSeconds fires first.
     env.publisher
-        .schedule_deadline(id, 1, Utc::now() + chrono::Duration::seconds(3))
+        .schedule_deadline(id, 1, Utc::now() + chrono::Duration::seconds(3), None)
         .await?;
     let rec = env.reaped(id, T).await?;
     assert_eq!(rec.status, Some(RunStatus::TimedOut), "{rec:?}");
@@ -116,7 +116,7 @@ async fn a_pod_kept_pending_ends_timed_out_at_its_deadline_naming_why() -> Resul
     env.submit(id, "echo never runs", 2).await?;
     // As the dispatcher does at submit time: fire at submitted_at + deadline_seconds (no grace here).
     let due = submitted + chrono::Duration::seconds(2);
-    env.publisher.schedule_deadline(id, 1, due).await?;
+    env.publisher.schedule_deadline(id, 1, due, None).await?;
     // Schedules have whole seconds and are rounded up.
     let due_rounded = chrono::DateTime::from_timestamp(due.timestamp() + 1, 0).context("time")?;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_schemas::{
     LifecycleEvent, RequestRejected, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent,
-    TimerKind, env,
+    TimerKind, TraceParent, env,
 };
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
@@ -251,13 +251,15 @@ impl Publisher {
 
     /// Schedules the run's deadline timer: a message schedule that fires once at `at` into
     /// `airlock.timers.deadline.<run_id>`. Re-scheduling replaces the earlier schedule (same subject, rollup).
+    /// The timer carries the run's `traceparent` header when given.
     pub async fn schedule_deadline(
         &self,
         run_id: &str,
         attempt: u32,
         at: DateTime<Utc>,
+        traceparent: Option<&TraceParent>,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Deadline, run_id, attempt, at)
+        self.schedule_once(TimerKind::Deadline, run_id, attempt, at, traceparent)
             .await
     }
 
@@ -270,7 +272,7 @@ impl Publisher {
         attempt: u32,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Stuck, run_id, attempt, at)
+        self.schedule_once(TimerKind::Stuck, run_id, attempt, at, None)
             .await
     }
 
@@ -281,9 +283,13 @@ impl Publisher {
         run_id: &str,
         attempt: u32,
         at: DateTime<Utc>,
+        traceparent: Option<&TraceParent>,
     ) -> Result<(), Error> {
         let ev = TimerEvent::for_run(kind, run_id, attempt);
         let mut h = HeaderMap::new();
+        if let Some(tp) = traceparent {
+            crate::telemetry::to_headers(&mut h, tp);
+        }
         // A schedule needs whole seconds; round up so it never fires early.
         let at = if at.timestamp_subsec_nanos() > 0 {
             DateTime::from_timestamp(at.timestamp() + 1, 0).unwrap_or(at)

@@ -110,7 +110,7 @@ async fn a_deadline_schedule_fires_into_the_timer_subject_at_its_time() -> anyho
     let mut sub = timer_messages(&js, &subjects.timer(TimerKind::Deadline, Some("r-1"))).await?;
     let publisher = Publisher::new(js, subjects.clone());
     let at = chrono::Utc::now() + chrono::Duration::seconds(1);
-    publisher.schedule_deadline("r-1", 1, at).await?;
+    publisher.schedule_deadline("r-1", 1, at, None).await?;
     let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await?
         .expect("consumer open")?;

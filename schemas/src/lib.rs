@@ -18,6 +18,7 @@
 //! - [`token`]: the HMAC run token that authenticates a job's result.
 //! - [`env`]: the environment every job receives.
 //! - [`labels`]: Kubernetes labels Airlock puts on what it creates.
+//! - [`trace`]: the W3C `traceparent` a run carries across the services and its job.
 
 pub mod api;
 pub mod env;
@@ -30,6 +31,7 @@ pub mod record;
 pub mod request;
 pub mod subjects;
 pub mod token;
+pub mod trace;
 
 pub use event::{LifecycleEvent, RequestRejected, ResultRejected, TimerEvent, TimerKind};
 pub use record::{RunStatus, TransitionError};
@@ -38,6 +40,7 @@ pub use request::{
     RunRequest, ValidatedRun, decode_request, is_valid_name,
 };
 pub use subjects::Subjects;
+pub use trace::TraceParent;
 
 /// Version of the wire contract these types describe.
 pub const CONTRACT_VERSION: &str = "v1";

@@ -85,6 +85,8 @@ pub mod field {
     pub const LOGS: &str = "logs";
     /// Attempt number (1-based); a run evicted through no fault of its own is attempted again.
     pub const ATTEMPT: &str = "attempt";
+    /// The run's W3C `traceparent` (set by the dispatcher; [`crate::trace`]).
+    pub const TRACEPARENT: &str = "traceparent";
     /// When the record last changed (RFC 3339).
     pub const UPDATED_AT: &str = "updated_at";
 }
@@ -233,6 +235,9 @@ pub struct RunRecord {
     /// Attempt number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The run's W3C `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl RunRecord {
@@ -286,6 +291,7 @@ impl RunRecord {
             reaped_at: s(field::REAPED_AT),
             logs: s(field::LOGS),
             attempt: h.get(field::ATTEMPT).and_then(|v| v.parse().ok()),
+            traceparent: s(field::TRACEPARENT),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use airlock_schemas::env;
+use airlock_schemas::trace::{self, TraceParent};
 use async_nats::PublishErrorKind;
 use tracing::{debug, warn};
 
@@ -69,6 +70,7 @@ impl LocalBackend {
         run_id: &str,
         path: &Path,
         token: Option<&str>,
+        traceparent: Option<&str>,
     ) -> Result<(), NotPublished> {
         let max = self.config().max_result_bytes;
         let mut buf = Vec::new();
@@ -93,6 +95,9 @@ impl LocalBackend {
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(env::RUN_TOKEN_HEADER, token);
+        if let Some(tp) = traceparent.and_then(TraceParent::parse) {
+            headers.insert(trace::TRACEPARENT_HEADER, tp.to_string().as_str());
+        }
         let subject = self.inner.subjects.results(run_id);
         let Some(nats) = &self.inner.nats else {
             return Err(NotPublished::NoConnection);

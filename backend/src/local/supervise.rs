@@ -183,7 +183,10 @@ impl LocalBackend {
         status.reason = Some(reason.into());
         status.message = message;
         status.finished_at = Some(Utc::now());
-        self.finish(status, token.as_deref()).await;
+        let traceparent = env
+            .get(airlock_schemas::trace::TRACEPARENT)
+            .map(String::as_str);
+        self.finish(status, token.as_deref(), traceparent).await;
         drop(image);
         drop(supervision);
     }
@@ -210,7 +213,7 @@ impl LocalBackend {
     }
 
     /// Steps 4 and 5 for a run whose job ran: publish the result, write and emit the final status.
-    async fn finish(&self, mut status: StatusFile, token: Option<&str>) {
+    async fn finish(&self, mut status: StatusFile, token: Option<&str>, traceparent: Option<&str>) {
         let run_id = status.run_id.clone();
         let dir = self.run_dir(&run_id);
         if !dir.exists() {
@@ -220,7 +223,10 @@ impl LocalBackend {
         if self.inner.nats.is_none() {
             // A supervisor process: the dispatcher publishes it (`supervisor::publish_pending`).
             status.result_pending = true;
-        } else if let Err(e) = self.publish_result(&run_id, &dir.join(RESULT), token).await {
+        } else if let Err(e) = self
+            .publish_result(&run_id, &dir.join(RESULT), token, traceparent)
+            .await
+        {
             let note = e.to_string();
             status.message = Some(match status.message.take() {
                 Some(m) => format!("{m}; {note}"),

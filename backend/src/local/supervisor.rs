@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use airlock_images::RegistryConfig;
-use airlock_schemas::{Subjects, env};
+use airlock_schemas::{Subjects, env, trace};
 use chrono::Utc;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
@@ -246,9 +246,16 @@ impl LocalBackend {
             return;
         }
         let spec: Option<SpecFile> = read_json(&dir.join(SPEC)).ok().flatten();
-        let token = spec.and_then(|s| s.env.get(env::RUN_TOKEN).cloned());
+        let job_env = spec.map(|s| s.env).unwrap_or_default();
+        let token = job_env.get(env::RUN_TOKEN);
+        let traceparent = job_env.get(trace::TRACEPARENT);
         if let Err(e) = self
-            .publish_result(run_id, &dir.join(RESULT), token.as_deref())
+            .publish_result(
+                run_id,
+                &dir.join(RESULT),
+                token.map(String::as_str),
+                traceparent.map(String::as_str),
+            )
             .await
         {
             let note = e.to_string();

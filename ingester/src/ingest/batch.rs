@@ -13,7 +13,8 @@
 
 use airlock_runtime::consume::{Outcome, delivered, published_at, settle};
 use airlock_runtime::store::{ResultWrite, RunHead};
-use airlock_schemas::ResultRejected;
+use airlock_runtime::telemetry;
+use airlock_schemas::{ResultRejected, TraceParent};
 use async_nats::jetstream::Message;
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
@@ -48,6 +49,8 @@ struct Genuine {
     run_id: String,
     candidate: Candidate,
     published: DateTime<Utc>,
+    /// The run's trace: the result's `traceparent` header, else the one recorded on the run.
+    trace: Option<TraceParent>,
 }
 
 /// A message to be rejected; `run_id` is absent when the subject names no valid run.
@@ -83,7 +86,13 @@ pub(super) async fn process_batch(ctx: &Ctx, msgs: Vec<Message>) {
                 return;
             }
         };
-        for (g, head) in genuine.into_iter().zip(heads) {
+        for (mut g, head) in genuine.into_iter().zip(heads) {
+            if g.trace.is_none() {
+                g.trace = head
+                    .as_ref()
+                    .and_then(|h| h.traceparent.as_deref())
+                    .and_then(TraceParent::parse);
+            }
             match judge(ctx, &g, head) {
                 Ok(()) => to_store.push(g),
                 Err(rejection) => rejected.push(Rejected {
@@ -128,6 +137,7 @@ async fn check_all(ctx: &Ctx, msgs: Vec<Message>) -> (Vec<Genuine>, Vec<Rejected
             ctx.max_bytes,
         ) {
             Ok(candidate) => genuine.push(Genuine {
+                trace: telemetry::from_headers(msg.headers.as_ref()),
                 msg,
                 run_id,
                 candidate,
@@ -160,7 +170,9 @@ async fn write_and_settle(ctx: &Ctx, to_store: Vec<Genuine>, rejected: Vec<Rejec
                 match outcome {
                     ResultWrite::Stored => {
                         ctx.metrics.result_stored();
-                        debug!(run_id = %g.run_id, "Result stored");
+                        let tp = g.trace.unwrap_or_else(telemetry::new_trace);
+                        telemetry::run_span("ingest", &g.run_id, &tp)
+                            .in_scope(|| debug!("Result stored"));
                         settle(&g.msg, &Outcome::Done).await;
                     }
                     ResultWrite::Duplicate => {
@@ -254,11 +266,13 @@ async fn announce(ctx: &Ctx, r: &Rejected, total: u64) {
         warn!(subject = %r.msg.subject, reason = %r.rejection, "Result rejected");
         return;
     };
+    let tp = telemetry::from_headers(r.msg.headers.as_ref()).unwrap_or_else(telemetry::new_trace);
+    let span = telemetry::run_span("ingest", run_id, &tp);
     if total == 0 || total > MAX_REJECTION_EVENTS + 1 {
-        debug!(run_id = %run_id, reason = %r.rejection, total, "Result rejected; not announced");
+        span.in_scope(|| debug!(reason = %r.rejection, total, "Result rejected; not announced"));
         return;
     }
-    warn!(run_id = %run_id, reason = %r.rejection, total, "Result rejected");
+    span.in_scope(|| warn!(reason = %r.rejection, total, "Result rejected"));
     let reason = if total > MAX_REJECTION_EVENTS {
         format!(
             "{} (rejection {total} of this run; later ones are only counted on the run's record)",

@@ -74,7 +74,10 @@ pub fn init_tracing() {
 }
 
 fn tracing_subscriber_init() -> Option<()> {
-    airlock_runtime::telemetry::init(airlock_runtime::config::LogFormat::Human);
+    std::mem::forget(airlock_runtime::telemetry::init(
+        airlock_runtime::config::LogFormat::Human,
+        "airlock-janitor",
+    ));
     Some(())
 }
 

@@ -32,6 +32,8 @@ pub struct RecordUpdate {
     pub logs: Option<String>,
     /// Attempt number.
     pub attempt: Option<u32>,
+    /// The run's W3C `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 impl RecordUpdate {
@@ -50,6 +52,7 @@ impl RecordUpdate {
             (field::REAPED_AT, time(&self.reaped_at)),
             (field::LOGS, self.logs.clone()),
             (field::ATTEMPT, self.attempt.map(|a| a.to_string())),
+            (field::TRACEPARENT, self.traceparent.clone()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -71,23 +74,27 @@ pub struct RunHead {
     pub queue: Option<String>,
     /// Image.
     pub image: Option<String>,
+    /// The run's W3C `traceparent`, when recorded.
+    pub traceparent: Option<String>,
 }
 
 impl RunHead {
     /// The fields [`RunHead::from_values`] decodes, in its order.
-    pub(super) const FIELDS: [&'static str; 5] = [
+    pub(super) const FIELDS: [&'static str; 6] = [
         field::STATUS,
         field::ATTEMPT,
         field::REAPED_AT,
         field::QUEUE,
         field::IMAGE,
+        field::TRACEPARENT,
     ];
 
     /// Decodes the values of [`RunHead::FIELDS`], in order; `None` when the record does not exist.
     pub(super) fn from_values(values: Vec<Option<String>>) -> Option<Self> {
         let mut v = values.into_iter();
         let mut next = || v.next().flatten();
-        let (status, attempt, reaped_at, queue, image) = (next(), next(), next(), next(), next());
+        let (status, attempt, reaped_at, queue, image, traceparent) =
+            (next(), next(), next(), next(), next(), next());
         let status = status?;
         Some(Self {
             status: RunStatus::parse(&status),
@@ -95,6 +102,7 @@ impl RunHead {
             reaped_at: reaped_at.as_deref().and_then(record::parse_timestamp),
             queue,
             image,
+            traceparent,
         })
     }
 

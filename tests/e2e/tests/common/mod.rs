@@ -62,7 +62,7 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    fn backend_args(&self) -> Vec<String> {
+    pub fn backend_args(&self) -> Vec<String> {
         match self {
             Runtime::Local { dir } => vec![
                 "--runtime".into(),
