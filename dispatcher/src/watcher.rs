@@ -2,37 +2,54 @@
 //! `stuck` timer for a pod that waits in `ImagePullBackOff` and the like (the janitor fails it after the
 //! image pull grace).
 //!
-//! Every replica runs one watcher over all managed pods (or local sandboxes). All its writes are idempotent:
+//! In Kubernetes mode one replica at a time watches all managed pods: the holder of the watch Lease
+//! ([`crate::leader`]); with the Lease off, and in local mode (each replica's own sandboxes), every replica
+//! runs one watcher. All its writes are idempotent:
 //! the record only moves forward, events and timers are deduplicated by `Nats-Msg-Id` (run, kind, attempt),
 //! and giving a slot back twice is harmless. A change for an older attempt than the record's is ignored.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock_backend::{Observed, Phase};
+use airlock_backend::{Backend, Observed, Phase};
 use airlock_runtime::store::RecordUpdate;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`: in Kubernetes mode with a watch Lease only while this replica holds it (see
+/// [`crate::leader`]), otherwise all along.
 pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let mut changes = ctx.backend.watch();
+    match &ctx.backend {
+        Backend::Kube(kube) if !ctx.config.watch_lease.is_empty() => {
+            crate::leader::watch_while_leading(&ctx, kube, &shutdown).await
+        }
+        _ => follow(&ctx, ctx.backend.watch(), &shutdown).await,
+    }
+}
+
+/// Handles each change of `changes` until `stop` (or the stream ends).
+pub(crate) async fn follow(
+    ctx: &Ctx,
+    mut changes: BoxStream<'static, Observed>,
+    stop: &CancellationToken,
+) {
     loop {
         let o = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             o = changes.next() => match o { Some(o) => o, None => return },
         };
         let backoff = ExponentialBuilder::default()
             .with_max_times(5)
             .with_jitter();
-        let r = (|| on_change(&ctx, &o))
+        let r = (|| on_change(ctx, &o))
             .retry(backoff)
             .when(Error::is_retryable)
             .await;
@@ -43,6 +60,10 @@ pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 }
 
 async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+    // Most events of a pod are Pending ones with nothing to do (created, scheduled...): no store read.
+    if o.phase == Phase::Pending && !o.is_stuck() {
+        return Ok(());
+    }
     let head = ctx.store.head(&o.run_id).await?;
     if head.as_ref().is_some_and(|h| h.attempt > o.attempt) {
         debug!(run_id = %o.run_id, attempt = o.attempt, "Change of an older attempt; ignored");
