@@ -35,27 +35,62 @@ pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     }
 }
 
-/// Handles each change of `changes` until `stop` (or the stream ends).
+/// Changes handled at once: each run's changes go to one lane (by a hash of its id) and are handled there in
+/// order, so a run's `running` is recorded before its `finished` timer, while different runs proceed in
+/// parallel (each change waits on Redis and JetStream round trips; one at a time caps a busy cluster).
+const LANES: usize = 16;
+/// Changes queued per lane before the watch stream is read no further.
+const LANE_DEPTH: usize = 64;
+
+/// Handles each change of `changes` until `stop` (or the stream ends); changes still queued at `stop` are
+/// dropped (a new watch starts with the current state of every pod).
 pub(crate) async fn follow(
     ctx: &Ctx,
     mut changes: BoxStream<'static, Observed>,
     stop: &CancellationToken,
 ) {
-    loop {
-        let o = tokio::select! {
-            _ = stop.cancelled() => return,
-            o = changes.next() => match o { Some(o) => o, None => return },
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_max_times(5)
-            .with_jitter();
-        let r = (|| on_change(ctx, &o))
-            .retry(backoff)
-            .when(Error::is_retryable)
-            .await;
-        if let Err(e) = r {
-            warn!(run_id = %o.run_id, error = %e, "Recording a run change failed; the janitor's sweep will catch up");
+    let (lanes, queues): (Vec<_>, Vec<_>) = (0..LANES)
+        .map(|_| tokio::sync::mpsc::channel::<Observed>(LANE_DEPTH))
+        .unzip();
+    let feed = async move {
+        loop {
+            let o = tokio::select! {
+                _ = stop.cancelled() => return,
+                o = changes.next() => match o { Some(o) => o, None => return },
+            };
+            if lanes[lane_of(&o.run_id)].send(o).await.is_err() {
+                return;
+            }
         }
+    };
+    let handle = futures::future::join_all(queues.into_iter().map(|mut queue| async move {
+        loop {
+            let o = tokio::select! {
+                _ = stop.cancelled() => return,
+                o = queue.recv() => match o { Some(o) => o, None => return },
+            };
+            handle(ctx, &o).await;
+        }
+    }));
+    tokio::join!(feed, handle);
+}
+
+fn lane_of(run_id: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id) as usize % LANES
+}
+
+/// Records one change, retrying transient failures a few times.
+async fn handle(ctx: &Ctx, o: &Observed) {
+    let backoff = ExponentialBuilder::default()
+        .with_max_times(5)
+        .with_jitter();
+    let r = (|| on_change(ctx, o))
+        .retry(backoff)
+        .when(Error::is_retryable)
+        .await;
+    if let Err(e) = r {
+        warn!(run_id = %o.run_id, error = %e, "Recording a run change failed; the janitor's sweep will catch up");
     }
 }
 
