@@ -135,7 +135,11 @@ pub struct Config {
     /// Kubernetes mode: name of the `coordination.k8s.io/v1` Lease (in the sandbox namespace) electing the
     /// one replica whose watcher follows the pods; the others stand by and take over when its holder stops
     /// renewing it. Empty: every replica watches every pod (each pod event is then handled once per replica).
-    #[arg(long, env = "AIRLOCK_WATCH_LEASE", default_value = "airlock-dispatcher-watch")]
+    #[arg(
+        long,
+        env = "AIRLOCK_WATCH_LEASE",
+        default_value = "airlock-dispatcher-watch"
+    )]
     pub watch_lease: String,
 
     /// How long the watch Lease stays taken without a renewal (whole seconds, at least 1s; renewed every

@@ -72,7 +72,9 @@ struct Lease {
 
 impl Lease {
     async fn hold(&self) -> Result<bool, airlock_backend::BackendError> {
-        self.kube.hold_lease(&self.name, &self.holder, self.ttl).await
+        self.kube
+            .hold_lease(&self.name, &self.holder, self.ttl)
+            .await
     }
 
     /// How often the holder renews and a standby tries.

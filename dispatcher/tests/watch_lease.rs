@@ -27,7 +27,9 @@ fn lease_reads_and_writes(env: &Env) -> (usize, usize) {
     let reqs = env.emu.requests();
     let on_lease = |m: &str| {
         reqs.iter()
-            .filter(|r| r.method == m && r.status == 200 && r.uri.contains(&format!("/leases/{LEASE}")))
+            .filter(|r| {
+                r.method == m && r.status == 200 && r.uri.contains(&format!("/leases/{LEASE}"))
+            })
             .count()
     };
     (on_lease("GET"), on_lease("PUT"))
@@ -41,7 +43,9 @@ fn lease_spec(env: &Env, field: &str) -> Option<serde_json::Value> {
 }
 
 fn holder(env: &Env) -> Option<String> {
-    lease_spec(env, "holderIdentity")?.as_str().map(str::to_string)
+    lease_spec(env, "holderIdentity")?
+        .as_str()
+        .map(str::to_string)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,8 +69,12 @@ async fn of_two_replicas_only_the_lease_holder_watches_pods_and_a_standby_takes_
         (reads >= writes + 2).then_some(())
     })
     .await?;
-    env.publish("default", &request("lease-1", &["sh", "-c", "sleep 1"]), None)
-        .await?;
+    env.publish(
+        "default",
+        &request("lease-1", &["sh", "-c", "sleep 1"]),
+        None,
+    )
+    .await?;
     env.wait_status("lease-1", "running", T).await?;
     assert_eq!(pod_watches(&env), 1, "only the holder watches pods");
     assert_eq!(holder(&env).as_deref(), Some(first.as_str()));
@@ -83,8 +91,12 @@ async fn of_two_replicas_only_the_lease_holder_watches_pods_and_a_standby_takes_
         (pod_watches(&env) == 2).then_some(())
     })
     .await?;
-    env.publish("default", &request("lease-2", &["sh", "-c", "sleep 1"]), None)
-        .await?;
+    env.publish(
+        "default",
+        &request("lease-2", &["sh", "-c", "sleep 1"]),
+        None,
+    )
+    .await?;
     env.wait_status("lease-2", "running", T).await?;
 
     // Shutting down gives the Lease up at once.

@@ -47,7 +47,9 @@ impl KubeBackend {
                     ..Default::default()
                 }),
             };
-            return won(self.call("create Lease", leases.create(&post_params(), &lease)).await);
+            return won(self
+                .call("create Lease", leases.create(&post_params(), &lease))
+                .await);
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         let current = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
@@ -63,10 +65,9 @@ impl KubeBackend {
         } else {
             return Ok(false);
         }
-        won(
-            self.call("update Lease", leases.replace(name, &post_params(), &lease))
-                .await,
-        )
+        won(self
+            .call("update Lease", leases.replace(name, &post_params(), &lease))
+            .await)
     }
 
     /// Gives Lease `name` up when `holder` holds it (so another replica takes it at once instead of after
@@ -85,10 +86,9 @@ impl KubeBackend {
         spec.holder_identity = None;
         spec.acquire_time = None;
         spec.renew_time = None;
-        won(
-            self.call("update Lease", leases.replace(name, &post_params(), &lease))
-                .await,
-        )
+        won(self
+            .call("update Lease", leases.replace(name, &post_params(), &lease))
+            .await)
         .map(|_| ())
     }
 }
@@ -114,6 +114,7 @@ fn won<T>(r: Result<T, BackendError>) -> Result<bool, BackendError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -386,7 +386,9 @@ async fn a_lease_update_with_a_stale_resource_version_is_refused_with_409() {
         .replace("watch", &PostParams::default(), &mine)
         .await
         .unwrap();
-    let lost = leases.replace("watch", &PostParams::default(), &theirs).await;
+    let lost = leases
+        .replace("watch", &PostParams::default(), &theirs)
+        .await;
     assert!(matches!(lost, Err(kube::Error::Api(ref s)) if s.code == 409));
     let now = leases.get("watch").await.unwrap();
     assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("b"));

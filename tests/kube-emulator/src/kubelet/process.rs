@@ -191,8 +191,10 @@ pub(super) fn image_command(s: &Sandboxed<'_>) -> std::io::Result<tokio::process
     }
     push(&["--"]);
     args.extend(s.argv.iter().map(OsString::from));
-    let mut cmd =
-        tokio::process::Command::new(resolve_program(program.as_ref(), SANDBOX_TOOLS_PATH.as_ref()));
+    let mut cmd = tokio::process::Command::new(resolve_program(
+        program.as_ref(),
+        SANDBOX_TOOLS_PATH.as_ref(),
+    ));
     cmd.args(args);
     cmd.env_clear();
     cmd.env("PATH", SANDBOX_TOOLS_PATH);
@@ -228,6 +230,7 @@ pub(super) fn spawn(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -243,7 +246,10 @@ mod tests {
         assert_eq!(resolve_program("tool".as_ref(), &path), exe);
         // Not executable, not found, or already a path: unchanged (spawning then fails or runs as asked).
         assert_eq!(resolve_program("data".as_ref(), &path), Path::new("data"));
-        assert_eq!(resolve_program("missing".as_ref(), &path), Path::new("missing"));
+        assert_eq!(
+            resolve_program("missing".as_ref(), &path),
+            Path::new("missing")
+        );
         assert_eq!(
             resolve_program("./tool".as_ref(), &path),
             Path::new("./tool")
