@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::Scale;
 use crate::ceilings;
 use crate::report::{Row, cpu_ms, rate};
-use crate::world::{Child, World, progress, quantile};
+use crate::world::{Child, World, own_cpu, progress, quantile};
 
 /// Namespace of the runs' pods.
 pub(crate) const NS: &str = "airlock-sandbox";
@@ -59,6 +59,12 @@ pub async fn run(scale: &Scale, airlock: bool) -> Result<Vec<Row>> {
             figure: rate(one.rate, "runs"),
             ceiling: Some((emu_ceiling.clone(), one.rate / emu_rate)),
             cpu: cpu_ms(one.cpu, scale.dispatch, "dispatcher"),
+        });
+        rows.push(Row {
+            what: "emulator, pods held Pending (1-replica burst)".into(),
+            figure: String::new(),
+            ceiling: None,
+            cpu: cpu_ms(one.emu_cpu, scale.dispatch, "emulator + bench driver"),
         });
         let (offered, secs) = scale.offered;
         let before = d1.metrics().await?;
@@ -136,6 +142,8 @@ pub(crate) fn dispatcher_flags(emu: &EmulatorHandle) -> Vec<String> {
 pub(crate) struct Burst {
     pub rate: f64,
     pub cpu: Duration,
+    /// This process's CPU meanwhile: the emulator, plus the publisher and progress polling.
+    pub emu_cpu: Duration,
 }
 
 /// Publishes `n` requests as fast as JetStream takes them and waits until each has its pod and was acked.
@@ -148,6 +156,7 @@ pub(crate) async fn burst(
 ) -> Result<Burst> {
     let cpu = |ds: &[&Child]| -> Result<Duration> { ds.iter().map(|d| d.cpu()).sum() };
     let (cpu0, pods0) = (cpu(ds)?, emu.create_count(Kind::Pod) as usize);
+    let emu_cpu0 = own_cpu()?;
     let published = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let publisher = tokio::spawn(publish(w.js.clone(), tag.to_string(), n, published.clone()));
@@ -160,6 +169,7 @@ pub(crate) async fn burst(
     Ok(Burst {
         rate: n as f64 / took.as_secs_f64(),
         cpu: cpu(ds)? - cpu0,
+        emu_cpu: own_cpu()? - emu_cpu0,
     })
 }
 
@@ -222,13 +232,18 @@ async fn paced(w: &World, emu: &EmulatorHandle, per_s: usize, secs: usize) -> Re
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut sent = 0;
+    let mut acks = Vec::with_capacity(n);
     while sent < n {
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * per_s as f64) as usize).min(n);
         while sent < due {
-            send(&w.js, &format!("p-{sent}")).await?.await?;
+            // Pipelined: waiting for each ack in turn would cap the offered rate at one round trip each.
+            acks.push(send(&w.js, &format!("p-{sent}")).await?);
             sent += 1;
         }
+    }
+    for a in acks {
+        a.await?;
     }
     progress("dispatch paced", n, start, LIMIT, || async {
         done(w, emu, pods0, n).await

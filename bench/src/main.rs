@@ -84,6 +84,8 @@ pub struct Scale {
     pub bwrap: usize,
     /// Runs reaped.
     pub reap: usize,
+    /// Runs offered per second in the reap stage.
+    pub reap_rate: usize,
     /// Live runs for the memory stage.
     pub live: usize,
     /// Trivial runs in local mode.
@@ -101,6 +103,7 @@ impl Scale {
                 ingest: 2_000,
                 bwrap: 10,
                 reap: 30,
+                reap_rate: 30,
                 live: 300,
                 local: 20,
             }
@@ -108,11 +111,12 @@ impl Scale {
             Self {
                 raw: 100_000,
                 dispatch: 3_000,
-                offered: (200, 10),
+                offered: (1_000, 5),
                 emulator: 3_000,
                 ingest: 30_000,
                 bwrap: 200,
                 reap: 500,
+                reap_rate: 100,
                 live: 10_000,
                 local: 300,
             }

@@ -1,5 +1,5 @@
-//! Reap: runs whose pods really run (`true`, started by the emulator's kubelet) are reaped by the janitor;
-//! throughput from the first reap to the last, and p50/p99 reap lag after the job finished (from the janitor's
+//! Reap: runs whose pods really run (`true`, started by the emulator's kubelet), offered at a steady rate,
+//! are reaped by the janitor; throughput from the first reap to the last, the emulator's CPU per pod, and p50/p99 reap lag after the job finished (from the janitor's
 //! `airlock_reap_lag_seconds`; Kubernetes timestamps have one-second resolution, so the lag is ±1 s).
 
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use crate::Scale;
 use crate::dispatch::{NS, dispatcher_flags, kube_flags, send};
 use crate::report::{Row, cpu_ms, rate};
-use crate::world::{World, quantile};
+use crate::world::{World, own_cpu, quantile};
 
 /// Longest the stage may take.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -23,10 +23,29 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     let _d = w.service("dispatcher", &flags).await?;
     let j = w.service("janitor", &kube_flags(&emu)).await?;
     let before = j.metrics().await?;
-    let n = scale.reap;
-    for i in 0..n {
-        send(&w.js, &format!("reap-{i}")).await?.await?;
-    }
+    let (n, per_s) = (scale.reap, scale.reap_rate);
+    let emu_cpu0 = own_cpu()?;
+    // Offered at a steady rate (not a burst, whose lag would only measure the backlog), pipelined.
+    let offering = {
+        let js = w.js.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (mut sent, mut acks) = (0, Vec::with_capacity(n));
+            while sent < n {
+                tick.tick().await;
+                let due = ((start.elapsed().as_secs_f64() * per_s as f64) as usize).min(n);
+                while sent < due {
+                    acks.push(send(&js, &format!("reap-{sent}")).await?);
+                    sent += 1;
+                }
+            }
+            for a in acks {
+                a.await?;
+            }
+            anyhow::Ok(())
+        })
+    };
     let reaped = || async {
         Ok::<_, anyhow::Error>(j.metrics().await?.get("airlock_reaps_total", &[]) as usize)
     };
@@ -38,7 +57,7 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
         if Instant::now() > deadline {
             bail!("[reap] nothing reaped");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut last = Instant::now();
     loop {
@@ -53,9 +72,11 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
             eprintln!("[reap] {r}/{n} reaped");
             last = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (took, cpu) = (t0.elapsed(), j.cpu()? - cpu0);
+    let emu_cpu = own_cpu()? - emu_cpu0;
+    offering.await??;
     let after = j.metrics().await?;
     let name = "airlock_reap_lag_seconds";
     let ms = |q| {
@@ -64,10 +85,16 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     eprintln!("[reap] {n} reaped in {took:.2?}");
     Ok(vec![
         Row {
-            what: format!("reap, {n} runs of `true` (kubelet live)"),
+            what: format!("reap, {n} runs of `true` (kubelet live) at {per_s} runs/s offered"),
             figure: rate(n as f64 / took.as_secs_f64(), "runs"),
             ceiling: None,
             cpu: cpu_ms(cpu, n, "janitor"),
+        },
+        Row {
+            what: format!("emulator with its kubelet live, {n} pods that run"),
+            figure: String::new(),
+            ceiling: None,
+            cpu: cpu_ms(emu_cpu, n, "emulator + bench driver"),
         },
         Row {
             what: "reap lag p50 / p99 after the job finished".into(),

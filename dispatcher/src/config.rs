@@ -132,6 +132,21 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_RECONCILE_EVERY", value_parser = humantime::parse_duration, default_value = "30s")]
     pub reconcile_every: Duration,
 
+    /// Kubernetes mode: name of the `coordination.k8s.io/v1` Lease (in the sandbox namespace) electing the
+    /// one replica whose watcher follows the pods; the others stand by and take over when its holder stops
+    /// renewing it. Empty: every replica watches every pod (each pod event is then handled once per replica).
+    #[arg(
+        long,
+        env = "AIRLOCK_WATCH_LEASE",
+        default_value = "airlock-dispatcher-watch"
+    )]
+    pub watch_lease: String,
+
+    /// How long the watch Lease stays taken without a renewal (whole seconds, at least 1s; renewed every
+    /// third of it): a dead holder's watcher is replaced after at most this long.
+    #[arg(long, env = "AIRLOCK_WATCH_LEASE_DURATION", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub watch_lease_duration: Duration,
+
     /// How often the runs stream is scanned for requests on queues not configured here (they are rejected).
     #[arg(long, env = "AIRLOCK_UNKNOWN_QUEUE_SCAN_EVERY", value_parser = humantime::parse_duration, default_value = "5s")]
     pub unknown_queue_scan_every: Duration,
@@ -164,6 +179,9 @@ impl Config {
         self.consumer.validate()?;
         if self.max_running == 0 {
             return Err(config_error("--max-running must be at least 1"));
+        }
+        if self.watch_lease_duration < Duration::from_secs(1) {
+            return Err(config_error("--watch-lease-duration must be at least 1s"));
         }
         Ok(())
     }

@@ -24,6 +24,7 @@
 //! - [`slots`]: running caps per queue and globally, shared by replicas through Redis, and why a full queue
 //!   is not pulled.
 //! - [`watcher`]: backend changes → `running`, `finished` timers, slots back; slot reconciliation.
+//! - `leader`: in Kubernetes mode, the watch Lease that lets one replica at a time run the watcher.
 //! - [`unknown`]: requests on queues not configured here → `rejected`, through short-lived consumers.
 //! - `gauges`: slots in use and consumer state, read when `/metrics` is scraped.
 //! - [`error`]: the crate's [`Error`].
@@ -33,6 +34,7 @@ pub mod context;
 pub mod error;
 mod gauges;
 pub mod handler;
+mod leader;
 pub mod pull;
 pub mod reject;
 pub mod slots;

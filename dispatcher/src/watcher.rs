@@ -2,47 +2,103 @@
 //! `stuck` timer for a pod that waits in `ImagePullBackOff` and the like (the janitor fails it after the
 //! image pull grace).
 //!
-//! Every replica runs one watcher over all managed pods (or local sandboxes). All its writes are idempotent:
+//! In Kubernetes mode one replica at a time watches all managed pods: the holder of the watch Lease
+//! ([`crate::leader`]); with the Lease off, and in local mode (each replica's own sandboxes), every replica
+//! runs one watcher. All its writes are idempotent:
 //! the record only moves forward, events and timers are deduplicated by `Nats-Msg-Id` (run, kind, attempt),
 //! and giving a slot back twice is harmless. A change for an older attempt than the record's is ignored.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock_backend::{Observed, Phase};
+use airlock_backend::{Backend, Observed, Phase};
 use airlock_runtime::store::RecordUpdate;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`: in Kubernetes mode with a watch Lease only while this replica holds it (see
+/// [`crate::leader`]), otherwise all along.
 pub async fn watch(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let mut changes = ctx.backend.watch();
-    loop {
-        let o = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            o = changes.next() => match o { Some(o) => o, None => return },
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_max_times(5)
-            .with_jitter();
-        let r = (|| on_change(&ctx, &o))
-            .retry(backoff)
-            .when(Error::is_retryable)
-            .await;
-        if let Err(e) = r {
-            warn!(run_id = %o.run_id, error = %e, "Recording a run change failed; the janitor's sweep will catch up");
+    match &ctx.backend {
+        Backend::Kube(kube) if !ctx.config.watch_lease.is_empty() => {
+            crate::leader::watch_while_leading(&ctx, kube, &shutdown).await
         }
+        _ => follow(&ctx, ctx.backend.watch(), &shutdown).await,
+    }
+}
+
+/// Changes handled at once: each run's changes go to one lane (by a hash of its id) and are handled there in
+/// order, so a run's `running` is recorded before its `finished` timer, while different runs proceed in
+/// parallel (each change waits on Redis and JetStream round trips; one at a time caps a busy cluster).
+const LANES: usize = 16;
+/// Changes queued per lane before the watch stream is read no further.
+const LANE_DEPTH: usize = 64;
+
+/// Handles each change of `changes` until `stop` (or the stream ends); changes still queued at `stop` are
+/// dropped (a new watch starts with the current state of every pod).
+pub(crate) async fn follow(
+    ctx: &Ctx,
+    mut changes: BoxStream<'static, Observed>,
+    stop: &CancellationToken,
+) {
+    let (lanes, queues): (Vec<_>, Vec<_>) = (0..LANES)
+        .map(|_| tokio::sync::mpsc::channel::<Observed>(LANE_DEPTH))
+        .unzip();
+    let feed = async move {
+        loop {
+            let o = tokio::select! {
+                _ = stop.cancelled() => return,
+                o = changes.next() => match o { Some(o) => o, None => return },
+            };
+            if lanes[lane_of(&o.run_id)].send(o).await.is_err() {
+                return;
+            }
+        }
+    };
+    let handle = futures::future::join_all(queues.into_iter().map(|mut queue| async move {
+        loop {
+            let o = tokio::select! {
+                _ = stop.cancelled() => return,
+                o = queue.recv() => match o { Some(o) => o, None => return },
+            };
+            handle(ctx, &o).await;
+        }
+    }));
+    tokio::join!(feed, handle);
+}
+
+fn lane_of(run_id: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id) as usize % LANES
+}
+
+/// Records one change, retrying transient failures a few times.
+async fn handle(ctx: &Ctx, o: &Observed) {
+    let backoff = ExponentialBuilder::default()
+        .with_max_times(5)
+        .with_jitter();
+    let r = (|| on_change(ctx, o))
+        .retry(backoff)
+        .when(Error::is_retryable)
+        .await;
+    if let Err(e) = r {
+        warn!(run_id = %o.run_id, error = %e, "Recording a run change failed; the janitor's sweep will catch up");
     }
 }
 
 async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+    // Most events of a pod are Pending ones with nothing to do (created, scheduled...): no store read.
+    if o.phase == Phase::Pending && !o.is_stuck() {
+        return Ok(());
+    }
     let head = ctx.store.head(&o.run_id).await?;
     if head.as_ref().is_some_and(|h| h.attempt > o.attempt) {
         debug!(run_id = %o.run_id, attempt = o.attempt, "Change of an older attempt; ignored");

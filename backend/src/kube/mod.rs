@@ -23,11 +23,14 @@
 //! - `objects`: the NetworkPolicy and Pod of a run; whether a found object is the run's.
 //! - `api`: the client, timed calls, and what an API error means.
 //! - `observe`: pod → [`Observed`](crate::Observed), logs, listings, the watch.
+//! - `lease`: a `coordination.k8s.io/v1` Lease taken, renewed and released (one dispatcher watcher at a
+//!   time).
 //! - `follow`: a pod log stream (`follow=true`) from a byte offset, for the API.
 
 pub(crate) mod api;
 mod config;
 mod follow;
+mod lease;
 mod objects;
 mod observe;
 

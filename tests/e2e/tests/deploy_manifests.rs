@@ -126,7 +126,9 @@ fn both_kustomizations_build_and_every_rendered_object_validates_against_kuberne
 ///   `KubeBackend::remove` (dispatcher/src/handler.rs, a failed run's cleanup): `pods.delete`,
 ///   `policies.delete`;
 ///   `KubeBackend::watch` (dispatcher/src/watcher.rs): a kube-runtime watcher on Pods = list + watch;
-///   `KubeBackend::list` (slot reconciliation in dispatcher/src/watcher.rs): `pods.list`.
+///   `KubeBackend::list` (slot reconciliation in dispatcher/src/watcher.rs): `pods.list`;
+///   `KubeBackend::hold_lease` / `::release_lease` (dispatcher/src/leader.rs, the watch Lease):
+///   `leases.get_opt`, `leases.create`, `leases.replace` (update).
 /// janitor — backend/src/kube/ via janitor/src/reaper.rs and janitor/src/sweep.rs:
 ///   `KubeBackend::observe`: `pods.get_opt`; `KubeBackend::logs_tail`: `pods.logs` (get pods/log);
 ///   `KubeBackend::remove`: `pods.delete`, `policies.delete`; `KubeBackend::list`: `pods.list`;
@@ -147,6 +149,9 @@ fn calls_made_by(service: &str) -> BTreeSet<(String, String, String)> {
             (net, "networkpolicies", "get"),
             (net, "networkpolicies", "patch"),
             (net, "networkpolicies", "delete"),
+            ("coordination.k8s.io", "leases", "get"),
+            ("coordination.k8s.io", "leases", "create"),
+            ("coordination.k8s.io", "leases", "update"),
         ],
         "airlock-janitor" => &[
             ("", "pods", "get"),

@@ -39,6 +39,9 @@ pub enum Kind {
     RoleBinding,
     /// `policy/v1/PodDisruptionBudget` (namespaced, stored generically).
     PodDisruptionBudget,
+    /// `coordination.k8s.io/v1/Lease` (namespaced, stored generically; updates need the current
+    /// `resourceVersion`, as everywhere).
+    Lease,
 }
 
 /// REST metadata of one kind.
@@ -51,7 +54,7 @@ struct Info {
 
 impl Kind {
     /// Every kind served.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Namespace,
@@ -67,14 +70,16 @@ impl Kind {
         Kind::Role,
         Kind::RoleBinding,
         Kind::PodDisruptionBudget,
+        Kind::Lease,
     ];
 
     /// Every API group served besides core, in discovery order.
-    pub const GROUPS: [&'static str; 4] = [
+    pub const GROUPS: [&'static str; 5] = [
         "networking.k8s.io",
         "apps",
         "rbac.authorization.k8s.io",
         "policy",
+        "coordination.k8s.io",
     ];
 
     fn info(self) -> Info {
@@ -115,6 +120,7 @@ impl Kind {
                 "policy",
                 &["pdb"],
             ),
+            Kind::Lease => i("Lease", "leases", "coordination.k8s.io", &[]),
         }
     }
 

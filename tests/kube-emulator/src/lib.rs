@@ -2,7 +2,7 @@
 //!
 //! It serves `pods` (with `status` and `log`), `networkpolicies`, `namespaces` and `events`,
 //! and stores what `deploy/` applies (Deployments, StatefulSets, RBAC, ConfigMaps, Secrets,
-//! ServiceAccounts, Services, LimitRanges, ResourceQuotas, PodDisruptionBudgets) generically,
+//! ServiceAccounts, Services, LimitRanges, ResourceQuotas, PodDisruptionBudgets, Leases) generically,
 //! over plain HTTP on 127.0.0.1, so the real `kube` client (via the kubeconfig the
 //! emulator writes) and `kubectl` talk to it unchanged. Its kubelet runs each pod's first
 //! container as a local process group: in image mode ([`EmulatorConfig::images`], `--image-store`)

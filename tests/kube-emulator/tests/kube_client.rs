@@ -352,3 +352,44 @@ async fn forced_states_evict_or_oom_kill_a_running_pod() {
         Some(&serde_json::json!(137))
     );
 }
+
+#[tokio::test]
+async fn a_lease_update_with_a_stale_resource_version_is_refused_with_409() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let emu = start().await;
+    let leases: Api<Lease> = Api::namespaced(client(&emu).await, "airlock-sandbox");
+    let lease = |holder: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("watch".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    leases
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .unwrap();
+    // A second create of the same name: 409 AlreadyExists.
+    let again = leases.create(&PostParams::default(), &lease("b")).await;
+    assert!(matches!(again, Err(kube::Error::Api(ref s)) if s.code == 409));
+    // Two replicas read the same version; the first update wins, the second is refused.
+    let read = leases.get("watch").await.unwrap();
+    let mut mine = read.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let mut theirs = read;
+    theirs.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    leases
+        .replace("watch", &PostParams::default(), &mine)
+        .await
+        .unwrap();
+    let lost = leases
+        .replace("watch", &PostParams::default(), &theirs)
+        .await;
+    assert!(matches!(lost, Err(kube::Error::Api(ref s)) if s.code == 409));
+    let now = leases.get("watch").await.unwrap();
+    assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("b"));
+}

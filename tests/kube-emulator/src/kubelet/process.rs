@@ -1,9 +1,10 @@
 //! Starting a container's process group whose output feeds its [`PodLog`]: on the host (host mode), or
 //! inside its image's rootfs with bubblewrap (image mode).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -15,6 +16,30 @@ use super::user::RunAs;
 pub(super) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The `PATH` the emulator gives `bwrap`/`setpriv` in image mode.
+const SANDBOX_TOOLS_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// `program` as an absolute path found in `path` (the child's own `PATH`), as `execvp` would find it; a
+/// name with a `/` (or one not found, which then fails to spawn as before) unchanged.
+///
+/// Invariant: the standard library spawns with `posix_spawn` (a `vfork`-style clone that never copies the
+/// emulator's address space) only when the program is a path or the child's environment keeps the parent's
+/// `PATH`; a bare name with a `PATH` set for the child falls back to `fork`, which copies the whole (large)
+/// emulator for every container. So every program is resolved here first.
+pub(super) fn resolve_program(program: &OsStr, path: &OsStr) -> PathBuf {
+    let p = Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') || program.is_empty() {
+        return p.to_path_buf();
+    }
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(p))
+        .find(|f| {
+            std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
 /// Host mode: `argv` on the host with the container's env, `HOME` and cwd in `workdir`.
 pub(super) fn host_command(
     argv: &[String],
@@ -22,13 +47,18 @@ pub(super) fn host_command(
     pod_name: &str,
     workdir: Option<&Path>,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
+    let env = container_env(container);
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut cmd = tokio::process::Command::new(resolve_program(argv[0].as_ref(), &path));
     cmd.args(&argv[1..]);
     cmd.env_clear();
-    cmd.env(
-        "PATH",
-        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-    );
+    cmd.env("PATH", &path);
     cmd.env("HOSTNAME", pod_name);
     if let Some(dir) = workdir {
         cmd.env("HOME", dir);
@@ -39,7 +69,7 @@ pub(super) fn host_command(
     {
         cmd.current_dir(wd);
     }
-    for (k, v) in container_env(container) {
+    for (k, v) in env {
         cmd.env(k, v);
     }
     cmd
@@ -161,10 +191,13 @@ pub(super) fn image_command(s: &Sandboxed<'_>) -> std::io::Result<tokio::process
     }
     push(&["--"]);
     args.extend(s.argv.iter().map(OsString::from));
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = tokio::process::Command::new(resolve_program(
+        program.as_ref(),
+        SANDBOX_TOOLS_PATH.as_ref(),
+    ));
     cmd.args(args);
     cmd.env_clear();
-    cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
+    cmd.env("PATH", SANDBOX_TOOLS_PATH);
     Ok(cmd)
 }
 
@@ -194,4 +227,33 @@ pub(super) fn spawn(
         log.close();
     });
     Ok(child)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_program_name_is_resolved_to_an_absolute_path_in_the_childs_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let not_exe = dir.path().join("data");
+        std::fs::write(&not_exe, "x").unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(resolve_program("tool".as_ref(), &path), exe);
+        // Not executable, not found, or already a path: unchanged (spawning then fails or runs as asked).
+        assert_eq!(resolve_program("data".as_ref(), &path), Path::new("data"));
+        assert_eq!(
+            resolve_program("missing".as_ref(), &path),
+            Path::new("missing")
+        );
+        assert_eq!(
+            resolve_program("./tool".as_ref(), &path),
+            Path::new("./tool")
+        );
+        assert!(resolve_program("sh".as_ref(), "/usr/bin:/bin".as_ref()).is_absolute());
+    }
 }

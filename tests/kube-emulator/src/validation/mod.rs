@@ -224,5 +224,8 @@ pub fn decode_kind(kind: Kind, obj: &mut Value, strict: bool) -> Result<Vec<Stri
         Kind::PodDisruptionBudget => {
             strict_decode::<policy::PodDisruptionBudget>(kind, obj, strict)
         }
+        Kind::Lease => {
+            strict_decode::<k8s_openapi::api::coordination::v1::Lease>(kind, obj, strict)
+        }
     }
 }
