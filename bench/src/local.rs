@@ -84,23 +84,39 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
             cpu: format!(
                 "{}; {}",
                 cpu_ms(burst_cpu, n, "three services"),
-                cpu_ms(burst_reaped, n, "supervisors + sandboxes the dispatcher reaped")
+                cpu_ms(
+                    burst_reaped,
+                    n,
+                    "supervisors + sandboxes the dispatcher reaped"
+                )
             ),
         },
         Row {
             what: "local: p50 / p99 submit → succeeded (burst)".into(),
-            figure: format!("{:.0} ms / {:.0} ms", ms(q(&burst, 0.5)), ms(q(&burst, 0.99))),
+            figure: format!(
+                "{:.0} ms / {:.0} ms",
+                ms(q(&burst, 0.5)),
+                ms(q(&burst, 0.99))
+            ),
             ceiling: None,
             cpu: String::new(),
         },
         Row {
             what: format!("local: p50 / p99 submit → succeeded at {OFFERED:.0} runs/s offered"),
-            figure: format!("{:.0} ms / {:.0} ms", ms(q(&paced, 0.5)), ms(q(&paced, 0.99))),
+            figure: format!(
+                "{:.0} ms / {:.0} ms",
+                ms(q(&paced, 0.5)),
+                ms(q(&paced, 0.99))
+            ),
             ceiling: None,
             cpu: format!(
                 "{}; {}",
                 cpu_ms(paced_cpu, n, "three services"),
-                cpu_ms(paced_reaped, n, "supervisors + sandboxes the dispatcher reaped")
+                cpu_ms(
+                    paced_reaped,
+                    n,
+                    "supervisors + sandboxes the dispatcher reaped"
+                )
             ),
         },
         bare,
@@ -139,9 +155,8 @@ async fn submit(
                 });
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                let ack = w
-                    .js
-                    .publish_with_headers(
+                let ack =
+                    w.js.publish_with_headers(
                         subjects.runs("default"),
                         h,
                         serde_json::to_vec(&body)?.into(),

@@ -293,7 +293,9 @@ impl LocalBackend {
                 let (this, program, args) = (self.clone(), program.clone(), args.clone());
                 tokio::task::spawn_blocking(move || this.start_supervisor(&program, &args, run))
                     .await
-                    .map_err(|e| BackendError::Transient(format!("starting a supervisor: {e}")))??;
+                    .map_err(|e| {
+                        BackendError::Transient(format!("starting a supervisor: {e}"))
+                    })??;
             }
         }
         Ok(Launched::Created)

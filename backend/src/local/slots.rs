@@ -41,7 +41,11 @@ impl LocalBackend {
             // A leftover of a crashed run must not share the uid's process count or files. A cleanly released
             // uid has no lock file, hence no leftover: only a file left by a dead holder costs a scan.
             if let Some(previous) = lock.previous() {
-                warn!(uid, previous = previous.trim(), "Uid lock left by a holder that died; killing its leftovers");
+                warn!(
+                    uid,
+                    previous = previous.trim(),
+                    "Uid lock left by a holder that died; killing its leftovers"
+                );
                 kill_uid(&lock);
             }
             lock.note(&format!(

@@ -215,13 +215,21 @@ mod tests {
         // ...and another claimant took the uid on a new file.
         let winner = UidLock::try_acquire(dir.path(), 5).unwrap().expect("free");
         // The stale descriptor can be locked (its inode is unlinked), but it is no claim on the uid.
-        assert!(super::try_flock(&stale, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap());
+        assert!(
+            super::try_flock(&stale, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap()
+        );
         assert!(UidLock::try_acquire(dir.path(), 5).unwrap().is_none());
         let handed = UidLock::try_acquire(dir.path(), 6).unwrap().expect("free");
         let shared = handed.share().unwrap();
         handed.hand_over();
-        assert!(dir.path().join("6.lock").exists(), "handing over keeps the file");
-        assert!(UidLock::try_acquire(dir.path(), 6).unwrap().is_none(), "still held through the shared descriptor");
+        assert!(
+            dir.path().join("6.lock").exists(),
+            "handing over keeps the file"
+        );
+        assert!(
+            UidLock::try_acquire(dir.path(), 6).unwrap().is_none(),
+            "still held through the shared descriptor"
+        );
         drop((shared, winner));
     }
 }

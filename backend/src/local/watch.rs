@@ -29,8 +29,8 @@ use tracing::warn;
 
 use super::LocalBackend;
 use super::rundir::STATUS;
-use airlock_schemas::is_valid_name;
 use crate::{Observed, Phase};
+use airlock_schemas::is_valid_name;
 
 /// How often the whole state directory is read again (lost supervisors, missed events).
 const RESCAN: Duration = Duration::from_secs(2);
@@ -263,7 +263,9 @@ impl Notify {
                 self.wds.insert(wd, run_id.to_string());
             }
             Err(Errno::NOENT) => {}
-            Err(e) => warn!(run_id, error = %e, "Cannot watch the run's directory; it is read every {RESCAN:?}"),
+            Err(e) => {
+                warn!(run_id, error = %e, "Cannot watch the run's directory; it is read every {RESCAN:?}")
+            }
         }
     }
 
