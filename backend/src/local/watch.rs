@@ -320,7 +320,6 @@ impl Notify {
                     runs.insert(id.clone());
                 }
             }
-            drop(reader);
             drop(guard);
             // Watched before being read, so a status written meanwhile is seen by that read.
             for id in new_dirs {
