@@ -125,6 +125,10 @@ impl Scale {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The dispatcher in local mode starts each run's supervisor as this executable (`--local-supervisor self`).
+    if let Some(code) = airlock_backend::local::supervise_if_asked() {
+        std::process::exit(i32::from(code != std::process::ExitCode::SUCCESS));
+    }
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

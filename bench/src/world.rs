@@ -114,6 +114,13 @@ impl Child {
         proc_cpu(&format!("/proc/{pid}/stat"))
     }
 
+    /// CPU time of its children it has waited for (and theirs): for the dispatcher in local mode, the
+    /// supervisor processes and their sandboxes.
+    pub fn reaped_cpu(&self) -> Result<Duration> {
+        let pid = self.child.id().context("exited")?;
+        proc_cpu_fields(&format!("/proc/{pid}/stat"), 13..15)
+    }
+
     /// Its peak resident set size, in bytes.
     pub fn peak_rss(&self) -> Result<u64> {
         let pid = self.child.id().context("exited")?;
@@ -143,12 +150,17 @@ pub fn own_cpu() -> Result<Duration> {
 
 /// utime + stime of a `/proc/<pid>/stat` file.
 fn proc_cpu(path: &str) -> Result<Duration> {
+    proc_cpu_fields(path, 11..13)
+}
+
+/// The sum of the tick fields `range` (0-based, after the command) of a `/proc/<pid>/stat`.
+fn proc_cpu_fields(path: &str, range: std::ops::Range<usize>) -> Result<Duration> {
     let stat = std::fs::read_to_string(path)?;
     let rest = stat.rsplit_once(')').context("stat format")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
     let ticks: f64 = f
-        .get(11..13)
+        .get(range)
         .context("stat fields")?
         .iter()
         .map(|v| v.parse::<f64>().unwrap_or(0.0))

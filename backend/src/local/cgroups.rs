@@ -137,6 +137,24 @@ impl Cgroups {
             .unwrap_or(0)
     }
 
+    /// Whether a run's group holds every process of the run: v2, or v1 `memory` or `pids` (always created
+    /// for a run; `cpu` only with a CPU limit).
+    pub fn holds_every_process(&self) -> bool {
+        self.v2.is_some() || self.memory.is_some() || self.pids.is_some()
+    }
+
+    /// Kills every process of the run's v2 group at once (`cgroup.kill`, Linux 5.14); on v1, or where it is
+    /// missing, the caller SIGKILLs what [`Self::pids`] lists.
+    pub fn kill(&self, group: &str) {
+        if let Some(base) = &self.v2 {
+            match std::fs::write(base.join(group).join("cgroup.kill"), "1") {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(group, error = %e, "cgroup.kill failed; killing the group's pids"),
+            }
+        }
+    }
+
     /// Pids in any of the run's groups.
     pub fn pids(&self, group: &str) -> Vec<u32> {
         let mut out = Vec::new();

@@ -1,5 +1,14 @@
-//! Killing everything of a run: its sandbox root, its cgroups' processes and, only while holding the uid's
-//! host-wide lock, every process of its uid.
+//! Killing everything of a run: its sandbox root, then its cgroup or, without one, every process of its uid
+//! (only while holding the uid's host-wide lock).
+//!
+//! # Through the cgroup, not `/proc`
+//! When the run has a cgroup that every one of its processes is in (v2, or the v1 `memory` or `pids`
+//! hierarchy: the sandbox joins them as root before dropping to the run's uid, and the uid cannot leave them),
+//! its processes are killed through it: `cgroup.kill` on v2 (atomic, forks included), else SIGKILL to what the
+//! group's `cgroup.procs` lists until it lists nothing. Nothing scans `/proc`. Without such a cgroup (none
+//! delegated, or `--local-cgroups false`), the fallback is the uid: every process of `/proc` whose real uid is
+//! the run's, SIGKILLed until none is left; correct, but it reads every host process's status. The uid scan is
+//! also what kills the leftovers of a holder that died (see `uids`), whose cgroup is not known for sure.
 
 use std::time::{Duration, Instant};
 
@@ -36,9 +45,9 @@ pub(super) fn kill_uid(lock: &UidLock) {
 }
 
 impl LocalBackend {
-    /// SIGKILLs everything of the run: the sandbox root (if `pid` is ours), its cgroups, and, given the uid's
-    /// host-wide lock, every process of its uid (the lock proves no other runtime uses the uid now).
-    /// Blocking (polls until they are gone).
+    /// SIGKILLs everything of the run: the sandbox root (if `pid` is ours), then its cgroup, or without one and
+    /// given the uid's host-wide lock, every process of its uid (the lock proves no other runtime uses the uid
+    /// now). Blocking (polls until they are gone).
     fn kill_tree(&self, run_id: &str, pid: Option<u32>, uid: Option<&UidLock>) {
         let marker = self.run_dir(run_id).join(RESULT);
         if let Some(pid) = pid
@@ -46,12 +55,16 @@ impl LocalBackend {
         {
             sigkill(pid);
         }
-        // Until they are gone, zombies included (they still count against the uid's process limit), so a
-        // finished run leaves its uid clean for the next run of the slot.
+        // Until they are gone, so a finished run leaves its uid clean for the next run of the slot.
         let key = self.cgroup_key(run_id);
+        let cgroups = &self.inner.cgroups;
+        let by_cgroup = cgroups.holds_every_process();
+        if by_cgroup {
+            cgroups.kill(&key);
+        }
         let gone = kill_until_gone(|| {
-            let mut pids = self.inner.cgroups.pids(&key);
-            if let Some(lock) = uid {
+            let mut pids = cgroups.pids(&key);
+            if !by_cgroup && let Some(lock) = uid {
                 pids.extend(pids_of_uid(lock.uid()));
             }
             pids

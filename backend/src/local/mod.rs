@@ -33,7 +33,7 @@
 //! - `rundir`: the state directory and a run's directory: paths, atomic population, removal.
 //! - `state`: `spec.json` / `status.json` and atomic writes.
 //! - `slots`: a run's uid: this state directory's slot file plus the host-wide uid lock.
-//! - `uids`: host-wide uid claims (`flock` on `<uid_lock_dir>/<uid>.lock`).
+//! - `uids`: host-wide uid claims (`flock` on `<uid_lock_dir>/<uid>.lock`, unlinked on release).
 //! - `liveness`: whether a run's supervisor is still there (process identity and the run's supervision lock).
 //! - `sandbox`: limits, the mounts and the `sh → prlimit → setpriv → bwrap → launcher` command line.
 //! - `launch`: the job from the request and the image config (Kubernetes' rules), and its launch script.
@@ -44,8 +44,9 @@
 //! - `supervise`: one run from pull to final status (deadline, exit classification, clean-up).
 //! - `supervisor`: per-run supervisor processes: hand-over, their entry point, results they leave pending.
 //! - `result`: publishing the job's result file on NATS.
-//! - `kill`: killing everything of a run.
+//! - `kill`: killing everything of a run (through its cgroup; by uid without one).
 //! - `observe`: status, logs, listings and the watch.
+//! - `watch`: the watch of runs with supervisor processes: inotify on the state directory, a slow rescan.
 //! - `follow`: the run's log file from an offset, as it grows, until the job finished.
 //!
 //! On disk, `<state_dir>` (0711, root) holds `runs/<run_id>/` (0711) with `spec.json`, `status.json`, `log`
@@ -81,6 +82,7 @@ mod state;
 mod supervise;
 mod supervisor;
 mod uids;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,13 +255,22 @@ impl LocalBackend {
             self.remove(&run_id).await?;
         }
         let limits = Limits::resolve(self.config(), spec);
-        let (slot, uid_lock) = self.take_slot(&run_id)?;
-        let supervision = match self.populate(spec, slot, uid_lock.uid()) {
-            Ok(Some(lock)) => lock,
-            other => {
-                self.release_slot(slot, &run_id);
-                return other.map(|_| Launched::AlreadyExisted);
+        // File locks and writes (and, after a crash, a scan of `/proc`): off the runtime's workers.
+        let (this, owned, rid) = (self.clone(), spec.clone(), run_id.clone());
+        let claimed = tokio::task::spawn_blocking(move || {
+            let (slot, uid_lock) = this.take_slot(&rid)?;
+            match this.populate(&owned, slot, uid_lock.uid()) {
+                Ok(Some(lock)) => Ok(Some((uid_lock, lock))),
+                other => {
+                    this.release_slot(slot, &rid);
+                    other.map(|_| None)
+                }
             }
+        })
+        .await
+        .map_err(|e| BackendError::Transient(format!("launching {run_id}: {e}")))??;
+        let Some((uid_lock, supervision)) = claimed else {
+            return Ok(Launched::AlreadyExisted);
         };
         let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
         let run = supervise::Run {
@@ -278,7 +289,13 @@ impl LocalBackend {
             // process (bwrap's --die-with-parent follows the thread that forked it), never a blocking thread.
             Supervisor::InProcess => drop(tokio::spawn(self.clone().supervise(run))),
             Supervisor::Process { program, args } => {
-                self.start_supervisor(program, args, run)?;
+                // Process spawn, file writes and a `/proc` read: off the runtime's workers.
+                let (this, program, args) = (self.clone(), program.clone(), args.clone());
+                tokio::task::spawn_blocking(move || this.start_supervisor(&program, &args, run))
+                    .await
+                    .map_err(|e| {
+                        BackendError::Transient(format!("starting a supervisor: {e}"))
+                    })??;
             }
         }
         Ok(Launched::Created)
@@ -289,6 +306,15 @@ impl LocalBackend {
         if !is_valid_name(run_id) {
             return Ok(Removed::Absent);
         }
+        // Process kills and waits, `/proc` reads, file locks and deletions: off the runtime's workers.
+        let (this, rid) = (self.clone(), run_id.to_string());
+        tokio::task::spawn_blocking(move || this.remove_blocking(&rid))
+            .await
+            .map_err(|e| BackendError::Transient(format!("removing {run_id}: {e}")))?
+    }
+
+    /// [`Self::remove`] on the calling thread.
+    fn remove_blocking(&self, run_id: &str) -> Result<Removed, BackendError> {
         let status = self.read_status(run_id).unwrap_or_else(|e| {
             tracing::warn!(run_id, error = %e, "Unreadable status; removing anyway");
             None
@@ -297,10 +323,7 @@ impl LocalBackend {
             return Ok(Removed::Absent);
         }
         if let Some(s) = &status {
-            let (this, rid, pid, uid, slot) =
-                (self.clone(), run_id.to_string(), s.pid, s.uid, s.slot);
-            let _ =
-                tokio::task::spawn_blocking(move || this.kill_removed(&rid, pid, uid, slot)).await;
+            self.kill_removed(run_id, s.pid, s.uid, s.slot);
         }
         self.inner.cgroups.remove(&self.cgroup_key(run_id));
         let Some(trash) = self.move_to_trash(run_id)? else {
@@ -309,7 +332,7 @@ impl LocalBackend {
         if let Some(s) = &status {
             self.release_slot(s.slot, run_id);
         }
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
+        let _ = std::fs::remove_dir_all(trash);
         info!(run_id, "Run removed");
         Ok(Removed::Deleted)
     }

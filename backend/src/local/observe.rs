@@ -24,6 +24,14 @@ impl LocalBackend {
 
     /// The run's current state, or `None` when nothing exists for it.
     pub async fn observe(&self, run_id: &str) -> Result<Option<Observed>, BackendError> {
+        let (this, rid) = (self.clone(), run_id.to_string());
+        tokio::task::spawn_blocking(move || this.observe_blocking(&rid))
+            .await
+            .map_err(|e| BackendError::Transient(format!("observing {run_id}: {e}")))?
+    }
+
+    /// [`Self::observe`] on the calling thread (it reads `/proc` and probes a file lock).
+    pub(super) fn observe_blocking(&self, run_id: &str) -> Result<Option<Observed>, BackendError> {
         if !is_valid_name(run_id) {
             return Ok(None);
         }
@@ -136,94 +144,9 @@ impl LocalBackend {
             return initial.chain(live).boxed();
         }
         // Runs supervised by processes of their own: their changes are read from the state directory (the
-        // first read is the initial listing).
-        let this = self.clone();
-        let polled = futures::stream::unfold(
-            (
-                this,
-                std::collections::HashMap::<String, Observed>::new(),
-                true,
-            ),
-            |(this, mut seen, first)| async move {
-                if first {
-                    let all = relist(&this).await;
-                    for o in &all {
-                        seen.insert(o.run_id.clone(), o.clone());
-                    }
-                    return Some((all, (this, seen, false)));
-                }
-                loop {
-                    tokio::time::sleep(POLL).await;
-                    let changed = poll_changes(&this, &mut seen).await;
-                    if !changed.is_empty() {
-                        return Some((changed, (this, seen, false)));
-                    }
-                }
-            },
-        )
-        .flat_map(futures::stream::iter);
-        futures::stream::select(live, polled).boxed()
+        // first read is the initial listing), when inotify says so (see `watch`).
+        futures::stream::select(live, self.watch_state_dir()).boxed()
     }
-}
-
-/// How often the watch reads the state directory when runs have supervisor processes.
-const POLL: Duration = Duration::from_millis(250);
-
-/// Publishes pending results, then returns the runs whose observation changed since `seen`.
-async fn poll_changes(
-    b: &LocalBackend,
-    seen: &mut std::collections::HashMap<String, Observed>,
-) -> Vec<Observed> {
-    let Ok(all) = b.list_objects().await else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut present = std::collections::HashSet::new();
-    for r in all {
-        present.insert(r.run_id.clone());
-        let Some(mut o) = r.observed else { continue };
-        let pending = b
-            .read_status(&r.run_id)
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.result_pending);
-        if pending {
-            // Reported `Running` until published. The dispatcher records it running first (this round),
-            // then the result is published and the run seen finished (the next round), so nothing can end
-            // the run before it was recorded running.
-            if seen.get(&r.run_id).map(|p| p.phase) != Some(Phase::Running) {
-                seen.insert(r.run_id.clone(), o.clone());
-                out.push(o);
-                continue;
-            }
-            b.publish_pending(&r.run_id).await;
-            match b.observe(&r.run_id).await {
-                Ok(Some(now)) => o = now,
-                _ => continue,
-            }
-        }
-        let before = seen.get(&r.run_id).map(|p| p.phase);
-        if o.phase.is_finished()
-            && o.started_at.is_some()
-            && matches!(before, None | Some(Phase::Pending))
-        {
-            // A job that ran between two reads: it was running, say so first.
-            out.push(Observed {
-                phase: Phase::Running,
-                exit_code: None,
-                reason: None,
-                message: None,
-                finished_at: None,
-                ..o.clone()
-            });
-        }
-        if seen.get(&r.run_id) != Some(&o) {
-            seen.insert(r.run_id.clone(), o.clone());
-            out.push(o);
-        }
-    }
-    seen.retain(|id, _| present.contains(id));
-    out
 }
 
 /// [`LocalBackend::list`], retried with capped backoff until it succeeds.

@@ -11,6 +11,7 @@ use super::kill::kill_uid;
 use super::state::write_atomic;
 use super::uids::UidLock;
 use crate::BackendError;
+use tracing::warn;
 
 impl LocalBackend {
     /// `slots/<slot>`: which run of this state directory last claimed the slot's uid.
@@ -21,7 +22,8 @@ impl LocalBackend {
     /// Claims a free uid for `run_id`: its host-wide lock first (no other runtime on the host, whatever its state
     /// directory, runs as that uid while we hold it), then this state directory's slot file naming the run.
     /// Leftover processes of the uid (a crashed run's) are killed. Every uid of the range locked:
-    /// `Transient("no free sandbox uid ...")`, for the dispatcher to retry later.
+    /// `Transient("no free sandbox uid ...")`, for the dispatcher to retry later. Blocking (file locks, and a
+    /// scan of `/proc` after a crash).
     pub(super) fn take_slot(&self, run_id: &str) -> Result<(u32, UidLock), BackendError> {
         let c = self.config();
         for slot in 0..c.sandbox_slots {
@@ -36,13 +38,21 @@ impl LocalBackend {
             let path = self.slot_file(slot);
             write_atomic(&path, run_id.as_bytes(), 0o600)
                 .map_err(BackendError::io("writing the slot file", &path))?;
+            // A leftover of a crashed run must not share the uid's process count or files. A cleanly released
+            // uid has no lock file, hence no leftover: only a file left by a dead holder costs a scan.
+            if let Some(previous) = lock.previous() {
+                warn!(
+                    uid,
+                    previous = previous.trim(),
+                    "Uid lock left by a holder that died; killing its leftovers"
+                );
+                kill_uid(&lock);
+            }
             lock.note(&format!(
                 "{} {} {run_id}\n",
                 self.inner.me,
                 c.state_dir.display()
             ));
-            // A leftover of a crashed run must not share the uid's process count or files.
-            kill_uid(&lock);
             return Ok((slot, lock));
         }
         Err(BackendError::Transient(format!(

@@ -23,7 +23,6 @@
 use std::fs::File;
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -121,6 +120,10 @@ impl LocalBackend {
     ) -> Result<(), BackendError> {
         let run_id = run.run_id.clone();
         let started = self.spawn_supervisor(program, args, &run);
+        // The supervisor holds the uid through its own descriptor and releases it (unlinking the file). Even if
+        // starting it failed half-way, it may hold the lock: never unlink here (a file left over only costs the
+        // next claimant a scan for leftovers).
+        run.uid_lock.hand_over();
         match started {
             Ok(pid) => {
                 info!(run_id = %run_id, pid, "Supervisor process started");
@@ -193,7 +196,9 @@ impl LocalBackend {
             .uid_lock
             .share()
             .map_err(BackendError::io("sharing", &c.uid_lock_dir))?;
-        let child = std::process::Command::new(program)
+        // tokio's, so that the child is reaped when it exits (a dropped tokio child is reaped in the background),
+        // never left a zombie of this process.
+        let child = tokio::process::Command::new(program)
             .args(args)
             .arg(&dir)
             .stdin(supervision)
@@ -203,8 +208,9 @@ impl LocalBackend {
             .process_group(0)
             .spawn()
             .map_err(BackendError::io("starting the supervisor", program))?;
-        let pid = child.id();
-        // Not waited for: it outlives this process by design (init reaps it then).
+        let pid = child.id().unwrap_or_default();
+        // Not waited for here: tokio reaps it when it exits; it outlives this process by design (init reaps it
+        // then).
         drop(child);
         let mut status = self
             .read_status(&run.run_id)?
@@ -351,7 +357,7 @@ fn supervise_process_inner(dir: &Path) -> Result<(), String> {
         let left_ms = file.deadline_at_ms - Utc::now().timestamp_millis();
         let left = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
         let run = Run {
-            uid_lock: UidLock::inherited(file.uid, uid_file),
+            uid_lock: UidLock::inherited(&file.uid_lock_dir, file.uid, uid_file),
             supervision: SupervisionLock::inherited(supervision),
             deadline: Duration::from_secs(file.deadline_seconds),
             deadline_at: tokio::time::Instant::now() + left,
