@@ -49,10 +49,7 @@ impl Kubelet {
         ctl: &mut watch::Receiver<Control>,
     ) -> Option<Prepared> {
         let store = self.cfg.images.as_ref()?.store.clone();
-        let container = pod
-            .pointer("/spec/containers/0")
-            .cloned()
-            .unwrap_or(json!({}));
+        let container = super::first_container(pod);
         let image = container
             .get("image")
             .and_then(Value::as_str)
@@ -247,10 +244,7 @@ impl Kubelet {
         reason: &str,
         message: Option<String>,
     ) {
-        let container = pod
-            .pointer("/spec/containers/0")
-            .cloned()
-            .unwrap_or(json!({}));
+        let container = super::first_container(pod);
         let cname = container
             .get("name")
             .and_then(Value::as_str)

@@ -286,3 +286,10 @@ fn ids(obj: &Value) -> (String, String, String) {
         s("/metadata/uid"),
     )
 }
+
+/// The pod's first container (`{}` when it has none): the one the kubelet runs.
+fn first_container(pod: &Value) -> Value {
+    pod.pointer("/spec/containers/0")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}))
+}

@@ -282,7 +282,7 @@ impl Kubelet {
         let started = started.unwrap_or(&finished).to_string();
         self.set_status(ns, name, uid, |p| {
             if p.pointer("/status/containerStatuses/0").is_none() {
-                let c = p.pointer("/spec/containers/0").cloned().unwrap_or(json!({}));
+                let c = super::first_container(p);
                 let image = c.get("image").cloned().unwrap_or(json!(""));
                 p["status"]["containerStatuses"] = json!([{
                     "name": c.get("name").cloned().unwrap_or(json!("main")),

@@ -32,10 +32,7 @@ impl Kubelet {
         pod: &Value,
         prepared: Option<&Prepared>,
     ) -> Started {
-        let container = pod
-            .pointer("/spec/containers/0")
-            .cloned()
-            .unwrap_or(json!({}));
+        let container = super::first_container(pod);
         let cname = container
             .get("name")
             .and_then(Value::as_str)
