@@ -54,15 +54,9 @@ pub struct Config {
 impl Config {
     /// The operator policy: the file's, or the defaults.
     pub fn policy(&self) -> Result<Policy, Error> {
-        match &self.policy_file {
-            None => Ok(Policy::default()),
-            Some(p) => {
-                let bytes = std::fs::read(p)
-                    .map_err(|e| Error::Config(format!("reading {}: {e}", p.display())))?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Config(format!("policy {}: {e}", p.display())))
-            }
-        }
+        Ok(airlock_runtime::config::load_policy(
+            self.policy_file.as_deref(),
+        )?)
     }
 
     /// The queue names `submit` accepts (empty: any).

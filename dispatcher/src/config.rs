@@ -155,15 +155,9 @@ pub struct Config {
 impl Config {
     /// The operator policy: the file's, or the defaults.
     pub fn policy(&self) -> Result<Policy, Error> {
-        match &self.policy_file {
-            None => Ok(Policy::default()),
-            Some(p) => {
-                let bytes = std::fs::read(p)
-                    .map_err(|e| config_error(format!("reading {}: {e}", p.display())))?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| config_error(format!("policy {}: {e}", p.display())))
-            }
-        }
+        Ok(airlock_runtime::config::load_policy(
+            self.policy_file.as_deref(),
+        )?)
     }
 
     /// Checks what clap cannot.

@@ -1,7 +1,7 @@
 //! Configuration shared by every service, from flags or environment variables.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -399,4 +399,16 @@ impl<S: ConsumerService> ConsumerArgs<S> {
     pub fn redelivery_delay(&self, delivered: i64) -> Duration {
         crate::error::redelivery_delay(delivered, self.redelivery_cap)
     }
+}
+
+/// The operator policy: the JSON file at `path`, or the defaults without one (the dispatcher and the API
+/// must judge requests alike, so both load it here).
+pub fn load_policy(path: Option<&Path>) -> Result<airlock_schemas::Policy, crate::Error> {
+    let Some(p) = path else {
+        return Ok(airlock_schemas::Policy::default());
+    };
+    let bytes = std::fs::read(p)
+        .map_err(|e| crate::Error::Config(format!("reading {}: {e}", p.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| crate::Error::Config(format!("policy {}: {e}", p.display())))
 }
