@@ -175,6 +175,22 @@ pub struct Observed {
     pub finished_at: Option<DateTime<Utc>>,
     /// The job was lost through no fault of its own (evicted, node lost, supervisor gone): it may be re-run.
     pub lost: bool,
+    /// How the runtime made the run's image present, once it did (the local runtime; on Kubernetes the
+    /// kubelet pulls and keeps its own figures).
+    pub image_fetch: Option<ImageFetch>,
+}
+
+/// How a run's image was made present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFetch {
+    /// The image store had it.
+    Cached,
+    /// It was fetched from its registry, downloading `bytes` of blobs.
+    Pulled {
+        /// Bytes of blobs downloaded (0: only the manifest; the store had the image).
+        bytes: u64,
+    },
 }
 
 /// Waiting reasons of a container that will not start by itself: the run fails after the image pull grace

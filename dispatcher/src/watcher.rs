@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use airlock_backend::{Backend, Observed, Phase};
+use airlock_backend::{Backend, ImageFetch, Observed, Phase};
 use airlock_runtime::store::RecordUpdate;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
@@ -126,6 +126,13 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
                 .await?;
             if t.applied() {
                 info!(run_id = %o.run_id, attempt = o.attempt, "Run running");
+                // Counted once per run, with the transition (the local runtime reports it; the kubelet keeps
+                // its own image figures).
+                match o.image_fetch {
+                    Some(ImageFetch::Cached) => ctx.metrics.image_cache_hit(),
+                    Some(ImageFetch::Pulled { bytes }) => ctx.metrics.image_pulled(bytes),
+                    None => {}
+                }
                 let mut ev =
                     LifecycleEvent::now(&o.run_id, RunStatus::Running).with_queue(o.queue.clone());
                 ev.metadata = ctx.store.request(&o.run_id).await?.and_then(|r| r.metadata);

@@ -27,12 +27,14 @@
 //! - `unpack/`: the safe layer unpacker (paths, symlinks, hard links, whiteouts, special files).
 //! - `import/`: OCI layout directories and archives.
 //! - [`digest`], [`image_config`]: validated digests, the typed image config.
+//! - `reference`: [`ImageRef`], a reference parsed once and passed on in its parts.
 
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod image_config;
 mod import;
+mod reference;
 mod registry;
 mod store;
 mod unpack;
@@ -44,5 +46,6 @@ pub use digest::Digest;
 pub use error::ImageError;
 pub use image_config::ImageConfig;
 pub use import::ImportedImage;
+pub use reference::ImageRef;
 pub use store::{ImageInfo, ImageStore, LeasedImage, normalize_reference};
 pub use unpack::LayerError;

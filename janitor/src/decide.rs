@@ -203,6 +203,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             lost: reason == Some("Evicted"),
+            image_fetch: None,
         }
     }
 

@@ -243,6 +243,7 @@ pub fn observe_pod(pod: &Pod) -> Option<Observed> {
             .and_then(|t| t.finished_at.as_ref())
             .and_then(to_chrono),
         lost,
+        image_fetch: None,
     })
 }
 

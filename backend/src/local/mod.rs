@@ -87,7 +87,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_images::{ImageStore, StoreConfig};
+use airlock_images::{ImageRef, ImageStore, StoreConfig};
 use airlock_schemas::{Subjects, env, is_valid_name};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -281,6 +281,7 @@ impl LocalBackend {
             deadline_at: tokio::time::Instant::now() + deadline,
             token: spec.env.get(env::RUN_TOKEN).cloned(),
             request: spec.run.request.clone(),
+            image: ImageRef::parse(&spec.run.request.image).ok(),
             env: spec.env.clone(),
             limits,
         };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use airlock_images::{LeasedImage, PullPolicy};
+use airlock_images::{ImageRef, LeasedImage, PullPolicy};
 use airlock_schemas::ImagePullPolicy;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -35,11 +35,12 @@ pub(super) struct PullFailed {
 }
 
 impl LocalBackend {
-    /// Ensures `reference` under `policy` before `deadline`.
+    /// Ensures `image` (`reference`, parsed) under `policy` before `deadline`.
     pub(super) async fn pull(
         &self,
         run_id: &str,
         reference: &str,
+        image: &ImageRef,
         policy: PullPolicy,
         deadline: Instant,
     ) -> Result<LeasedImage, PullFailed> {
@@ -56,7 +57,7 @@ impl LocalBackend {
             },
         };
         loop {
-            let e = match tokio::time::timeout_at(deadline, store.ensure(reference, policy)).await {
+            let e = match tokio::time::timeout_at(deadline, store.ensure_ref(image, policy)).await {
                 Ok(Ok(image)) => {
                     info!(run_id, image = reference, digest = %image.digest(), "Image ready");
                     return Ok(image);

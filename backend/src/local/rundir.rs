@@ -145,6 +145,7 @@ impl LocalBackend {
             supervisor_pid: self.inner.me,
             supervisor_start: self.inner.my_start,
             result_pending: false,
+            image_fetch: None,
         };
         let path = dir.join(STATUS);
         write_json(&path, &status).map_err(BackendError::io("writing", &path))?;

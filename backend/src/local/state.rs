@@ -13,7 +13,7 @@ use airlock_schemas::RunRequest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Observed, Phase};
+use crate::{ImageFetch, Observed, Phase};
 
 /// What was asked for; written once at launch (it holds the token, so it is readable by root only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +87,9 @@ pub(crate) struct StatusFile {
     /// dispatcher); the run is reported `Running` until it is.
     #[serde(default)]
     pub result_pending: bool,
+    /// How the image was made present (once it was).
+    #[serde(default)]
+    pub image_fetch: Option<ImageFetch>,
 }
 
 impl StatusFile {
@@ -113,6 +116,7 @@ impl StatusFile {
             started_at: self.started_at,
             finished_at: self.finished_at,
             lost,
+            image_fetch: self.image_fetch,
         }
     }
 

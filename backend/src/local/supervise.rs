@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use airlock_images::LeasedImage;
+use airlock_images::{ImageRef, LeasedImage};
 use airlock_schemas::RunRequest;
 use chrono::Utc;
 use tokio::time::Instant;
@@ -39,6 +39,7 @@ use super::sandbox::Limits;
 use super::spawn::Spawned;
 use super::state::{PhaseFile, StatusFile, write_json};
 use super::uids::UidLock;
+use crate::ImageFetch;
 
 /// What a supervise task owns for its run.
 pub(super) struct Run {
@@ -56,6 +57,8 @@ pub(super) struct Run {
     pub token: Option<String>,
     /// The request.
     pub request: RunRequest,
+    /// Its image reference, parsed by the launcher (`None`: it did not parse; the run fails with why).
+    pub image: Option<ImageRef>,
     /// The dispatcher's job environment (the request's plus the reserved variables).
     pub env: BTreeMap<String, String>,
     /// The run's limits.
@@ -76,11 +79,12 @@ impl LocalBackend {
             deadline_at,
             token,
             request,
+            image,
             env,
             limits,
         } = run;
         let prepared = self
-            .prepare(&run_id, &request, &env, uid_lock.uid(), deadline_at)
+            .prepare(&run_id, &request, image, &env, uid_lock.uid(), deadline_at)
             .await;
         let mut status = match self.read_status(&run_id) {
             Ok(Some(s)) => s,
@@ -103,6 +107,10 @@ impl LocalBackend {
             }
         };
         status.image_digest = Some(image.digest().to_string());
+        status.image_fetch = Some(match image.pulled_bytes() {
+            Some(bytes) => ImageFetch::Pulled { bytes },
+            None => ImageFetch::Cached,
+        });
         let spawned = self.spawn(
             &run_id,
             uid_lock.uid(),
@@ -196,13 +204,19 @@ impl LocalBackend {
         &self,
         run_id: &str,
         request: &RunRequest,
+        image: Option<ImageRef>,
         env: &BTreeMap<String, String>,
         uid: u32,
         deadline_at: Instant,
     ) -> Result<(LeasedImage, Job), NotStarted> {
         let policy = policy(request.image_pull_policy);
+        let parsed = match image {
+            Some(r) => r,
+            None => ImageRef::parse(&request.image)
+                .map_err(|e| NotStarted("ErrImagePull", e.to_string()))?,
+        };
         let image = self
-            .pull(run_id, &request.image, policy, deadline_at)
+            .pull(run_id, &request.image, &parsed, policy, deadline_at)
             .await
             .map_err(|f| NotStarted(f.reason, f.message))?;
         let job = launch::resolve(request, image.config(), image.rootfs(), env)

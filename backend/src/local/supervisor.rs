@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use airlock_images::RegistryConfig;
+use airlock_images::{ImageRef, RegistryConfig};
 use airlock_schemas::{Subjects, env, trace};
 use chrono::Utc;
 use rustix::fs::FlockOperation;
@@ -76,6 +76,9 @@ struct SupervisorFile {
     extra_ca_files: Vec<PathBuf>,
     uid: u32,
     limits: Limits,
+    /// The run's image reference, parsed by the launcher.
+    #[serde(default)]
+    image: Option<ImageRef>,
     deadline_seconds: u64,
     /// When the deadline passes (Unix milliseconds).
     deadline_at_ms: i64,
@@ -174,6 +177,7 @@ impl LocalBackend {
             extra_ca_files: c.registry.extra_ca_files.clone(),
             uid: run.uid_lock.uid(),
             limits: run.limits,
+            image: run.image.clone(),
             deadline_seconds: run.deadline.as_secs(),
             deadline_at_ms: Utc::now().timestamp_millis()
                 + i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX / 2),
@@ -346,8 +350,9 @@ fn supervise_process_inner(dir: &Path) -> Result<(), String> {
         .and_then(|n| n.to_str())
         .ok_or("the run directory has no name")?
         .to_string();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One run: a current-thread runtime (its thread, which spawns the sandbox, lives as long as the process,
+    // as bwrap's `--die-with-parent` needs); blocking work goes to its blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| text(&e))?;
@@ -363,6 +368,7 @@ fn supervise_process_inner(dir: &Path) -> Result<(), String> {
             deadline_at: tokio::time::Instant::now() + left,
             token: spec.env.get(env::RUN_TOKEN).cloned(),
             request: spec.request,
+            image: file.image.clone(),
             env: spec.env,
             limits: file.limits,
             run_id,

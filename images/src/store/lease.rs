@@ -25,6 +25,8 @@ pub struct LeasedImage {
     pub(crate) rootfs: PathBuf,
     pub(crate) config: ImageConfig,
     pub(crate) size_bytes: u64,
+    /// `Some(bytes downloaded)` when this call fetched it from its registry; `None` from the cache.
+    pub(crate) pulled_bytes: Option<u64>,
     pub(crate) _lease: Lease,
 }
 
@@ -53,6 +55,12 @@ impl LeasedImage {
     /// Approximate disk usage of the rootfs.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    /// `Some(bytes of blobs downloaded)` when [`crate::ImageStore::ensure`] went to the registry for it
+    /// (`Some(0)`: the manifest was fetched and the store already had its image); `None` for a cache hit.
+    pub fn pulled_bytes(&self) -> Option<u64> {
+        self.pulled_bytes
     }
 }
 

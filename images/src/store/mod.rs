@@ -31,6 +31,7 @@ use crate::config::{PullPolicy, StoreConfig};
 use crate::digest::Digest;
 use crate::error::ImageError;
 use crate::image_config::ImageConfig;
+use crate::reference::ImageRef;
 use crate::registry::Registry;
 pub(crate) use build::{ImageBuild, check_manifest};
 pub(crate) use layout::Layout;
@@ -54,7 +55,8 @@ pub struct ImageStore {
 pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) layout: Layout,
-    registry: Registry,
+    /// Built on the first pull: loading the system's CA roots costs milliseconds, and most runs hit the cache.
+    registry: tokio::sync::OnceCell<Registry>,
     /// In-process single flight per reference.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -80,14 +82,7 @@ pub struct ImageInfo {
 
 /// Normalizes a reference (`busybox` → `docker.io/library/busybox:latest`).
 pub fn normalize_reference(reference: &str) -> Result<String, ImageError> {
-    parse_reference(reference).map(|r| r.whole())
-}
-
-pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
-    Reference::try_from(reference).map_err(|source| ImageError::InvalidReference {
-        reference: reference.into(),
-        source,
-    })
+    ImageRef::parse(reference).map(|r| r.whole())
 }
 
 impl ImageStore {
@@ -100,12 +95,11 @@ impl ImageStore {
                 let _ = remove_tree(&e.path());
             }
         }
-        let registry = Registry::new(&config.registry)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 layout,
-                registry,
+                registry: tokio::sync::OnceCell::new(),
                 inflight: Mutex::new(HashMap::new()),
             }),
         })
@@ -125,7 +119,16 @@ impl ImageStore {
         reference: &str,
         policy: PullPolicy,
     ) -> Result<LeasedImage, ImageError> {
-        let r = parse_reference(reference)?;
+        self.ensure_ref(&ImageRef::parse(reference)?, policy).await
+    }
+
+    /// [`Self::ensure`] for a reference parsed already.
+    pub async fn ensure_ref(
+        &self,
+        reference: &ImageRef,
+        policy: PullPolicy,
+    ) -> Result<LeasedImage, ImageError> {
+        let r = reference.to_oci();
         let key = r.whole();
         if policy != PullPolicy::Always {
             if let Some(img) = self.cached(&r, &key).await? {
@@ -154,13 +157,14 @@ impl ImageStore {
                     return Ok((img, false));
                 }
             }
-            let digest = self.pull(&r, &key).await?;
-            let img = self.lease(&digest, &key).await?.ok_or_else(|| {
+            let (digest, downloaded) = self.pull(&r, &key).await?;
+            let mut img = self.lease(&digest, &key).await?.ok_or_else(|| {
                 ImageError::io(
                     "leasing a pulled image",
                     std::io::ErrorKind::NotFound.into(),
                 )
             })?;
+            img.pulled_bytes = Some(downloaded);
             Ok((img, true))
         }
         .await;
@@ -222,6 +226,7 @@ impl ImageStore {
                 digest,
                 config: meta.config,
                 size_bytes: meta.size_bytes,
+                pulled_bytes: None,
                 _lease: lease,
             }))
         })
@@ -230,20 +235,26 @@ impl ImageStore {
     }
 
     /// Resolves `r` at its registry, builds the image unless the store has it, records the reference.
-    async fn pull(&self, r: &Reference, key: &str) -> Result<Digest, ImageError> {
+    /// Returns the digest and the bytes of the blobs downloaded (0 when the store had the image).
+    async fn pull(&self, r: &Reference, key: &str) -> Result<(Digest, u64), ImageError> {
         let inner = &self.inner;
-        let resolved = inner.registry.resolve(r).await?;
+        let registry = inner
+            .registry
+            .get_or_try_init(|| async { Registry::new(&inner.config.registry) })
+            .await?;
+        let resolved = registry.resolve(r).await?;
         let digest = resolved.digest.clone();
         let layout = &inner.layout;
+        let mut downloaded = 0;
         if layout.meta(&digest)?.is_none() {
             let _lock = lock_image(layout, &digest).await?;
             if layout.meta(&digest)?.is_none() {
-                let r2 = self.build_pulled(r, key, &resolved).await;
+                let r2 = self.build_pulled(registry, r, key, &resolved).await;
                 if r2.is_err() {
                     let tmp = layout.tmp(&digest);
                     let _ = tokio::task::spawn_blocking(move || remove_tree(&tmp)).await;
                 }
-                r2?;
+                downloaded = r2?;
             }
         }
         let (layout, key, d) = (layout.clone(), key.to_string(), digest.clone());
@@ -254,22 +265,23 @@ impl ImageStore {
         })
         .await
         .map_err(|e| ImageError::io("recording the reference", std::io::Error::other(e)))??;
-        Ok(digest)
+        Ok((digest, downloaded))
     }
 
+    /// Downloads and builds the image; returns the bytes of the blobs downloaded.
     async fn build_pulled(
         &self,
+        registry: &Registry,
         r: &Reference,
         key: &str,
         resolved: &crate::registry::Resolved,
-    ) -> Result<(), ImageError> {
+    ) -> Result<u64, ImageError> {
         let inner = &self.inner;
         let m = &resolved.manifest;
         let config_digest = check_manifest(key, m)?;
         let tmp = ImageBuild::prepare_tmp(&inner.layout, &resolved.digest)?;
         let config_path = tmp.join("config-blob");
-        inner
-            .registry
+        registry
             .download_blob(r, &m.config, &config_path, 4 << 20)
             .await?;
         let config_raw = tokio::fs::read(&config_path)
@@ -287,8 +299,7 @@ impl ImageStore {
         for layer in &m.layers {
             let d = crate::registry::checked_digest(key, &layer.digest)?;
             let path = b.blob_path(&d);
-            inner
-                .registry
+            registry
                 .download_blob(r, layer, &path, inner.config.max_image_bytes)
                 .await?;
             b.add_layer(layer, path).await?;
@@ -298,7 +309,8 @@ impl ImageStore {
         tokio::task::spawn_blocking(move || b.commit(&raw, &config_raw, origin))
             .await
             .map_err(|e| ImageError::io("committing", std::io::Error::other(e)))??;
-        Ok(())
+        let sizes = std::iter::once(&m.config).chain(&m.layers);
+        Ok(sizes.map(|d| u64::try_from(d.size).unwrap_or(0)).sum())
     }
 
     /// Every image in the store, most recently used first.

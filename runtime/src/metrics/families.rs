@@ -252,7 +252,8 @@ impl Consumers {
     }
 }
 
-/// Image pulls, cache hits and bytes (wherever the image store runs).
+/// Image pulls, cache hits and bytes: the local runtime's, counted by the dispatcher once per run as the run
+/// starts (on Kubernetes the kubelet pulls and keeps its own figures).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Images {
     pub pulls: Counter,

@@ -306,7 +306,7 @@ async fn a_run_whose_supervisor_process_dies_is_detected_lost_and_dispatched_aga
 }
 
 #[tokio::test]
-async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file()
+async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert_file_and_an_auth_file_pulled_once()
 -> anyhow::Result<()> {
     use airlock_test_support::oci::{
         ImageSpec, PASSWORD, Pusher, USER, auth_file, busybox_layer, tls_registry,
@@ -346,6 +346,25 @@ async fn an_image_from_a_tls_registry_with_htpasswd_runs_with_its_ca_in_ssl_cert
             .unwrap_or_default()
             .contains("from-the-tls-registry"),
         "{rec:?}"
+    );
+
+    // A second run of the image finds it in the cache; the dispatcher counts one pull and one cache hit.
+    let mut again = req.clone();
+    again["id"] = json!("tls-2");
+    let mut events = sys.events("tls-2").await?;
+    sys.submit(&again).await?;
+    let terminal = events.until_terminal().await?;
+    assert_eq!(terminal.status, RunStatus::Succeeded, "{:?}", events.seen);
+    let m = sys
+        .wait_metrics(DISPATCHER, "the cache hit to be counted", |m| {
+            m.get("airlock_image_cache_hits_total", &[]) >= 1.0
+        })
+        .await?;
+    assert_eq!(m.get("airlock_image_pulls_total", &[]), 1.0);
+    assert_eq!(m.get("airlock_image_cache_hits_total", &[]), 1.0);
+    assert!(
+        m.get("airlock_image_pull_bytes_total", &[]) > 1000.0,
+        "the layers' bytes are counted"
     );
     sys.stop().await
 }
