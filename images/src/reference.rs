@@ -60,7 +60,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reference_rebuilt_from_its_parts_is_the_parsed_one() {
+    fn a_reference_rebuilt_from_its_parts_is_the_parsed_one()
+    -> Result<(), Box<dyn std::error::Error>> {
         for text in [
             "busybox",
             "busybox:1.36",
@@ -68,19 +69,19 @@ mod tests {
             "quay.io/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "quay.io/a/b:2@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
-            let parsed = Reference::try_from(text).unwrap();
-            let r = ImageRef::parse(text).unwrap();
+            let parsed = Reference::try_from(text)?;
+            let r = ImageRef::parse(text)?;
             assert_eq!(r.to_oci(), parsed, "{text}");
             assert_eq!(r.whole(), parsed.whole(), "{text}");
-            let through_json: ImageRef =
-                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            let through_json: ImageRef = serde_json::from_str(&serde_json::to_string(&r)?)?;
             assert_eq!(through_json, r);
         }
+        Ok(())
     }
 
     #[test]
     fn a_malformed_reference_is_refused_with_its_text() {
-        let e = ImageRef::parse("UPPER/Case:tag").unwrap_err();
+        let e = ImageRef::parse("UPPER/Case:tag").expect_err("upper case is not a reference");
         assert!(
             matches!(e, ImageError::InvalidReference { ref reference, .. } if reference == "UPPER/Case:tag")
         );
