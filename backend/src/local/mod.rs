@@ -85,6 +85,7 @@ mod uids;
 mod watch;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use airlock_images::{ImageRef, ImageStore, StoreConfig};
@@ -131,6 +132,8 @@ struct Inner {
     my_start: Option<u64>,
     /// Tells this state directory's cgroups apart from other runtimes' (run ids are the clients').
     cgroup_tag: String,
+    /// Where the next uid claim starts looking (see `slots`).
+    next_slot: AtomicU32,
 }
 
 impl LocalBackend {
@@ -219,6 +222,7 @@ impl LocalBackend {
                 subjects,
                 events,
                 me,
+                next_slot: AtomicU32::new(0),
             }),
         })
     }

@@ -5,6 +5,7 @@
 //! slot file whose uid lock is free is stale, and one naming a run whose lock is held is that run's.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use super::LocalBackend;
 use super::kill::kill_uid;
@@ -26,7 +27,10 @@ impl LocalBackend {
     /// scan of `/proc` after a crash).
     pub(super) fn take_slot(&self, run_id: &str) -> Result<(u32, UidLock), BackendError> {
         let c = self.config();
-        for slot in 0..c.sandbox_slots {
+        // From the slot after the last one claimed: runs end roughly in the order they started, so that one is
+        // most likely free, and a busy host does not try every held lock before a free one.
+        let first = self.inner.next_slot.load(Ordering::Relaxed) % c.sandbox_slots;
+        for slot in (first..c.sandbox_slots).chain(0..first) {
             let uid = c.sandbox_uid_base + slot;
             let Some(mut lock) = UidLock::try_acquire(&c.uid_lock_dir, uid).map_err(
                 BackendError::io("locking", c.uid_lock_dir.join(format!("{uid}.lock"))),
@@ -53,6 +57,7 @@ impl LocalBackend {
                 self.inner.me,
                 c.state_dir.display()
             ));
+            self.inner.next_slot.store(slot + 1, Ordering::Relaxed);
             return Ok((slot, lock));
         }
         Err(BackendError::Transient(format!(

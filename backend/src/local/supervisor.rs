@@ -213,9 +213,15 @@ impl LocalBackend {
             .spawn()
             .map_err(BackendError::io("starting the supervisor", program))?;
         let pid = child.id().unwrap_or_default();
-        // Not waited for here: tokio reaps it when it exits; it outlives this process by design (init reaps it
-        // then).
-        drop(child);
+        // Waited for by a task (through its pidfd), so that it is reaped when it exits without tokio polling
+        // every dropped child at each SIGCHLD; it outlives this process by design (init reaps it then).
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move {
+                let mut child = child;
+                let _ = child.wait().await;
+            })),
+            Err(_) => drop(child),
+        }
         let mut status = self
             .read_status(&run.run_id)?
             .ok_or_else(|| BackendError::Transient("the run vanished while launching".into()))?;
