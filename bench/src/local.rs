@@ -20,6 +20,8 @@ use crate::world::World;
 const UID_BASE: &str = "1050000000";
 /// Sandbox slots.
 const SLOTS: &str = "64";
+/// The queue and its cap (as many runs at once as there are slots).
+const QUEUE_CAP: &str = "default=64";
 /// Longest the stage may take.
 const LIMIT: Duration = Duration::from_secs(600);
 
@@ -50,7 +52,9 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     ]
     .map(String::from)
     .to_vec();
-    let d = w.service("dispatcher", &flags).await?;
+    // The queue's cap at the uid slots: no launch waits for a uid.
+    let queues = ["--queues".to_string(), QUEUE_CAP.to_string()];
+    let d = w.service("dispatcher", &[&flags[..], &queues[..]].concat()).await?;
     let i = w.service("ingester", &[]).await?;
     let j = w.service("janitor", &flags).await?;
     let subjects = Subjects::default();
