@@ -183,6 +183,7 @@ fn every_alert_expression_names_only_exported_metrics() -> Result<()> {
     }
     for (alert, metric) in [
         ("AirlockRunsStuckPastDeadline", "airlock_unreaped_runs"),
+        ("AirlockReapLagHigh", "airlock_reap_lag_seconds_bucket"),
         (
             "AirlockIngestRejectionsRising",
             "airlock_results_rejected_total",
