@@ -111,7 +111,14 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     watch.abort();
     let exact =
         |q| seen::exact_quantile(&own, q).map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0));
-    let within = own.iter().filter(|&&l| l <= 1.0).count();
+    let within = own.iter().filter(|l| l.0 <= 1.0).count();
+    let slowest: Vec<String> = own
+        .iter()
+        .rev()
+        .take(8)
+        .map(|(l, id)| format!("{id} {:.0} ms", l * 1000.0))
+        .collect();
+    eprintln!("[reap] slowest (own): {}", slowest.join(", "));
     eprintln!(
         "[reap] {n} reaped in {took:.2?}; {} seen finished by the bench, {} with both stamps",
         seen.len(),

@@ -69,9 +69,9 @@ impl Seen {
         self.0.lock().map_or(0, |s| s.len())
     }
 
-    /// Each of `ids`' lag from being seen finished to its record's `reaped_at`, in seconds, sorted; runs not
-    /// seen or not reaped are left out (their number is the difference in length).
-    pub async fn lags(&self, w: &World, ids: &[String]) -> Result<Vec<f64>> {
+    /// Each of `ids`' lag from being seen finished to its record's `reaped_at`, in seconds, sorted, with the
+    /// run's id; runs not seen or not reaped are left out (their number is the difference in length).
+    pub async fn lags(&self, w: &World, ids: &[String]) -> Result<Vec<(f64, String)>> {
         let seen = self
             .0
             .lock()
@@ -83,22 +83,22 @@ impl Seen {
             pipe.hget(record::key("airlock", id), field::REAPED_AT);
         }
         let reaped: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        let mut lags: Vec<f64> = ids
+        let mut lags: Vec<(f64, String)> = ids
             .iter()
             .zip(reaped)
             .filter_map(|(id, r)| {
                 let reaped = record::parse_timestamp(&r?)?;
                 let lag = reaped - *seen.get(id)?;
-                Some(lag.num_microseconds()? as f64 / 1e6)
+                Some((lag.num_microseconds()? as f64 / 1e6, id.clone()))
             })
             .collect();
-        lags.sort_by(f64::total_cmp);
+        lags.sort_by(|a, b| a.0.total_cmp(&b.0));
         Ok(lags)
     }
 }
 
 /// The `q` quantile (0..1) of sorted `xs`, nearest rank.
-pub fn exact_quantile(xs: &[f64], q: f64) -> Result<f64> {
+pub fn exact_quantile(xs: &[(f64, String)], q: f64) -> Result<f64> {
     let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len().max(1));
-    xs.get(rank - 1).copied().context("no samples")
+    xs.get(rank - 1).map(|x| x.0).context("no samples")
 }
