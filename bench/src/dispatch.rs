@@ -72,7 +72,7 @@ pub async fn run(scale: &Scale, airlock: bool) -> Result<Vec<Row>> {
         let after = d1.metrics().await?;
         let name = "airlock_dispatch_latency_seconds";
         let ms = |q| {
-            quantile(&before, &after, name, q)
+            quantile(&before, &after, name, &[], q)
                 .map_or("-".into(), |s| format!("{:.1} ms", s * 1000.0))
         };
         rows.push(Row {

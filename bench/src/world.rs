@@ -231,12 +231,22 @@ where
     }
 }
 
-/// The `q` quantile (0..1) of the histogram `name` (seconds), from the increase of its cumulative buckets
-/// between `before` and `after`, interpolated linearly inside the bucket.
-pub fn quantile(before: &Samples, after: &Samples, name: &str, q: f64) -> Option<f64> {
+/// The `q` quantile (0..1) of the histogram `name` (seconds), its series with `only` labels, from the increase
+/// of its cumulative buckets between `before` and `after`, interpolated linearly inside the bucket.
+pub fn quantile(
+    before: &Samples,
+    after: &Samples,
+    name: &str,
+    only: &[(&str, &str)],
+    q: f64,
+) -> Option<f64> {
     let buckets = |s: &Samples| -> Vec<(f64, f64)> {
         let mut b: Vec<(f64, f64)> = s
             .series(&format!("{name}_bucket"))
+            .filter(|(labels, _)| {
+                only.iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
             .filter_map(|(labels, v)| {
                 let le = labels.iter().find(|(k, _)| k == "le")?.1.as_str();
                 let le = if le == "+Inf" {

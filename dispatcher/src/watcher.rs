@@ -15,7 +15,7 @@ use airlock_backend::{Backend, ImageFetch, Observed, Phase};
 use airlock_runtime::store::RecordUpdate;
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -43,14 +43,15 @@ const LANES: usize = 16;
 const LANE_DEPTH: usize = 64;
 
 /// Handles each change of `changes` until `stop` (or the stream ends); changes still queued at `stop` are
-/// dropped (a new watch starts with the current state of every pod).
+/// dropped (a new watch starts with the current state of every pod). Each change is stamped when it comes off
+/// the watch: a finished run's timer carries that (milliseconds) for the janitor's reap lag.
 pub(crate) async fn follow(
     ctx: &Ctx,
     mut changes: BoxStream<'static, Observed>,
     stop: &CancellationToken,
 ) {
     let (lanes, queues): (Vec<_>, Vec<_>) = (0..LANES)
-        .map(|_| tokio::sync::mpsc::channel::<Observed>(LANE_DEPTH))
+        .map(|_| tokio::sync::mpsc::channel::<(Observed, DateTime<Utc>)>(LANE_DEPTH))
         .unzip();
     let feed = async move {
         loop {
@@ -58,18 +59,22 @@ pub(crate) async fn follow(
                 _ = stop.cancelled() => return,
                 o = changes.next() => match o { Some(o) => o, None => return },
             };
-            if lanes[lane_of(&o.run_id)].send(o).await.is_err() {
+            if lanes[lane_of(&o.run_id)]
+                .send((o, Utc::now()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     };
     let handle = futures::future::join_all(queues.into_iter().map(|mut queue| async move {
         loop {
-            let o = tokio::select! {
+            let (o, seen) = tokio::select! {
                 _ = stop.cancelled() => return,
                 o = queue.recv() => match o { Some(o) => o, None => return },
             };
-            handle(ctx, &o).await;
+            handle(ctx, &o, seen).await;
         }
     }));
     tokio::join!(feed, handle);
@@ -80,12 +85,12 @@ fn lane_of(run_id: &str) -> usize {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id) as usize % LANES
 }
 
-/// Records one change, retrying transient failures a few times.
-async fn handle(ctx: &Ctx, o: &Observed) {
+/// Records one change seen at `seen`, retrying transient failures a few times.
+async fn handle(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) {
     let backoff = ExponentialBuilder::default()
         .with_max_times(5)
         .with_jitter();
-    let r = (|| on_change(ctx, o))
+    let r = (|| on_change(ctx, o, seen))
         .retry(backoff)
         .when(Error::is_retryable)
         .await;
@@ -94,7 +99,7 @@ async fn handle(ctx: &Ctx, o: &Observed) {
     }
 }
 
-async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+async fn on_change(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) -> Result<(), Error> {
     // Most events of a pod are Pending ones with nothing to do (created, scheduled...): no store read.
     if o.phase == Phase::Pending && !o.is_stuck() {
         return Ok(());
@@ -148,7 +153,7 @@ async fn on_change(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
             debug!(run_id = %o.run_id, phase = ?o.phase, reason = ?o.reason, "Run finished; handing it to the janitor");
             let mut timer = TimerEvent::for_run(TimerKind::Finished, &o.run_id, o.attempt);
             timer.reason = o.reason.clone();
-            ctx.publisher.timer(&timer).await?;
+            ctx.publisher.timer_observed(&timer, Some(seen)).await?;
         }
     }
     Ok(())

@@ -5,6 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use futures::StreamExt;
+
 use airlock_kube_emulator::{FaultAction, Kind};
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use common::{Env, NS, request};
@@ -203,9 +206,25 @@ async fn a_valid_request_yields_one_network_policy_then_one_locked_down_pod_whos
         (RunStatus::Pending, RunStatus::Running)
     );
     assert_eq!(e2.metadata, Some(json!({ "ticket": 7 })));
-    let timer: TimerEvent = Env::next_json(&mut finished, T).await?;
+    let msg = tokio::time::timeout(T, finished.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("stream closed"))??;
+    let timer: TimerEvent = serde_json::from_slice(&msg.payload)?;
     assert_eq!(timer.kind, TimerKind::Finished);
     assert_eq!(timer.attempt, Some(1));
+    // Stamped in milliseconds when the watcher saw the pod finished: no earlier than Kubernetes' finishedAt
+    // (whole seconds), no later than now.
+    let seen = airlock_runtime::consume::observed_at(&msg).context("Airlock-Observed-At")?;
+    let finished_at = s(
+        &pod,
+        "/status/containerStatuses/0/state/terminated/finishedAt",
+    )
+    .context("finishedAt")?;
+    let finished_at = chrono::DateTime::parse_from_rfc3339(finished_at)?;
+    assert!(
+        finished_at <= seen && seen <= chrono::Utc::now(),
+        "seen {seen}, finished {finished_at}"
+    );
 
     // The deadline schedule: submit time + deadline + grace, on the timers stream.
     let sched = env

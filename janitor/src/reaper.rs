@@ -95,8 +95,11 @@ impl Janitor {
             (TimerKind::Sweep, _) => self.sweep_tick(msg).await,
             (_, Some(id)) if is_valid_name(id) => {
                 let tp = telemetry::from_headers(msg.headers.as_ref());
-                self.reap(&ev, id, delivered, consume::published_at(msg), tp)
-                    .await
+                let at = Stamps {
+                    fired: consume::published_at(msg),
+                    observed: consume::observed_at(msg),
+                };
+                self.reap(&ev, id, delivered, at, tp).await
             }
             (kind, id) => {
                 self.metrics.poison();
@@ -192,14 +195,14 @@ impl Janitor {
         result
     }
 
-    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, which fired (was stored) at `fired`,
-    /// in the run's trace: the timer's `traceparent`, else the one recorded on the run.
+    /// Handles a `deadline`, `finished` or `cancel` timer for `run_id`, stamped `at`, in the run's trace: the
+    /// timer's `traceparent`, else the one recorded on the run.
     async fn reap(
         &self,
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
-        fired: Option<DateTime<Utc>>,
+        at: Stamps,
         tp: Option<TraceParent>,
     ) -> Result<(), Error> {
         // Late and stale timers are no-ops, without taking the claim (and without reading the logs field).
@@ -212,7 +215,7 @@ impl Janitor {
             })
             .unwrap_or_else(telemetry::new_trace);
         let span = telemetry::run_span("reap", run_id, &tp);
-        self.reap_traced(ev, run_id, delivered, fired, head)
+        self.reap_traced(ev, run_id, delivered, at, head)
             .instrument(span)
             .await
     }
@@ -222,7 +225,7 @@ impl Janitor {
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
-        fired: Option<DateTime<Utc>>,
+        at: Stamps,
         head: Option<RunHead>,
     ) -> Result<(), Error> {
         let reaped = head
@@ -234,7 +237,7 @@ impl Janitor {
             debug!(run_id = %run_id, kind = ev.kind.as_str(), "Late timer for a reaped run or an older attempt; nothing to do");
             return Ok(());
         }
-        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered, fired))
+        self.claimed(run_id, self.reap_claimed(ev, run_id, delivered, at))
             .await
     }
 
@@ -243,7 +246,7 @@ impl Janitor {
         ev: &TimerEvent,
         run_id: &str,
         delivered: i64,
-        fired: Option<DateTime<Utc>>,
+        at: Stamps,
     ) -> Result<(), Error> {
         let Some(run) = self.load(run_id).await? else {
             // No record (never written, or expired): whatever exists for it is an orphan.
@@ -295,10 +298,8 @@ impl Janitor {
                     .await
             }
             Decision::End(v) => {
-                let deadline = fired.filter(|_| ev.kind == TimerKind::Deadline);
-                let since = v.finished_at.map(|t| (LagFrom::Finish, t));
-                let since = since.or(deadline.map(|t| (LagFrom::Deadline, t)));
-                self.end(&run, obs.as_ref(), v, since, delivered).await
+                let since = lag_starts(ev.kind, &v, at);
+                self.end(&run, obs.as_ref(), v, &since, delivered).await
             }
         }
     }
@@ -327,7 +328,7 @@ impl Janitor {
         run: &StoredRun,
         obs: Option<&Observed>,
         v: Verdict,
-        since: Option<(LagFrom, DateTime<Utc>)>,
+        since: &[(LagFrom, DateTime<Utc>)],
         delivered: i64,
     ) -> Result<(), Error> {
         let run_id = run.id();
@@ -446,8 +447,12 @@ impl Janitor {
                 exit_code: None,
                 finished_at: obs.and_then(|o| o.finished_at),
             };
-            let since = v.finished_at.map(|t| (LagFrom::Finish, t));
-            return self.end(run, obs, v, since, delivered).await;
+            let since: Vec<_> = v
+                .finished_at
+                .map(|t| (LagFrom::Finish, t))
+                .into_iter()
+                .collect();
+            return self.end(run, obs, v, &since, delivered).await;
         };
         self.remove(run_id).await?;
         self.publisher.request(queue, request, next).await?;
@@ -467,6 +472,34 @@ impl Janitor {
         info!(run_id = %run_id, why = %why, attempt = next, "Run lost through no fault of its own; re-dispatched");
         Ok(())
     }
+}
+
+/// When a timer was stored in its stream (`fired`: for a deadline, when it came due) and, for a `finished`
+/// timer, when the watcher saw the run finish (`observed`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamps {
+    pub fired: Option<DateTime<Utc>>,
+    pub observed: Option<DateTime<Utc>>,
+}
+
+/// What the reap lag of a `kind` timer ending a run with `v` is measured from: the finish the backend
+/// reported (an upper bound in Kubernetes, whose timestamps are whole seconds), and the watcher's
+/// observation (a lower bound, in milliseconds) when the timer reports it; a deadline from the timer firing,
+/// when the job had not finished.
+fn lag_starts(kind: TimerKind, v: &Verdict, at: Stamps) -> Vec<(LagFrom, DateTime<Utc>)> {
+    let mut since = Vec::with_capacity(2);
+    match v.finished_at {
+        Some(t) => since.push((LagFrom::Finish, t)),
+        None => {
+            if let Some(t) = at.fired.filter(|_| kind == TimerKind::Deadline) {
+                since.push((LagFrom::Deadline, t));
+            }
+        }
+    }
+    if let Some(t) = at.observed.filter(|_| kind == TimerKind::Finished) {
+        since.push((LagFrom::Observed, t));
+    }
+    since
 }
 
 /// A `finished` or `stuck` timer for an attempt before the run's current one is stale (deadline and cancel

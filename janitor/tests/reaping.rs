@@ -82,6 +82,41 @@ async fn a_job_that_exits_zero_ends_succeeded_with_its_logs_and_is_reaped_prompt
 }
 
 #[tokio::test]
+async fn the_reap_lag_is_also_measured_from_the_watchers_observation_when_the_timer_carries_one()
+-> Result<()> {
+    let env = Env::start().await?;
+    let janitor = env.janitor(&[])?;
+    for id in ["seen-1", "unseen-1"] {
+        env.submit(id, "true", 60).await?;
+        env.emu
+            .wait_for_pod_phase(NS, &Env::object(id), "Succeeded", T)
+            .await?;
+    }
+    // A watcher that saw the first pod finish a minute ago (its timer was late), and a timer that says
+    // nothing of an observation (as the sweep's).
+    let finished = |id: &str| TimerEvent::for_run(TimerKind::Finished, id, 1);
+    let seen = Utc::now() - chrono::Duration::seconds(60);
+    env.publisher
+        .timer_observed(&finished("seen-1"), Some(seen))
+        .await?;
+    env.publisher.timer(&finished("unseen-1")).await?;
+    for id in ["seen-1", "unseen-1"] {
+        assert_eq!(env.reaped(id, T).await?.status, Some(RunStatus::Succeeded));
+    }
+
+    let m = janitor.metrics.samples();
+    let (observed, finish) = ([("from", "observed")], [("from", "finish")]);
+    assert_eq!(m.get("airlock_reap_lag_seconds_count", &finish), 2.0);
+    assert_eq!(m.get("airlock_reap_lag_seconds_count", &observed), 1.0);
+    let from_seen = m.get("airlock_reap_lag_seconds_sum", &observed);
+    assert!(from_seen >= 60.0, "observed lag {from_seen} s");
+    // Beyond the 1 s bucket: the minute-old observation is not mistaken for a prompt reap.
+    let within = [("from", "observed"), ("le", "1.0")];
+    assert_eq!(m.get("airlock_reap_lag_seconds_bucket", &within), 0.0);
+    janitor.stop().await
+}
+
+#[tokio::test]
 async fn a_job_that_runs_past_its_deadline_ends_timed_out_with_deadline_exceeded() -> Result<()> {
     let mut env = Env::start().await?;
     env.watch_like_the_dispatcher();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_schemas::env;
+use airlock_schemas::event::OBSERVED_AT_HEADER;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -48,6 +49,14 @@ pub async fn settle(msg: &jetstream::Message, outcome: &Outcome) {
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(subject = %msg.subject, error = %e, "Ack failed; the message will be redelivered");
     }
+}
+
+/// When what a timer reports was observed: its `Airlock-Observed-At` header, when present and valid.
+pub fn observed_at(msg: &jetstream::Message) -> Option<DateTime<Utc>> {
+    let value = msg.headers.as_ref()?.get(OBSERVED_AT_HEADER)?;
+    DateTime::parse_from_rfc3339(value.as_str())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Delivery count of a message (1 on first delivery).

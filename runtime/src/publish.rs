@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_schemas::{
     LifecycleEvent, RequestRejected, ResultRejected, RunRequest, RunStatus, Subjects, TimerEvent,
-    TimerKind, TraceParent, env,
+    TimerKind, TraceParent, env, event::OBSERVED_AT_HEADER,
 };
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
@@ -240,13 +240,28 @@ impl Publisher {
     /// Publishes a timer event now (deduplicated per kind, run and attempt); `true` when stored, `false` when
     /// the stream already had it.
     pub async fn timer(&self, ev: &TimerEvent) -> Result<bool, Error> {
+        self.timer_observed(ev, None).await
+    }
+
+    /// [`Self::timer`], saying when what it reports was `observed` (the `Airlock-Observed-At` header, in
+    /// milliseconds) when given.
+    pub async fn timer_observed(
+        &self,
+        ev: &TimerEvent,
+        observed: Option<DateTime<Utc>>,
+    ) -> Result<bool, Error> {
         let id = MsgId::Timer {
             kind: ev.kind,
             run_id: ev.run_id.as_deref(),
             attempt: ev.attempt,
         };
+        let mut headers = HeaderMap::new();
+        if let Some(at) = observed {
+            let at = at.to_rfc3339_opts(SecondsFormat::Millis, true);
+            headers.insert(OBSERVED_AT_HEADER, at.as_str());
+        }
         let subject = self.subjects.timer(ev.kind, ev.run_id.as_deref());
-        self.publish(subject, id, HeaderMap::new(), ev).await
+        self.publish(subject, id, headers, ev).await
     }
 
     /// Schedules the run's deadline timer: a message schedule that fires once at `at` into

@@ -37,6 +37,12 @@ impl TimerKind {
     }
 }
 
+/// NATS header on a `finished` timer: when the dispatcher's watcher saw the run's pod (or process) finish,
+/// RFC 3339 with milliseconds. The janitor measures `airlock_reap_lag_seconds{from="observed"}` from it;
+/// Kubernetes' own `finishedAt` has whole seconds. A header, not a field, so a janitor of any version reads
+/// the timer.
+pub const OBSERVED_AT_HEADER: &str = "Airlock-Observed-At";
+
 /// A timer event on `airlock.timers.<kind>[.<run_id>]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -253,7 +253,8 @@ impl Env {
         Ok(())
     }
 
-    /// Stands in for the dispatcher's watcher: publishes a `finished` timer whenever a pod finishes.
+    /// Stands in for the dispatcher's watcher: publishes a `finished` timer, stamped when it saw the pod
+    /// finish, whenever a pod finishes.
     pub fn watch_like_the_dispatcher(&mut self) {
         let backend = self.backend.clone();
         let publisher = self.publisher.clone();
@@ -266,13 +267,14 @@ impl Env {
                     o = changes.next() => match o { Some(o) => o, None => return },
                 };
                 if obs.phase.is_finished() {
+                    let seen = chrono::Utc::now();
                     let ev = TimerEvent {
                         kind: TimerKind::Finished,
                         run_id: Some(obs.run_id.clone()),
                         attempt: Some(obs.attempt),
                         reason: None,
                     };
-                    if let Err(e) = publisher.timer(&ev).await {
+                    if let Err(e) = publisher.timer_observed(&ev, Some(seen)).await {
                         tracing::warn!(error = %e, "test watcher could not publish a finished timer");
                     }
                 }

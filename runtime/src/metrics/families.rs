@@ -21,13 +21,20 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
-/// Lag buckets: 10 ms to about 20 min, doubling.
+/// Lag buckets, 5 ms to 20 min: fine around the 1 s reap target (a bound at exactly 1 s, so the share of
+/// reaps within it is read off a bucket, not interpolated), coarse beyond.
+pub(super) const LAG_BUCKETS: [f64; 20] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1200.0,
+];
+
+/// [`LAG_BUCKETS`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LagBuckets;
 
 impl MetricConstructor<Histogram> for LagBuckets {
     fn new_metric(&self) -> Histogram {
-        Histogram::new(exponential_buckets(0.01, 2.0, 17))
+        Histogram::new(LAG_BUCKETS)
     }
 }
 
@@ -189,7 +196,7 @@ impl Reap {
         );
         r.register_with_unit(
             "reap_lag",
-            "From the job's finish (or its deadline timer firing) to its terminal status recorded",
+            "To the run's terminal status recorded: from the job's finish as the backend reports it (whole seconds in Kubernetes), from the watcher seeing it finished (ms), or from its deadline timer firing",
             Unit::Seconds,
             self.lag.clone(),
         );

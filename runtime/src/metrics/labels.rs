@@ -152,8 +152,12 @@ pub struct StatusLabels {
 /// What a reap lag is measured from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LagFrom {
-    /// The job finished.
+    /// The job finished, as the backend reports it (Kubernetes' `finishedAt` has whole seconds, truncated:
+    /// a lag from it may be up to 1 s too long, never too short).
     Finish,
+    /// The dispatcher's watcher saw the job finished (milliseconds; the true finish is no later, so a lag
+    /// from it is never too long): Airlock's own share of the lag.
+    Observed,
     /// The deadline timer fired (deadline plus the dispatcher's grace).
     Deadline,
 }
@@ -163,6 +167,7 @@ impl LagFrom {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Finish => "finish",
+            Self::Observed => "observed",
             Self::Deadline => "deadline",
         }
     }

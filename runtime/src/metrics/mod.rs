@@ -231,16 +231,17 @@ impl Metrics {
 
     // --- Janitor ---
 
-    /// This process moved a run to terminal `status`; `since` is when it finished, or its deadline passed
-    /// (`from`), when known.
-    pub fn run_reaped(&self, status: &'static str, since: Option<(LagFrom, DateTime<Utc>)>) {
+    /// This process moved a run to terminal `status`; `since` says when it finished, was seen finished, or
+    /// its deadline passed (`from`), as far as known: one reap lag observation each.
+    pub fn run_reaped(&self, status: &'static str, since: &[(LagFrom, DateTime<Utc>)]) {
         self.0
             .reap
             .reaps
             .get_or_create(&StatusLabels { status })
             .inc();
-        if let Some((from, at)) = since {
-            let lag = (Utc::now() - at).to_std().unwrap_or_default();
+        let now = Utc::now();
+        for &(from, at) in since {
+            let lag = (now - at).to_std().unwrap_or_default();
             self.0
                 .reap
                 .lag

@@ -165,7 +165,14 @@ mod tests {
         m.backend_call("create Pod", ApiCode::Status(409));
         m.result_rejected("invalid_token");
         m.ingest_batch(3);
-        m.run_reaped("succeeded", Some((LagFrom::Finish, chrono::Utc::now())));
+        let now = chrono::Utc::now();
+        m.run_reaped(
+            "succeeded",
+            &[
+                (LagFrom::Finish, now - chrono::Duration::milliseconds(1900)),
+                (LagFrom::Observed, now - chrono::Duration::milliseconds(900)),
+            ],
+        );
         let text = m.encode();
         assert!(
             text.contains("airlock_runs_accepted_total{queue=\"default\"} 2"),
@@ -212,6 +219,14 @@ mod tests {
             s.get("airlock_reap_lag_seconds_count", &[("from", "finish")]),
             1.0
         );
+        // Each start its own series; 1 s is a bucket bound, so "within the target" is exact.
+        let within = |from| {
+            s.get(
+                "airlock_reap_lag_seconds_bucket",
+                &[("from", from), ("le", "1.0")],
+            )
+        };
+        assert_eq!((within("observed"), within("finish")), (1.0, 0.0));
     }
 
     #[test]

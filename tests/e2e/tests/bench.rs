@@ -21,6 +21,8 @@ async fn the_quick_benchmark_prints_a_table_with_every_stage_and_ratios() -> any
         "| dispatch (kube, pods held Pending), 2 replicas |",
         "| ingest, draining a ",
         "| reap, ",
+        "| reap lag p50 / p99 / max, the bench's own: ",
+        "| reap lag p50 / p99, janitor `from=\"observed\"`",
         "| memory: dispatcher peak RSS with ",
         "| local: ",
         "| ceiling: JetStream pull consume + ack |",

@@ -32,7 +32,7 @@ fn exported_series() -> BTreeSet<String> {
         code: ApiCode::Timeout,
     });
     m.result_rejected("invalid_token");
-    m.run_reaped("succeeded", Some((LagFrom::Finish, chrono::Utc::now())));
+    m.run_reaped("succeeded", &[(LagFrom::Finish, chrono::Utc::now())]);
     m.janitor(JanitorAction::Sweep);
     m.set_consumer("c", 1, 1, 1);
     let text = m.encode();
@@ -183,6 +183,7 @@ fn every_alert_expression_names_only_exported_metrics() -> Result<()> {
     }
     for (alert, metric) in [
         ("AirlockRunsStuckPastDeadline", "airlock_unreaped_runs"),
+        ("AirlockReapLagHigh", "airlock_reap_lag_seconds_bucket"),
         (
             "AirlockIngestRejectionsRising",
             "airlock_results_rejected_total",
