@@ -35,7 +35,11 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     let tmpfs = std::path::Path::new("/dev/shm");
     let dir = tempfile::Builder::new()
         .prefix("airlock-bench-")
-        .tempdir_in(if tmpfs.is_dir() { tmpfs.to_path_buf() } else { std::env::temp_dir() })?;
+        .tempdir_in(if tmpfs.is_dir() {
+            tmpfs.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        })?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let state = dir.path().join("state").display().to_string();
     // The job's image, imported into the runtime's image store: the benchmark talks to no registry.
@@ -54,7 +58,9 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     .to_vec();
     // The queue's cap at the uid slots: no launch waits for a uid.
     let queues = ["--queues".to_string(), QUEUE_CAP.to_string()];
-    let d = w.service("dispatcher", &[&flags[..], &queues[..]].concat()).await?;
+    let d = w
+        .service("dispatcher", &[&flags[..], &queues[..]].concat())
+        .await?;
     let i = w.service("ingester", &[]).await?;
     let j = w.service("janitor", &flags).await?;
     let subjects = Subjects::default();
@@ -138,7 +144,9 @@ struct Cpu([Duration; 3]);
 
 impl Cpu {
     fn since(&self, before: &Cpu) -> Cpu {
-        Cpu(std::array::from_fn(|k| self.0[k].saturating_sub(before.0[k])))
+        Cpu(std::array::from_fn(|k| {
+            self.0[k].saturating_sub(before.0[k])
+        }))
     }
 
     /// `x ms (three services: dispatcher a, ingester b, janitor c)` per run.

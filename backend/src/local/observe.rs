@@ -32,6 +32,14 @@ impl LocalBackend {
 
     /// [`Self::observe`] on the calling thread (it reads `/proc` and probes a file lock).
     pub(super) fn observe_blocking(&self, run_id: &str) -> Result<Option<Observed>, BackendError> {
+        Ok(self.observe_status_blocking(run_id)?.map(|(o, _)| o))
+    }
+
+    /// [`Self::observe_blocking`], with the status it was read from.
+    pub(super) fn observe_status_blocking(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(Observed, StatusFile)>, BackendError> {
         if !is_valid_name(run_id) {
             return Ok(None);
         }
@@ -39,13 +47,13 @@ impl LocalBackend {
             return Ok(None);
         };
         if s.is_finished() || self.supervisor_alive(&s) {
-            return Ok(Some(s.to_observed(false)));
+            return Ok(Some((s.to_observed(false), s)));
         }
         let mut o = s.to_observed(true);
         o.phase = Phase::Failed;
         o.reason = Some("SupervisorLost".into());
         o.message = Some("the process supervising this run is gone".into());
-        Ok(Some(o))
+        Ok(Some((o, s)))
     }
 
     /// The last `max_bytes` of the run's output (stdout and stderr interleaved).

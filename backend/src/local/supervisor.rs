@@ -245,21 +245,15 @@ impl LocalBackend {
         }
     }
 
-    /// Publishes the result of a run whose supervisor process left it pending, then clears the flag; a
-    /// run another publisher holds is skipped (it will be seen again).
-    pub(super) async fn publish_pending(&self, run_id: &str) {
+    /// Publishes the result of a run whose supervisor process left it pending, then clears the flag and
+    /// returns the final status written; a run another publisher holds is skipped (it will be seen again).
+    pub(super) async fn publish_pending(&self, run_id: &str) -> Option<StatusFile> {
         let dir = self.run_dir(run_id);
-        let Ok(lock) = File::create(dir.join(PUBLISH_LOCK)) else {
-            return;
-        };
-        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
-            return;
-        }
-        let Ok(Some(mut status)) = self.read_status(run_id) else {
-            return;
-        };
+        let lock = File::create(dir.join(PUBLISH_LOCK)).ok()?;
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).ok()?;
+        let mut status = self.read_status(run_id).ok()??;
         if !status.result_pending {
-            return;
+            return None;
         }
         let spec: Option<SpecFile> = read_json(&dir.join(SPEC)).ok().flatten();
         let job_env = spec.map(|s| s.env).unwrap_or_default();
@@ -284,8 +278,10 @@ impl LocalBackend {
         let path = dir.join(STATUS);
         if let Err(e) = write_json(&path, &status) {
             warn!(run_id, error = %e, "Could not write the final status");
+            return None;
         }
-        info!(run_id, phase = ?status.phase, reason = ?status.reason, "Result of an adopted run published");
+        info!(run_id, phase = ?status.phase, reason = ?status.reason, "Result of a supervisor process published");
+        Some(status)
     }
 }
 

@@ -145,14 +145,9 @@ impl State {
         ids.sort();
         let Ok(read) = tokio::task::spawn_blocking(move || {
             ids.into_iter()
-                .map(|id| {
-                    let o = b.observe_blocking(&id).ok().flatten();
-                    let pending = b
-                        .read_status(&id)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.result_pending);
-                    (id, o, pending)
+                .map(|id| match b.observe_status_blocking(&id) {
+                    Ok(Some((o, s))) => (id, Some(o), s.result_pending),
+                    _ => (id, None, false),
                 })
                 .collect::<Vec<_>>()
         })
@@ -175,10 +170,13 @@ impl State {
                     out.push(o);
                     continue;
                 }
-                self.backend.publish_pending(&id).await;
-                match self.backend.observe(&id).await {
-                    Ok(Some(now)) => o = now,
-                    _ => continue,
+                match self.backend.publish_pending(&id).await {
+                    // The final status just written: finished, so no liveness to ask.
+                    Some(done) => o = done.to_observed(false),
+                    None => match self.backend.observe(&id).await {
+                        Ok(Some(now)) => o = now,
+                        _ => continue,
+                    },
                 }
             }
             let before = self.seen.get(&id).map(|p| p.phase);
