@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use airlock_backend::BackendArgs;
-use airlock_runtime::config::CommonArgs;
-use airlock_schemas::{Policy, is_valid_name};
+use airlock_runtime::config::{CommonArgs, QueueCap, parse_queue};
+use airlock_schemas::Policy;
 
 use crate::Error;
 
@@ -29,10 +29,10 @@ pub struct Config {
     #[arg(long, env = "AIRLOCK_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
 
-    /// Queues `submit` accepts, `name` or `name=cap` (the dispatcher's `AIRLOCK_QUEUES`; caps are ignored
-    /// here), comma-separated; any valid queue name when empty.
-    #[arg(long = "queues", env = "AIRLOCK_QUEUES", value_delimiter = ',')]
-    pub queues: Vec<String>,
+    /// Queues `submit` accepts, `name` or `name=cap` (the dispatcher's `AIRLOCK_QUEUES`, parsed alike; caps
+    /// are not used here), comma-separated; any valid queue name when empty.
+    #[arg(long = "queues", env = "AIRLOCK_QUEUES", value_delimiter = ',', value_parser = parse_queue)]
+    pub queues: Vec<QueueCap>,
 
     /// Requests other than `logs` handled at once per replica.
     #[arg(long, env = "AIRLOCK_API_CONCURRENCY", default_value_t = 64)]
@@ -60,17 +60,7 @@ impl Config {
     }
 
     /// The queue names `submit` accepts (empty: any).
-    pub fn queue_names(&self) -> Result<Vec<String>, Error> {
-        self.queues
-            .iter()
-            .map(|q| {
-                let name = q.split_once('=').map_or(q.as_str(), |(n, _)| n).trim();
-                if is_valid_name(name) {
-                    Ok(name.to_string())
-                } else {
-                    Err(Error::Config(format!("queue {name:?} is not a valid name")))
-                }
-            })
-            .collect()
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.name.clone()).collect()
     }
 }

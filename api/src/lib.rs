@@ -38,7 +38,7 @@ pub const NAME: &str = "airlock-api";
 /// Runs the API until `shutdown`, then lets in-flight requests finish within the shutdown grace.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let policy = config.policy()?;
-    let queues = config.queue_names()?;
+    let queues = config.queue_names();
     let subjects = config.common.subjects();
     let metrics = Metrics::new(MetricsService::Api);
     let started = service::start(&config.common, NAME, &metrics, &shutdown).await?;

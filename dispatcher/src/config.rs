@@ -7,44 +7,14 @@ use airlock_backend::BackendArgs;
 use airlock_runtime::config::{
     CommonArgs, ConsumerArgs, ConsumerDefaults, ConsumerEnv, ConsumerService,
 };
-use airlock_schemas::{Policy, is_valid_name};
+use airlock_schemas::Policy;
 use clap::Parser;
 
 use crate::Error;
 use crate::error::config as config_error;
 
-/// A queue to consume and the most runs it may have at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueCap {
-    /// Queue name (`airlock.runs.<name>`).
-    pub name: String,
-    /// Most runs of this queue holding a slot (being launched, pending or running) at once.
-    pub cap: u32,
-}
-
-fn parse_queue(s: &str) -> Result<QueueCap, String> {
-    let (name, cap) = match s.split_once('=') {
-        Some((n, c)) => (
-            n.trim(),
-            c.trim()
-                .parse::<u32>()
-                .map_err(|e| format!("cap of queue {n:?}: {e}"))?,
-        ),
-        None => (s.trim(), 100),
-    };
-    if !is_valid_name(name) {
-        return Err(format!(
-            "queue name {name:?} must be 1-40 of [a-z0-9-], alphanumeric at both ends"
-        ));
-    }
-    if cap == 0 {
-        return Err(format!("the cap of queue {name:?} must be at least 1"));
-    }
-    Ok(QueueCap {
-        name: name.to_string(),
-        cap,
-    })
-}
+pub use airlock_runtime::config::QueueCap;
+use airlock_runtime::config::parse_queue;
 
 /// The dispatcher's consumer settings: names `AIRLOCK_DISPATCHER_*` and defaults.
 #[derive(Debug, Clone)]

@@ -412,3 +412,64 @@ pub fn load_policy(path: Option<&Path>) -> Result<airlock_schemas::Policy, crate
     serde_json::from_slice(&bytes)
         .map_err(|e| crate::Error::Config(format!("policy {}: {e}", p.display())))
 }
+
+/// A queue to consume and the most runs it may have at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCap {
+    /// Queue name (`airlock.runs.<name>`).
+    pub name: String,
+    /// Most runs of this queue holding a slot (being launched, pending or running) at once.
+    pub cap: u32,
+}
+
+/// Parses `AIRLOCK_QUEUES` items: `name` (cap 100) or `name=cap`.
+pub fn parse_queue(s: &str) -> Result<QueueCap, String> {
+    let (name, cap) = match s.split_once('=') {
+        Some((n, c)) => (
+            n.trim(),
+            c.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("cap of queue {n:?}: {e}"))?,
+        ),
+        None => (s.trim(), 100),
+    };
+    if !airlock_schemas::is_valid_name(name) {
+        return Err(format!(
+            "queue name {name:?} must be 1-40 of [a-z0-9-], alphanumeric at both ends"
+        ));
+    }
+    if cap == 0 {
+        return Err(format!("the cap of queue {name:?} must be at least 1"));
+    }
+    Ok(QueueCap {
+        name: name.to_string(),
+        cap,
+    })
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_item_is_a_name_with_an_optional_cap_and_bad_ones_say_why() {
+        let q = |s| parse_queue(s);
+        assert_eq!(
+            q("default"),
+            Ok(QueueCap {
+                name: "default".into(),
+                cap: 100
+            })
+        );
+        assert_eq!(
+            q(" gpu = 4 "),
+            Ok(QueueCap {
+                name: "gpu".into(),
+                cap: 4
+            })
+        );
+        assert!(q("gpu=0").is_err_and(|e| e.contains("at least 1")));
+        assert!(q("gpu=many").is_err_and(|e| e.contains("cap of queue")));
+        assert!(q("Bad_Name").is_err_and(|e| e.contains("must be 1-40")));
+    }
+}
