@@ -165,34 +165,50 @@ async fn dispatch(
     } else {
         Launch::NotLaunchable
     };
-    match launched {
-        Launch::Launched => {}
+    let launched_now = match launched {
+        Launch::Launched => true,
         Launch::Settle(outcome) => return Ok(outcome),
         Launch::NotLaunchable => {
             if let Some(done) = not_launchable(ctx, &id, req.attempt).await? {
                 return Ok(done);
             }
+            false
         }
-    }
+    };
 
-    // 4. `pending` (refused, harmlessly, when the watcher already saw it running or on a re-dispatch).
+    // 4. `pending` (refused, harmlessly, when the watcher already saw it running or on a re-dispatch). The
+    // same atomic step tells a run that ended (cancel, deadline) while its launch was in flight.
     let t = ctx
         .store
         .transition(&id, RunStatus::Pending, &RecordUpdate::default())
         .await?;
     debug!(run_id = %id, applied = t.applied(), "Pending recorded");
-    if t.applied() || req.attempt > 1 {
-        let ev = LifecycleEvent::now(&id, RunStatus::Pending).with_queue(Some(queue));
-        ctx.publisher.event(&ev, req.attempt).await?;
+    if launched_now
+        && let Transition::Refused { current } = t
+        && current.is_terminal()
+    {
+        return ended_meanwhile(ctx, &id).await;
     }
+    let pending = async {
+        if t.applied() || req.attempt > 1 {
+            let ev = LifecycleEvent::now(&id, RunStatus::Pending).with_queue(Some(queue));
+            ctx.publisher.event(&ev, req.attempt).await?;
+        }
+        Ok::<_, Error>(())
+    };
 
-    // 5. The deadline timer, for the whole run (Pending included).
+    // 5. The deadline timer, for the whole run (Pending included); published beside the event (both are
+    // idempotent, neither depends on the other, and the message is acknowledged only after both).
     let at = submitted_at
         + chrono::Duration::seconds(i64::try_from(deadline).unwrap_or(i64::MAX / 2_000))
         + chrono::Duration::from_std(ctx.config.deadline_grace).unwrap_or_default();
-    ctx.publisher
-        .schedule_deadline(&id, req.attempt, at, Some(&tp))
-        .await?;
+    let timer = async {
+        ctx.publisher
+            .schedule_deadline(&id, req.attempt, at, Some(&tp))
+            .await
+            .map_err(Error::from)
+    };
+    tokio::try_join!(pending, timer)?;
     Ok(Outcome::Done)
 }
 
@@ -253,7 +269,8 @@ async fn record_queued(
 
 /// What [`launch`] did.
 enum Launch {
-    /// The run's objects exist (created now, or already).
+    /// The run's objects exist (created now, or already); whether the run ended meanwhile is told by the
+    /// `pending` transition that follows.
     Launched,
     /// The run may no longer be launched (see [`crate::slots::Acquire::NotLaunchable`]); nothing more was
     /// created.
@@ -313,7 +330,7 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
                 "Run objects already existed (redelivery)"
             };
             info!(run_id = %id, queue = %queue, attempt, "{how}");
-            return ended_meanwhile(ctx, id).await;
+            return Ok(Launch::Launched);
         }
         Err(LaunchError::NotLaunchable) => {
             info!(run_id = %id, attempt, "Run may no longer be launched (cancelled, timed out or superseded); launch retries stopped");
@@ -358,16 +375,14 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
     Ok(Launch::Settle(Outcome::Poison(reason)))
 }
 
-/// After a launch: when the run ended meanwhile (a cancel or deadline recorded while the launch was in
-/// flight, after the janitor's reap removed nothing), removes what was just created and gives the slot back.
-async fn ended_meanwhile(ctx: &Ctx, id: &str) -> Result<Launch, Error> {
-    if !ctx.store.head(id).await?.is_some_and(|h| h.is_terminal()) {
-        return Ok(Launch::Launched);
-    }
+/// After a launch, for a run that ended meanwhile (a cancel or deadline recorded while the launch was in
+/// flight, after the janitor's reap removed nothing; told by the refused `pending`): removes what was just
+/// created and gives the slot back.
+async fn ended_meanwhile(ctx: &Ctx, id: &str) -> Result<Outcome, Error> {
     warn!(run_id = %id, "Run ended while it was being launched; removing what was created");
     ctx.backend.remove(id).await?;
     ctx.slots.release(id).await?;
-    Ok(Launch::NotLaunchable)
+    Ok(Outcome::Done)
 }
 
 /// A run the slot script refused to launch: `Done` when it has ended (its slot given back) or has no

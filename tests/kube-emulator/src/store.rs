@@ -1,8 +1,13 @@
 //! The object store: objects by (kind, namespace, name), one global resourceVersion,
 //! a bounded event history for watches, and counters.
+//!
+//! Objects are kept as `Arc<Value>`: a change, the history and every watcher share one copy of each
+//! version, and each change is serialised as a watch event line once, for all watchers ([`Change::line`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
 
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
@@ -48,19 +53,60 @@ pub struct Change {
     pub etype: EventType,
     /// The object after the change (before removal for deletes).
     pub object: Arc<Value>,
+    /// The watch event line (`{"type":...,"object":...}` and a newline), serialised on first use.
+    line: OnceLock<Bytes>,
+}
+
+impl Change {
+    /// A change of `object`.
+    pub fn new(
+        rv: u64,
+        kind: Kind,
+        namespace: String,
+        etype: EventType,
+        object: Arc<Value>,
+    ) -> Self {
+        Self {
+            rv,
+            kind,
+            namespace,
+            etype,
+            object,
+            line: OnceLock::new(),
+        }
+    }
+
+    /// The watch event line of this change, serialised once and shared by every watcher.
+    pub fn line(&self) -> Bytes {
+        self.line
+            .get_or_init(|| event_line(self.etype.as_str(), &self.object))
+            .clone()
+    }
+}
+
+/// One watch event line: `{"type":"<etype>","object":<object>}` and a newline. `type` comes first, as the
+/// API server writes it, so a client decodes the object in one pass (the other order makes serde buffer it).
+pub fn event_line(etype: &str, object: &Value) -> Bytes {
+    let mut v = Vec::with_capacity(1024);
+    v.extend_from_slice(b"{\"type\":");
+    let _ = serde_json::to_writer(&mut v, etype);
+    v.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut v, object);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
 }
 
 #[derive(Debug)]
 struct Inner {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
     /// Changes with rv <= this are no longer in the history.
     compacted: u64,
     deletes: HashMap<Kind, u64>,
     creates: HashMap<Kind, u64>,
-    accepted: Vec<Value>,
+    accepted: Vec<Arc<Value>>,
     seq: u64,
 }
 
@@ -116,14 +162,8 @@ impl Store {
         self.lock().rv
     }
 
-    fn record(&self, inner: &mut Inner, kind: Kind, ns: &str, etype: EventType, obj: Value) {
-        let change = Arc::new(Change {
-            rv: inner.rv,
-            kind,
-            namespace: ns.to_string(),
-            etype,
-            object: Arc::new(obj),
-        });
+    fn record(&self, inner: &mut Inner, kind: Kind, ns: &str, etype: EventType, obj: Arc<Value>) {
+        let change = Arc::new(Change::new(inner.rv, kind, ns.to_string(), etype, obj));
         inner.history.push_back(change.clone());
         while inner.history.len() > inner.history_limit {
             if let Some(old) = inner.history.pop_front() {
@@ -174,10 +214,22 @@ impl Store {
 
     /// Get one object.
     pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.get_shared(kind, ns, name).map(Arc::unwrap_or_clone)
+    }
+
+    /// Get one object, shared (no copy).
+    pub fn get_shared(&self, kind: Kind, ns: &str, name: &str) -> Option<Arc<Value>> {
         self.lock()
             .objects
             .get(&(kind, ns.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Whether an object exists.
+    pub fn contains(&self, kind: Kind, ns: &str, name: &str) -> bool {
+        self.lock()
+            .objects
+            .contains_key(&(kind, ns.to_string(), name.to_string()))
     }
 
     /// List objects of a kind (optionally in one namespace) with the list resourceVersion.
@@ -187,7 +239,7 @@ impl Store {
             .objects
             .iter()
             .filter(|((k, n, _), _)| *k == kind && ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Value::clone(v))
             .collect();
         (items, g.rv)
     }
@@ -199,7 +251,7 @@ impl Store {
         ns: &str,
         mut obj: Value,
         from_client: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -254,6 +306,7 @@ impl Store {
             meta.remove("deletionTimestamp");
             meta.remove("deletionGracePeriodSeconds");
         }
+        let obj = Arc::new(obj);
         g.objects.insert(key, obj.clone());
         *g.creates.entry(kind).or_default() += 1;
         if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
@@ -276,7 +329,7 @@ impl Store {
         expected_rv: Option<&str>,
         from_client: bool,
         f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         let mut g = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
         let Some(current) = g.objects.get(&key).cloned() else {
@@ -291,9 +344,10 @@ impl Store {
         {
             return Err(ApiError::conflict(kind, name));
         }
-        let mut next = current.clone();
+        let mut next = Value::clone(&current);
         f(&mut next)?;
         // Preserve system metadata.
+        let current_meta = current.get("metadata");
         for field in [
             "uid",
             "creationTimestamp",
@@ -302,7 +356,7 @@ impl Store {
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
         ] {
-            let cur = current.pointer(&format!("/metadata/{field}")).cloned();
+            let cur = current_meta.and_then(|m| m.get(field)).cloned();
             if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
                 match cur {
                     Some(v) => {
@@ -320,7 +374,7 @@ impl Store {
                 meta.insert("namespace".into(), json!(ns));
             }
         }
-        if next == current {
+        if next == *current {
             return Ok(current);
         }
         if next.get("spec") != current.get("spec")
@@ -334,6 +388,7 @@ impl Store {
         if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
+        let next = Arc::new(next);
         g.objects.insert(key, next.clone());
         if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
             g.accepted.push(next.clone());
@@ -346,10 +401,11 @@ impl Store {
     pub fn mark_deleting(&self, kind: Kind, ns: &str, name: &str, grace: i64) -> Option<Value> {
         let mut g = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
-        let mut obj = g.objects.get(&key).cloned()?;
-        if obj.pointer("/metadata/deletionTimestamp").is_some() {
-            return Some(obj);
+        let current = g.objects.get(&key)?;
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Some(Value::clone(current));
         }
+        let mut obj = Value::clone(current);
         g.rv += 1;
         let rv = g.rv;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -357,8 +413,9 @@ impl Store {
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
-        g.objects.insert(key, obj.clone());
-        self.record(&mut g, kind, ns, EventType::Modified, obj.clone());
+        let shared = Arc::new(obj.clone());
+        g.objects.insert(key, shared.clone());
+        self.record(&mut g, kind, ns, EventType::Modified, shared);
         Some(obj)
     }
 
@@ -370,16 +427,23 @@ impl Store {
         let mut removed = Vec::new();
         let mut queue = vec![(kind, ns.to_string(), name.to_string())];
         while let Some(key) = queue.pop() {
-            let Some(mut obj) = g.objects.remove(&key) else {
+            let Some(obj) = g.objects.remove(&key) else {
                 continue;
             };
+            let mut obj = Arc::unwrap_or_clone(obj);
             g.rv += 1;
             let rv = g.rv;
             if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("resourceVersion".into(), json!(rv.to_string()));
             }
             *g.deletes.entry(key.0).or_default() += 1;
-            self.record(&mut g, key.0, &key.1, EventType::Deleted, obj.clone());
+            self.record(
+                &mut g,
+                key.0,
+                &key.1,
+                EventType::Deleted,
+                Arc::new(obj.clone()),
+            );
             if cascade {
                 let uid = obj
                     .pointer("/metadata/uid")
@@ -430,7 +494,7 @@ impl Store {
     pub fn snapshot_and_subscribe(
         &self,
         kind: Kind,
-    ) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Change>>) {
+    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Change>>) {
         let g = self.lock();
         let items = g
             .objects
@@ -460,12 +524,20 @@ impl Store {
 
     /// Every pod/networkpolicy version accepted from a client (create, update, patch).
     pub fn accepted(&self) -> Vec<Value> {
-        self.lock().accepted.clone()
+        self.lock()
+            .accepted
+            .iter()
+            .map(|v| Value::clone(v))
+            .collect()
     }
 
     /// Every stored object of every kind.
     pub fn all_objects(&self) -> Vec<Value> {
-        self.lock().objects.values().cloned().collect()
+        self.lock()
+            .objects
+            .values()
+            .map(|v| Value::clone(v))
+            .collect()
     }
 }
 
