@@ -17,6 +17,7 @@
 //!   server-side apply, logs, protobuf request bodies, the admin API under `/__emulator/`.
 //! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
 //!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
+//! - [`change`]: one change and its watch event line, serialised once for every watcher.
 //! - [`kubelet`]: scheduling, Unschedulable holds, image pulls and their failures, processes, logs,
 //!   events, phases, exit codes, `activeDeadlineSeconds`, forced final states.
 //! - [`validation`]: strict decoding into k8s-openapi types (unknown fields → 400),
@@ -104,6 +105,7 @@
 //!   `POST /__emulator/compact`, `GET /__emulator/validate`.
 
 pub mod api;
+pub mod change;
 pub mod emulator;
 pub mod faults;
 pub mod kinds;
