@@ -26,7 +26,7 @@
 //! - [`quantity`]: `ParseQuantity` and `Quantity.UnmarshalJSON`, ported (not shared with the
 //!   product) and tested on the table in `schemas/tests/data/quantities.json`.
 //! - [`status`]: `metav1.Status` bodies. [`selector`]: label/field selectors.
-//! - [`faults`]: fault rules (429, 500, dropped connection) and the request log.
+//! - [`faults`]: fault rules (429, 500, dropped connection, a late answer) and the request log.
 //! - [`schema`]: validation against the official 1.33 OpenAPI-derived JSON schemas
 //!   shipped by the PyPI package `kubernetes-validate`.
 //!
