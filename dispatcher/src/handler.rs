@@ -52,31 +52,47 @@ pub async fn handle(
             reservation.give_up();
             reject(&ctx, &req, &queue, &errors).await
         }
-        Ok(run) => {
-            let id = run.request.id.clone();
-            match ctx.store.run(&id).await {
-                Err(e) => Err(e.into()),
-                Ok(existing) => {
-                    // One trace per run: the recorded one (a redelivery or a re-dispatch), else the
-                    // request's, else a new one.
-                    let tp = existing
-                        .as_ref()
-                        .and_then(|r| r.record.traceparent.as_deref())
-                        .and_then(TraceParent::parse)
-                        .or_else(|| telemetry::from_headers(msg.headers.as_ref()))
-                        .unwrap_or_else(telemetry::new_trace);
-                    let span = telemetry::run_span("dispatch", &id, &tp);
-                    let run = Traced {
-                        run,
-                        existing,
-                        tp: telemetry::passed_on(&span, &tp),
-                    };
-                    dispatch(&ctx, &req, run, reservation)
-                        .instrument(span)
-                        .await
+        Ok(run) => match record_first(&ctx, &req, &run).await {
+            Err(e) => Err(e),
+            // The usual case, a new run: recorded `queued` without reading anything first.
+            Ok(Some((span, tp))) => {
+                let run = Traced {
+                    run,
+                    existing: None,
+                    tp,
+                    recorded: true,
+                };
+                dispatch(&ctx, &req, run, reservation)
+                    .instrument(span)
+                    .await
+            }
+            Ok(None) => {
+                let id = run.request.id.clone();
+                match ctx.store.run(&id).await {
+                    Err(e) => Err(e.into()),
+                    Ok(existing) => {
+                        // One trace per run: the recorded one (a redelivery or a re-dispatch), else the
+                        // request's, else a new one.
+                        let tp = existing
+                            .as_ref()
+                            .and_then(|r| r.record.traceparent.as_deref())
+                            .and_then(TraceParent::parse)
+                            .or_else(|| telemetry::from_headers(msg.headers.as_ref()))
+                            .unwrap_or_else(telemetry::new_trace);
+                        let span = telemetry::run_span("dispatch", &id, &tp);
+                        let run = Traced {
+                            run,
+                            existing,
+                            tp: telemetry::passed_on(&span, &tp),
+                            recorded: false,
+                        };
+                        dispatch(&ctx, &req, run, reservation)
+                            .instrument(span)
+                            .await
+                    }
                 }
             }
-        }
+        },
     };
     match result {
         Ok(o) => o,
@@ -122,6 +138,53 @@ struct Traced {
     run: ValidatedRun,
     existing: Option<StoredRun>,
     tp: TraceParent,
+    /// Recorded `queued` by [`record_first`] (a new run).
+    recorded: bool,
+}
+
+/// The first attempt of a run with no record yet (nearly every request) is recorded `queued` at once,
+/// with the request's trace (or a new one), and handled in that trace's span: one read of the record fewer
+/// per run. `None` when there is a record already (a redelivery, a run cancelled before its dispatch, a
+/// re-dispatch): the caller reads it and goes on from what it says.
+async fn record_first(
+    ctx: &Ctx,
+    req: &Request<'_>,
+    run: &ValidatedRun,
+) -> Result<Option<(tracing::Span, TraceParent)>, Error> {
+    if req.attempt > 1 {
+        return Ok(None);
+    }
+    let tp = telemetry::from_headers(req.msg.headers.as_ref()).unwrap_or_else(telemetry::new_trace);
+    let span = telemetry::run_span("dispatch", &run.request.id, &tp);
+    let tp = telemetry::passed_on(&span, &tp);
+    let update = queued_update(req, run, &tp)?;
+    let t = ctx
+        .store
+        .transition(&run.request.id, RunStatus::Queued, &update)
+        .instrument(span.clone())
+        .await?;
+    if !t.applied() {
+        return Ok(None);
+    }
+    ctx.metrics.run_accepted(&run.queue);
+    Ok(Some((span, tp)))
+}
+
+/// The record of a run's first attempt, `queued`: its request, queue, image, submission time and trace.
+fn queued_update(
+    req: &Request<'_>,
+    run: &ValidatedRun,
+    tp: &TraceParent,
+) -> Result<RecordUpdate, Error> {
+    Ok(RecordUpdate {
+        queue: Some(run.queue.clone()),
+        image: Some(run.request.image.clone()),
+        request: Some(serde_json::to_string(&run.request).map_err(airlock_runtime::Error::from)?),
+        submitted_at: Some(req.published_at),
+        attempt: Some(1),
+        traceparent: Some(tp.to_string()),
+        ..RecordUpdate::default()
+    })
 }
 
 async fn dispatch(
@@ -134,13 +197,18 @@ async fn dispatch(
         mut run,
         existing,
         tp,
+        recorded,
     } = traced;
     let id = run.request.id.clone();
     if let Some(done) = already_handled(existing.as_ref(), &id, req.attempt) {
         return Ok(done);
     }
     // 1. `queued` first, so a fast job's result finds a record.
-    let submitted_at = record_queued(ctx, req, &run, existing.as_ref(), &tp).await?;
+    let submitted_at = if recorded {
+        req.published_at
+    } else {
+        record_queued(ctx, req, &run, existing.as_ref(), &tp).await?
+    };
 
     // 2. A slot (normally free: the pull loop pulls only what fits), only while the run may be launched.
     let launchable = acquire_slot(ctx, &run.queue, &id, req.attempt).await?;
@@ -165,34 +233,50 @@ async fn dispatch(
     } else {
         Launch::NotLaunchable
     };
-    match launched {
-        Launch::Launched => {}
+    let launched_now = match launched {
+        Launch::Launched => true,
         Launch::Settle(outcome) => return Ok(outcome),
         Launch::NotLaunchable => {
             if let Some(done) = not_launchable(ctx, &id, req.attempt).await? {
                 return Ok(done);
             }
+            false
         }
-    }
+    };
 
-    // 4. `pending` (refused, harmlessly, when the watcher already saw it running or on a re-dispatch).
+    // 4. `pending` (refused, harmlessly, when the watcher already saw it running or on a re-dispatch). The
+    // same atomic step tells a run that ended (cancel, deadline) while its launch was in flight.
     let t = ctx
         .store
         .transition(&id, RunStatus::Pending, &RecordUpdate::default())
         .await?;
     debug!(run_id = %id, applied = t.applied(), "Pending recorded");
-    if t.applied() || req.attempt > 1 {
-        let ev = LifecycleEvent::now(&id, RunStatus::Pending).with_queue(Some(queue));
-        ctx.publisher.event(&ev, req.attempt).await?;
+    if launched_now
+        && let Transition::Refused { current } = t
+        && current.is_terminal()
+    {
+        return ended_meanwhile(ctx, &id).await;
     }
+    let pending = async {
+        if t.applied() || req.attempt > 1 {
+            let ev = LifecycleEvent::now(&id, RunStatus::Pending).with_queue(Some(queue));
+            ctx.publisher.event(&ev, req.attempt).await?;
+        }
+        Ok::<_, Error>(())
+    };
 
-    // 5. The deadline timer, for the whole run (Pending included).
+    // 5. The deadline timer, for the whole run (Pending included); published beside the event (both are
+    // idempotent, neither depends on the other, and the message is acknowledged only after both).
     let at = submitted_at
         + chrono::Duration::seconds(i64::try_from(deadline).unwrap_or(i64::MAX / 2_000))
         + chrono::Duration::from_std(ctx.config.deadline_grace).unwrap_or_default();
-    ctx.publisher
-        .schedule_deadline(&id, req.attempt, at, Some(&tp))
-        .await?;
+    let timer = async {
+        ctx.publisher
+            .schedule_deadline(&id, req.attempt, at, Some(&tp))
+            .await
+            .map_err(Error::from)
+    };
+    tokio::try_join!(pending, timer)?;
     Ok(Outcome::Done)
 }
 
@@ -225,15 +309,7 @@ async fn record_queued(
             .and_then(|r| r.record.submitted())
             .unwrap_or(req.published_at));
     }
-    let update = RecordUpdate {
-        queue: Some(run.queue.clone()),
-        image: Some(run.request.image.clone()),
-        request: Some(serde_json::to_string(&run.request).map_err(airlock_runtime::Error::from)?),
-        submitted_at: Some(req.published_at),
-        attempt: Some(1),
-        traceparent: Some(tp.to_string()),
-        ..RecordUpdate::default()
-    };
+    let update = queued_update(req, run, tp)?;
     let t = ctx
         .store
         .transition(&run.request.id, RunStatus::Queued, &update)
@@ -253,7 +329,8 @@ async fn record_queued(
 
 /// What [`launch`] did.
 enum Launch {
-    /// The run's objects exist (created now, or already).
+    /// The run's objects exist (created now, or already); whether the run ended meanwhile is told by the
+    /// `pending` transition that follows.
     Launched,
     /// The run may no longer be launched (see [`crate::slots::Acquire::NotLaunchable`]); nothing more was
     /// created.
@@ -313,7 +390,7 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
                 "Run objects already existed (redelivery)"
             };
             info!(run_id = %id, queue = %queue, attempt, "{how}");
-            return ended_meanwhile(ctx, id).await;
+            return Ok(Launch::Launched);
         }
         Err(LaunchError::NotLaunchable) => {
             info!(run_id = %id, attempt, "Run may no longer be launched (cancelled, timed out or superseded); launch retries stopped");
@@ -358,16 +435,14 @@ async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launc
     Ok(Launch::Settle(Outcome::Poison(reason)))
 }
 
-/// After a launch: when the run ended meanwhile (a cancel or deadline recorded while the launch was in
-/// flight, after the janitor's reap removed nothing), removes what was just created and gives the slot back.
-async fn ended_meanwhile(ctx: &Ctx, id: &str) -> Result<Launch, Error> {
-    if !ctx.store.head(id).await?.is_some_and(|h| h.is_terminal()) {
-        return Ok(Launch::Launched);
-    }
+/// After a launch, for a run that ended meanwhile (a cancel or deadline recorded while the launch was in
+/// flight, after the janitor's reap removed nothing; told by the refused `pending`): removes what was just
+/// created and gives the slot back.
+async fn ended_meanwhile(ctx: &Ctx, id: &str) -> Result<Outcome, Error> {
     warn!(run_id = %id, "Run ended while it was being launched; removing what was created");
     ctx.backend.remove(id).await?;
     ctx.slots.release(id).await?;
-    Ok(Launch::NotLaunchable)
+    Ok(Outcome::Done)
 }
 
 /// A run the slot script refused to launch: `Done` when it has ended (its slot given back) or has no

@@ -1,5 +1,6 @@
-//! Integrity under hostile timing and hostile requests: a cancel landing during launch retries wins, a
-//! run given up gives its slot back, a malformed request cannot touch another client's run.
+//! Integrity under hostile timing and hostile requests: a cancel landing during launch retries or during
+//! the launch itself wins, a run given up gives its slot back, a malformed request cannot touch another
+//! client's run.
 
 mod common;
 
@@ -85,6 +86,42 @@ async fn a_run_cancelled_while_its_launch_is_being_retried_is_never_launched() -
     let rec = env.record("doomed").await;
     assert_eq!(rec["status"], "cancelled");
     assert_eq!(rec["reason"], "cancelled by the test");
+    assert!(slots(&env).await.is_empty(), "its slot was given back");
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_launch_call_is_in_flight_has_its_pod_and_policy_removed()
+-> anyhow::Result<()> {
+    let env = Env::start().await?;
+    env.emu.hold_pending(airlock_schemas::labels::RUN_ID)?;
+    // The owner-reference PATCH, the launch's last call, answers late: the pod exists, the launch is not done.
+    env.emu.fail_next(
+        Some("PATCH"),
+        "/networkpolicies",
+        FaultAction::Delay { millis: 2_000 },
+        1,
+    );
+    let (task, stop) = env.spawn(env.config(&[]));
+    env.publish("default", &request("late", &["true"]), Some("late"))
+        .await?;
+    wait_until(T, "the pod created", || async {
+        (env.emu.create_count(Kind::Pod) == 1).then_some(())
+    })
+    .await?;
+    assert_eq!(env.record("late").await["status"], "queued");
+    cancel(&env, "late").await?;
+
+    all_acknowledged(&env).await?;
+    wait_until(T, "the pod and its policy removed", || async {
+        (env.object_names(Kind::Pod).is_empty() && env.object_names(Kind::NetworkPolicy).is_empty())
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(env.emu.create_count(Kind::Pod), 1, "launched once");
+    assert_eq!(env.record("late").await["status"], "cancelled");
     assert!(slots(&env).await.is_empty(), "its slot was given back");
     stop.cancel();
     task.await?;

@@ -41,7 +41,10 @@ use airlock_runtime::metrics::Metrics;
 use airlock_schemas::{EgressDestination, labels};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Resource;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use self::api::unless_status;
@@ -134,9 +137,9 @@ impl KubeBackend {
         // 1. The NetworkPolicy, before anything can run.
         let np_owned = self.create_policy(spec, &name).await?;
         // 2. The Pod.
-        let (pod, launched) = self.create_pod(spec, &name).await?;
+        let (uid, launched) = self.create_pod(spec, &name).await?;
         // 3. Owner reference, so the policy goes when the pod goes.
-        if !np_owned && let Some(uid) = pod.metadata.uid.as_deref() {
+        if !np_owned && let Some(uid) = uid.as_deref() {
             self.own_policy(&name, uid).await?;
         }
         Ok(launched)
@@ -147,7 +150,10 @@ impl KubeBackend {
         let np = self.network_policy(spec)?;
         let policies = self.policies();
         let created = self
-            .call("create NetworkPolicy", policies.create(&post_params(), &np))
+            .call(
+                "create NetworkPolicy",
+                self.create_lean::<_, IgnoredAny>(&np),
+            )
             .await;
         match created {
             Ok(_) => {
@@ -174,18 +180,21 @@ impl KubeBackend {
         }
     }
 
-    /// Creates the run's Pod, or accepts this run's.
+    /// Creates the run's Pod, or accepts this run's; its uid.
     async fn create_pod(
         &self,
         spec: &LaunchSpec,
         name: &str,
-    ) -> Result<(Pod, Launched), BackendError> {
+    ) -> Result<(Option<String>, Launched), BackendError> {
         let pods = self.pods();
         match self
-            .call("create Pod", pods.create(&post_params(), &self.pod(spec)))
+            .call(
+                "create Pod",
+                self.create_lean::<_, Created>(&self.pod(spec)),
+            )
             .await
         {
-            Ok(p) => Ok((p, Launched::Created)),
+            Ok(p) => Ok((p.metadata.uid, Launched::Created)),
             Err(e) if e.api_status() == Some(409) => {
                 let existing =
                     self.call("get Pod", pods.get_opt(name))
@@ -194,7 +203,7 @@ impl KubeBackend {
                             BackendError::Transient(format!("Pod {name} conflicted and vanished"))
                         })?;
                 check_ours("Pod", &existing.metadata, spec)?;
-                Ok((existing, Launched::AlreadyExisted))
+                Ok((existing.metadata.uid, Launched::AlreadyExisted))
             }
             Err(e) => Err(e),
         }
@@ -216,12 +225,33 @@ impl KubeBackend {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        self.call(
-            "patch NetworkPolicy owner",
-            self.policies().patch(name, &pp, &Patch::Merge(&patch)),
-        )
+        let url = NetworkPolicy::url_path(&(), Some(&self.config.namespace));
+        let request = kube::core::Request::new(url)
+            .patch(name, &pp, &Patch::Merge(&patch))
+            .map_err(kube::Error::BuildRequest);
+        self.call("patch NetworkPolicy owner", async {
+            let mut request = request?;
+            request.extensions_mut().insert("patch");
+            self.client.request::<IgnoredAny>(request).await
+        })
         .await?;
         Ok(())
+    }
+
+    /// Creates `object` in the namespace, decoding of the answer only what `A` names (`Api::create` decodes
+    /// the whole object, which the launch never reads).
+    async fn create_lean<K, A>(&self, object: &K) -> Result<A, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+        A: DeserializeOwned,
+    {
+        let url = K::url_path(&(), Some(&self.config.namespace));
+        let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+        let mut request = kube::core::Request::new(url)
+            .create(&post_params(), body)
+            .map_err(kube::Error::BuildRequest)?;
+        request.extensions_mut().insert("create");
+        self.client.request::<A>(request).await
     }
 
     /// Deletes the pod (background propagation) and the NetworkPolicy; 404 counts as done.
@@ -244,6 +274,19 @@ impl KubeBackend {
             Removed::Absent
         })
     }
+}
+
+/// What the launch reads of a created object: its uid (the rest of the answer is skipped, not decoded).
+#[derive(Deserialize)]
+struct Created {
+    #[serde(default)]
+    metadata: CreatedMeta,
+}
+
+/// See [`Created`].
+#[derive(Default, Deserialize)]
+struct CreatedMeta {
+    uid: Option<String>,
 }
 
 fn post_params() -> PostParams {

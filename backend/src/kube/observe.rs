@@ -6,11 +6,12 @@ use airlock_schemas::labels;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{ListParams, LogParams};
+use kube::api::{Api, ListParams, LogParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
+use serde::Deserialize;
 use tracing::warn;
 
 use super::api::unless_status;
@@ -104,12 +105,13 @@ impl KubeBackend {
     /// then every change. A pod deleted before it finished is reported `Failed`, reason `Deleted`, `lost`.
     pub fn watch(&self) -> BoxStream<'static, Observed> {
         let cfg = watcher::Config::default().labels(&labels::managed_selector());
-        let stream = watcher(self.pods(), cfg)
+        let pods = Api::<WatchedPod>::namespaced(self.client().clone(), &self.config().namespace);
+        let stream = watcher(pods, cfg)
             .default_backoff()
             .filter_map(|ev| async move {
                 match ev {
-                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => observe_pod(&p),
-                    Ok(watcher::Event::Delete(p)) => observe_pod(&p).map(deleted),
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p.observe(),
+                    Ok(watcher::Event::Delete(p)) => p.observe().map(deleted),
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                     Err(e) => {
                         warn!(error = %e, "Pod watch failed; will retry");
@@ -180,11 +182,53 @@ const LOST_REASONS: [&str; 5] = [
     "Preempting",
 ];
 
+/// A pod as the watch reads it: its metadata and status. The spec, most of a pod's bytes and never read
+/// here, is skipped by the decoder instead of being built for every event.
+#[derive(Clone, Debug, Deserialize)]
+struct WatchedPod {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    status: Option<PodStatus>,
+}
+
+impl k8s_openapi::Resource for WatchedPod {
+    const API_VERSION: &'static str = <Pod as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <Pod as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <Pod as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <Pod as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = <Pod as k8s_openapi::Resource>::Scope;
+}
+
+impl k8s_openapi::Metadata for WatchedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl WatchedPod {
+    fn observe(&self) -> Option<Observed> {
+        observe_parts(&self.metadata, self.status.as_ref())
+    }
+}
+
 /// Maps a pod to what the janitor and the watcher need; `None` for pods without a run id label.
 pub fn observe_pod(pod: &Pod) -> Option<Observed> {
-    let l = pod.metadata.labels.as_ref()?;
+    observe_parts(&pod.metadata, pod.status.as_ref())
+}
+
+/// [`observe_pod`] of a pod's metadata and status.
+fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Observed> {
+    let l = metadata.labels.as_ref()?;
     let run_id = l.get(labels::RUN_ID)?.clone();
-    let status = pod.status.clone().unwrap_or_default();
+    let default = PodStatus::default();
+    let status = status.unwrap_or(&default);
     let cs: Option<&ContainerStatus> = status
         .container_statuses
         .as_ref()

@@ -15,6 +15,11 @@ pub enum FaultAction {
     InternalError,
     /// Close the connection without any response.
     DropConnection,
+    /// Serve the request as usual, `millis` late (a slow API server).
+    Delay {
+        /// How late.
+        millis: u64,
+    },
 }
 
 /// A rule: fail the next `count` requests matching method and path substring.

@@ -17,6 +17,7 @@
 //!   server-side apply, logs, protobuf request bodies, the admin API under `/__emulator/`.
 //! - [`store`]: objects keyed by (kind, namespace, name), one global resourceVersion,
 //!   a bounded change history (older resourceVersions get 410 `Expired`), owner cascades.
+//! - [`change`]: one change and its watch event line, serialised once for every watcher.
 //! - [`kubelet`]: scheduling, Unschedulable holds, image pulls and their failures, processes, logs,
 //!   events, phases, exit codes, `activeDeadlineSeconds`, forced final states.
 //! - [`validation`]: strict decoding into k8s-openapi types (unknown fields → 400),
@@ -25,7 +26,7 @@
 //! - [`quantity`]: `ParseQuantity` and `Quantity.UnmarshalJSON`, ported (not shared with the
 //!   product) and tested on the table in `schemas/tests/data/quantities.json`.
 //! - [`status`]: `metav1.Status` bodies. [`selector`]: label/field selectors.
-//! - [`faults`]: fault rules (429, 500, dropped connection) and the request log.
+//! - [`faults`]: fault rules (429, 500, dropped connection, a late answer) and the request log.
 //! - [`schema`]: validation against the official 1.33 OpenAPI-derived JSON schemas
 //!   shipped by the PyPI package `kubernetes-validate`.
 //!
@@ -104,6 +105,7 @@
 //!   `POST /__emulator/compact`, `GET /__emulator/validate`.
 
 pub mod api;
+pub mod change;
 pub mod emulator;
 pub mod faults;
 pub mod kinds;

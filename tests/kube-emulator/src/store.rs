@@ -1,5 +1,8 @@
 //! The object store: objects by (kind, namespace, name), one global resourceVersion,
 //! a bounded event history for watches, and counters.
+//!
+//! Objects are kept as `Arc<Value>`: a change, the history and every watcher share one copy of each
+//! version, and each change is serialised as a watch event line once, for all watchers ([`Change::line`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -7,60 +10,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
+pub use crate::change::{Change, EventType, event_line};
 use crate::kinds::Kind;
 use crate::status::ApiError;
 
 /// Store key: kind, namespace (`""` when cluster-scoped), name.
 pub type Key = (Kind, String, String);
 
-/// The type of a watch event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    /// Object created.
-    Added,
-    /// Object changed.
-    Modified,
-    /// Object removed.
-    Deleted,
-}
-
-impl EventType {
-    /// The wire name (`ADDED`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Added => "ADDED",
-            EventType::Modified => "MODIFIED",
-            EventType::Deleted => "DELETED",
-        }
-    }
-}
-
-/// One change recorded in the history.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// resourceVersion of the change.
-    pub rv: u64,
-    /// Kind changed.
-    pub kind: Kind,
-    /// Namespace (`""` for cluster-scoped).
-    pub namespace: String,
-    /// Event type.
-    pub etype: EventType,
-    /// The object after the change (before removal for deletes).
-    pub object: Arc<Value>,
-}
-
 #[derive(Debug)]
 struct Inner {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
     /// Changes with rv <= this are no longer in the history.
     compacted: u64,
     deletes: HashMap<Kind, u64>,
     creates: HashMap<Kind, u64>,
-    accepted: Vec<Value>,
+    accepted: Vec<Arc<Value>>,
     seq: u64,
 }
 
@@ -116,14 +83,8 @@ impl Store {
         self.lock().rv
     }
 
-    fn record(&self, inner: &mut Inner, kind: Kind, ns: &str, etype: EventType, obj: Value) {
-        let change = Arc::new(Change {
-            rv: inner.rv,
-            kind,
-            namespace: ns.to_string(),
-            etype,
-            object: Arc::new(obj),
-        });
+    fn record(&self, inner: &mut Inner, kind: Kind, ns: &str, etype: EventType, obj: Arc<Value>) {
+        let change = Arc::new(Change::new(inner.rv, kind, ns.to_string(), etype, obj));
         inner.history.push_back(change.clone());
         while inner.history.len() > inner.history_limit {
             if let Some(old) = inner.history.pop_front() {
@@ -174,10 +135,22 @@ impl Store {
 
     /// Get one object.
     pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.get_shared(kind, ns, name).map(Arc::unwrap_or_clone)
+    }
+
+    /// Get one object, shared (no copy).
+    pub fn get_shared(&self, kind: Kind, ns: &str, name: &str) -> Option<Arc<Value>> {
         self.lock()
             .objects
             .get(&(kind, ns.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// Whether an object exists.
+    pub fn contains(&self, kind: Kind, ns: &str, name: &str) -> bool {
+        self.lock()
+            .objects
+            .contains_key(&(kind, ns.to_string(), name.to_string()))
     }
 
     /// List objects of a kind (optionally in one namespace) with the list resourceVersion.
@@ -187,7 +160,7 @@ impl Store {
             .objects
             .iter()
             .filter(|((k, n, _), _)| *k == kind && ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Value::clone(v))
             .collect();
         (items, g.rv)
     }
@@ -199,7 +172,7 @@ impl Store {
         ns: &str,
         mut obj: Value,
         from_client: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -254,6 +227,7 @@ impl Store {
             meta.remove("deletionTimestamp");
             meta.remove("deletionGracePeriodSeconds");
         }
+        let obj = Arc::new(obj);
         g.objects.insert(key, obj.clone());
         *g.creates.entry(kind).or_default() += 1;
         if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
@@ -276,7 +250,7 @@ impl Store {
         expected_rv: Option<&str>,
         from_client: bool,
         f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         let mut g = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
         let Some(current) = g.objects.get(&key).cloned() else {
@@ -291,9 +265,10 @@ impl Store {
         {
             return Err(ApiError::conflict(kind, name));
         }
-        let mut next = current.clone();
+        let mut next = Value::clone(&current);
         f(&mut next)?;
         // Preserve system metadata.
+        let current_meta = current.get("metadata");
         for field in [
             "uid",
             "creationTimestamp",
@@ -302,7 +277,7 @@ impl Store {
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
         ] {
-            let cur = current.pointer(&format!("/metadata/{field}")).cloned();
+            let cur = current_meta.and_then(|m| m.get(field)).cloned();
             if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
                 match cur {
                     Some(v) => {
@@ -320,7 +295,7 @@ impl Store {
                 meta.insert("namespace".into(), json!(ns));
             }
         }
-        if next == current {
+        if next == *current {
             return Ok(current);
         }
         if next.get("spec") != current.get("spec")
@@ -334,6 +309,7 @@ impl Store {
         if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
+        let next = Arc::new(next);
         g.objects.insert(key, next.clone());
         if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
             g.accepted.push(next.clone());
@@ -346,10 +322,11 @@ impl Store {
     pub fn mark_deleting(&self, kind: Kind, ns: &str, name: &str, grace: i64) -> Option<Value> {
         let mut g = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
-        let mut obj = g.objects.get(&key).cloned()?;
-        if obj.pointer("/metadata/deletionTimestamp").is_some() {
-            return Some(obj);
+        let current = g.objects.get(&key)?;
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Some(Value::clone(current));
         }
+        let mut obj = Value::clone(current);
         g.rv += 1;
         let rv = g.rv;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -357,8 +334,9 @@ impl Store {
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
-        g.objects.insert(key, obj.clone());
-        self.record(&mut g, kind, ns, EventType::Modified, obj.clone());
+        let shared = Arc::new(obj.clone());
+        g.objects.insert(key, shared.clone());
+        self.record(&mut g, kind, ns, EventType::Modified, shared);
         Some(obj)
     }
 
@@ -370,16 +348,23 @@ impl Store {
         let mut removed = Vec::new();
         let mut queue = vec![(kind, ns.to_string(), name.to_string())];
         while let Some(key) = queue.pop() {
-            let Some(mut obj) = g.objects.remove(&key) else {
+            let Some(obj) = g.objects.remove(&key) else {
                 continue;
             };
+            let mut obj = Arc::unwrap_or_clone(obj);
             g.rv += 1;
             let rv = g.rv;
             if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("resourceVersion".into(), json!(rv.to_string()));
             }
             *g.deletes.entry(key.0).or_default() += 1;
-            self.record(&mut g, key.0, &key.1, EventType::Deleted, obj.clone());
+            self.record(
+                &mut g,
+                key.0,
+                &key.1,
+                EventType::Deleted,
+                Arc::new(obj.clone()),
+            );
             if cascade {
                 let uid = obj
                     .pointer("/metadata/uid")
@@ -430,7 +415,7 @@ impl Store {
     pub fn snapshot_and_subscribe(
         &self,
         kind: Kind,
-    ) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Change>>) {
+    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Change>>) {
         let g = self.lock();
         let items = g
             .objects
@@ -460,12 +445,20 @@ impl Store {
 
     /// Every pod/networkpolicy version accepted from a client (create, update, patch).
     pub fn accepted(&self) -> Vec<Value> {
-        self.lock().accepted.clone()
+        self.lock()
+            .accepted
+            .iter()
+            .map(|v| Value::clone(v))
+            .collect()
     }
 
     /// Every stored object of every kind.
     pub fn all_objects(&self) -> Vec<Value> {
-        self.lock().objects.values().cloned().collect()
+        self.lock()
+            .objects
+            .values()
+            .map(|v| Value::clone(v))
+            .collect()
     }
 }
 

@@ -198,7 +198,7 @@ pub(super) fn apply(
     })?;
     let config: Value = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-    crate::validation::check_type_meta(kind, &config, raw)?;
+    crate::validation::check_type_meta(kind, &config, || raw.to_vec())?;
     let force = q.get("force").is_some_and(|f| f == "true");
     let applied = config_leaves(&config);
     let mine = Entry {

@@ -97,15 +97,29 @@ pub async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
             .await
             .unwrap_or_else(IntoResponse::into_response);
     }
-    if let Some(action) = app.take_fault(&method, &path, &query) {
-        tracing::debug!(%method, %uri, ?action, "injecting fault");
-        let resp = match action {
-            FaultAction::TooManyRequests {
+    let fault = app.take_fault(&method, &path, &query);
+    let resp = match fault {
+        None => None,
+        Some(FaultAction::Delay { millis }) => {
+            tracing::debug!(%method, %uri, millis, "delaying");
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            None
+        }
+        Some(
+            action @ FaultAction::TooManyRequests {
                 retry_after_seconds,
-            } => ApiError::too_many_requests(retry_after_seconds).into_response(),
-            FaultAction::InternalError => ApiError::internal("injected fault").into_response(),
-            FaultAction::DropConnection => dropped_connection(),
-        };
+            },
+        ) => Some((
+            action,
+            ApiError::too_many_requests(retry_after_seconds).into_response(),
+        )),
+        Some(action @ FaultAction::InternalError) => {
+            Some((action, ApiError::internal("injected fault").into_response()))
+        }
+        Some(action @ FaultAction::DropConnection) => Some((action, dropped_connection())),
+    };
+    if let Some((action, resp)) = resp {
+        tracing::debug!(%method, %uri, ?action, "injecting fault");
         let status = if action == FaultAction::DropConnection {
             0
         } else {
@@ -117,7 +131,7 @@ pub async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
     let resp = route(&app, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    app.record(&method, &uri, resp.status().as_u16(), false);
+    app.record(&method, &uri, resp.status().as_u16(), fault.is_some());
     resp
 }
 

@@ -28,11 +28,10 @@ pub(super) fn patch(
     }
     let patch_body: Value = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    let current = app.store.get(kind, ns, name);
-    let Some(current) = current else {
+    let Some(current) = app.store.get_shared(kind, ns, name) else {
         return Err(ApiError::not_found(kind, name));
     };
-    let mut next = current.clone();
+    let mut next = Value::clone(&current);
     match ct.as_str() {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             if !patch_body.is_object() {

@@ -13,13 +13,7 @@ use super::request::selectors;
 use super::{App, Q};
 use crate::kinds::Kind;
 use crate::status::ApiError;
-use crate::store::Change;
-
-pub(super) fn event_line(etype: &str, object: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": etype, "object": object})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
-}
+use crate::store::{Change, event_line};
 
 // Long on purpose: the initial list, the resume from a resourceVersion (or 410) and the live stream are one
 // response body built in order.
@@ -56,20 +50,15 @@ pub(super) fn watch(
     let (live, start_rv): (broadcast::Receiver<Arc<Change>>, u64);
     if rv_param.is_empty() || rv_param == "0" || send_initial {
         let (items, rv, r) = app.store.snapshot_and_subscribe(kind);
-        for o in &items {
-            let c = Change {
-                rv,
-                kind,
-                namespace: o
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                etype: crate::store::EventType::Added,
-                object: Arc::new(o.clone()),
-            };
+        for o in items {
+            let namespace = o
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let c = Change::new(rv, kind, namespace, crate::store::EventType::Added, o);
             if matches(&c) {
-                initial.push(event_line("ADDED", o));
+                initial.push(c.line());
             }
         }
         if send_initial && bookmarks {
@@ -89,7 +78,7 @@ pub(super) fn watch(
         match app.store.watch_from(rv) {
             Ok((backlog, r)) => {
                 for c in backlog.iter().filter(|c| matches(c)) {
-                    initial.push(event_line(c.etype.as_str(), &c.object));
+                    initial.push(c.line());
                 }
                 live = r;
                 start_rv = backlog.last().map_or(rv, |c| c.rv.max(rv));
@@ -180,7 +169,7 @@ impl Pump {
                     Ok(c) => {
                         if c.rv <= last_seen { continue; }
                         last_seen = c.rv;
-                        if matches(&c) && tx.send(Ok(event_line(c.etype.as_str(), &c.object))).await.is_err() {
+                        if matches(&c) && tx.send(Ok(c.line())).await.is_err() {
                             return;
                         }
                     }

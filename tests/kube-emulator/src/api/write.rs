@@ -11,9 +11,8 @@ use crate::kinds::Kind;
 use crate::status::{ApiError, json_response};
 use crate::validation;
 
-/// Decode, default and validate a whole object body for `kind` named `name`.
-pub(super) fn admit(kind: Kind, obj: &mut Value, q: &Q) -> Result<Vec<String>, ApiError> {
-    let warnings = validation::decode_kind(kind, obj, strictness(q))?;
+/// The name and semantic checks of an already decoded object (422 with every cause).
+fn validate(kind: Kind, obj: &Value) -> Result<(), ApiError> {
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -23,7 +22,7 @@ pub(super) fn admit(kind: Kind, obj: &mut Value, q: &Q) -> Result<Vec<String>, A
     if !causes.is_empty() {
         return Err(ApiError::invalid(kind, name, causes));
     }
-    Ok(warnings)
+    Ok(())
 }
 
 pub(super) fn create(
@@ -34,7 +33,7 @@ pub(super) fn create(
     raw: &[u8],
 ) -> Result<Response, ApiError> {
     let mut obj = validation::parse_body(raw)?;
-    validation::check_type_meta(kind, &obj, raw)?;
+    validation::check_type_meta(kind, &obj, || raw.to_vec())?;
     let warnings = validation::decode_kind(kind, &mut obj, strictness(q))?;
     if obj.get("metadata").is_none_or(Value::is_null) {
         obj["metadata"] = json!({});
@@ -80,11 +79,12 @@ pub(super) fn create(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    if kind.namespaced() && app.store.get(Kind::Namespace, "", ns).is_none() {
+    if kind.namespaced() && !app.store.contains(Kind::Namespace, "", ns) {
         return Err(ApiError::not_found(Kind::Namespace, ns));
     }
     validation::apply_defaults(kind, &mut obj);
-    admit(kind, &mut obj, q)?;
+    // Decoded (strictly) above; the defaults only add known fields, so only the checks remain.
+    validate(kind, &obj)?;
     match kind {
         Kind::Pod => {
             let qos = "BestEffort";
@@ -98,7 +98,7 @@ pub(super) fn create(
         _ => {}
     }
     let created = if is_dry_run(q) {
-        obj
+        Arc::new(obj)
     } else {
         app.store.create(kind, ns, obj, true)?
     };
@@ -137,7 +137,9 @@ pub(super) fn update_object(
     mut next: Value,
     expected_rv: Option<String>,
 ) -> Result<Response, ApiError> {
-    validation::check_type_meta(kind, &next, &serde_json::to_vec(&next).unwrap_or_default())?;
+    validation::check_type_meta(kind, &next, || {
+        serde_json::to_vec(&next).unwrap_or_default()
+    })?;
     let body_name = next
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -153,7 +155,7 @@ pub(super) fn update_object(
     let dry = is_dry_run(q);
     let mut result_holder = None;
     let updated = app.store.modify(kind, ns, name, expected_rv.as_deref(), !dry, |cur| {
-        let mut candidate = next.clone();
+        let mut candidate = next;
         if status_only {
             let mut c = cur.clone();
             c["status"] = candidate.get("status").cloned().unwrap_or(json!({}));
@@ -188,7 +190,7 @@ pub(super) fn update_object(
         Ok(())
     });
     let updated = match updated {
-        Err(e) if e.reason == "DryRun" => result_holder.unwrap_or_default(),
+        Err(e) if e.reason == "DryRun" => Arc::new(result_holder.unwrap_or_default()),
         other => other?,
     };
     let mut resp = json_response(200, &updated);
@@ -224,12 +226,12 @@ pub(super) fn replace(
     raw: &[u8],
 ) -> Result<Response, ApiError> {
     let obj = validation::parse_body(raw)?;
-    validation::check_type_meta(kind, &obj, raw)?;
+    validation::check_type_meta(kind, &obj, || raw.to_vec())?;
     let rv = obj
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .map(str::to_string);
-    if app.store.get(kind, ns, name).is_none() {
+    if !app.store.contains(kind, ns, name) {
         return Err(ApiError::not_found(kind, name));
     }
     update_object(app, kind, ns, name, status_only, q, obj, rv)

@@ -43,7 +43,7 @@ impl Kubelet {
         if !self.wait_schedulable(ns, name, uid, &mut ctl).await {
             return;
         }
-        let Some(pod) = self.store.get(Kind::Pod, ns, name) else {
+        let Some(pod) = self.store.get_shared(Kind::Pod, ns, name) else {
             return;
         };
         let prepared = match self.cfg.images {
@@ -115,7 +115,7 @@ impl Kubelet {
                     return false;
                 }
             }
-            let Some(pod) = self.store.get(Kind::Pod, ns, name) else {
+            let Some(pod) = self.store.get_shared(Kind::Pod, ns, name) else {
                 return false;
             };
             if !self.held(&pod) {

@@ -76,16 +76,18 @@ pub fn strict_decode<T: DeserializeOwned + Serialize>(
     input: &Value,
     strict: bool,
 ) -> Result<Vec<String>, ApiError> {
-    let prefix = format!(
-        "{} in version \"{}\" cannot be handled as a {}",
-        kind.name(),
-        kind.api_version().rsplit('/').next().unwrap_or("v1"),
-        kind.name()
-    );
-    let typed: T = serde_json::from_value(input.clone())
-        .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+    let prefix = || {
+        format!(
+            "{} in version \"{}\" cannot be handled as a {}",
+            kind.name(),
+            kind.api_version().rsplit('/').next().unwrap_or("v1"),
+            kind.name()
+        )
+    };
+    let typed =
+        T::deserialize(input).map_err(|e| ApiError::bad_request(format!("{}: {e}", prefix())))?;
     let back = serde_json::to_value(&typed)
-        .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("{}: {e}", prefix())))?;
     let mut unknown = Vec::new();
     unknown_fields(input, &back, "", &mut unknown);
     if unknown.is_empty() {
@@ -97,7 +99,8 @@ pub fn strict_decode<T: DeserializeOwned + Serialize>(
         .collect();
     if strict {
         Err(ApiError::bad_request(format!(
-            "{prefix}: strict decoding error: {}",
+            "{}: strict decoding error: {}",
+            prefix(),
             msgs.join(", ")
         )))
     } else {
@@ -142,8 +145,13 @@ fn unknown_fields(input: &Value, back: &Value, path: &str, out: &mut Vec<String>
     }
 }
 
-/// Check `apiVersion` and `kind` in a request body against the endpoint's kind.
-pub fn check_type_meta(kind: Kind, body: &Value, raw: &[u8]) -> Result<(), ApiError> {
+/// Check `apiVersion` and `kind` in a request body against the endpoint's kind (`raw` gives the body's
+/// bytes for an error message, only when one is needed).
+pub fn check_type_meta(
+    kind: Kind,
+    body: &Value,
+    raw: impl FnOnce() -> Vec<u8>,
+) -> Result<(), ApiError> {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::bad_request(format!(
             "couldn't get version/kind; json parse error: json: cannot unmarshal {} into Go value of type struct {{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }}",
@@ -154,7 +162,7 @@ pub fn check_type_meta(kind: Kind, body: &Value, raw: &[u8]) -> Result<(), ApiEr
         None | Some("") => {
             return Err(ApiError::bad_request(format!(
                 "Object 'Kind' is missing in '{}'",
-                String::from_utf8_lossy(raw).trim()
+                String::from_utf8_lossy(&raw()).trim()
             )));
         }
         Some(k) if k != kind.name() => {
@@ -168,7 +176,7 @@ pub fn check_type_meta(kind: Kind, body: &Value, raw: &[u8]) -> Result<(), ApiEr
     match obj.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => Err(ApiError::bad_request(format!(
             "Object 'apiVersion' is missing in '{}'",
-            String::from_utf8_lossy(raw).trim()
+            String::from_utf8_lossy(&raw()).trim()
         ))),
         Some(v) if v != kind.api_version() => Err(ApiError::bad_request(format!(
             "the API version in the data ({v}) does not match the expected API version ({})",
