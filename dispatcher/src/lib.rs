@@ -92,8 +92,7 @@ pub async fn run_with(
     let backend = backend.with_metrics(&metrics);
     let started = service::start_with_client(&config.common, client, &metrics, &shutdown).await?;
     let slots = Slots::new(
-        started.store.connection(),
-        started.store.prefix(),
+        started.store.clone(),
         config.queues.clone(),
         config.max_running,
     );

@@ -6,7 +6,8 @@
 //! finishes or disappears. Slots are members of Redis sorted sets, `<prefix>:slots:queue:<queue>` and
 //! `<prefix>:slots:all`, keyed by run id and scored by when they were last (re)acquired:
 //!
-//! - **Acquire** is one Lua script: it first reads the run's record and refuses a run that may no longer be
+//! - **Acquire** is one Lua script (the store's, `Store::take_slot`; for a new run it runs inside the script
+//!   that records it `queued`, `Store::queue_with_slot`, so a new run costs one round trip for both): it first reads the run's record and refuses a run that may no longer be
 //!   launched (ended, superseded by a newer attempt, or past `queued` on its first attempt), so a cancel or a
 //!   deadline recorded meanwhile always wins over a launch; then a run that already holds its slot keeps it
 //!   (a redelivery, a re-dispatch); otherwise it gets one only if both the queue's set and the global set are
@@ -39,31 +40,8 @@ use tokio::sync::Notify;
 
 use crate::config::QueueCap;
 use airlock_runtime::Error;
-use airlock_schemas::{RunStatus, record};
-
-/// KEYS: queue slots, all slots, the run's record. ARGV: run id, now, queue cap, global cap, attempt.
-const ACQUIRE: &str = r#"
-local terminal = { __TERMINAL__ }
-local status = redis.call('HGET', KEYS[3], 'status')
-local current = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '1') or 1
-local attempt = tonumber(ARGV[5])
-if (not status) or terminal[status] or current > attempt or (attempt <= 1 and status ~= 'queued') then
-  return -1
-end
-local now = ARGV[2]
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-  return 1
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-return 1
-"#;
+use airlock_runtime::store::{SlotAsk, SlotTake, Store};
+use airlock_schemas::record;
 
 /// Removes the given members whose score is still at most ARGV[1] (not re-acquired meanwhile).
 const RECLAIM: &str = r#"
@@ -78,25 +56,13 @@ end
 return n
 "#;
 
-/// What [`Slots::acquire`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acquire {
-    /// The run holds its slot now (or already did) and may be launched.
-    Taken,
-    /// The queue or the global cap is reached.
-    Full,
-    /// The run may not be launched: no record, ended, a newer attempt, or already past `queued` on its first
-    /// attempt. Nothing was taken.
-    NotLaunchable,
-}
-
 /// The slot book of this process.
 pub struct Slots {
+    store: Store,
     conn: ConnectionManager,
     prefix: String,
     queues: Vec<QueueCap>,
     global_cap: u32,
-    acquire: Script,
     reclaim: Script,
     /// Woken whenever a slot or a local handler permit may have freed.
     pub wake: Notify,
@@ -111,16 +77,6 @@ impl std::fmt::Debug for Slots {
             .field("global_cap", &self.global_cap)
             .finish_non_exhaustive()
     }
-}
-
-/// The terminal statuses as a Lua table literal (`rejected = true, ...`).
-fn terminal_table() -> String {
-    RunStatus::ALL
-        .iter()
-        .filter(|s| s.is_terminal())
-        .map(|s| format!("{} = true", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn now_ms() -> i64 {
@@ -166,23 +122,18 @@ impl Drop for Reservation {
 }
 
 impl Slots {
-    /// A slot book for `queues` under `prefix`, with the global cap `global_cap`.
-    pub fn new(
-        conn: ConnectionManager,
-        prefix: &str,
-        queues: Vec<QueueCap>,
-        global_cap: u32,
-    ) -> Self {
+    /// A slot book for `queues` in `store`'s Redis (under its prefix), with the global cap `global_cap`.
+    pub fn new(store: Store, queues: Vec<QueueCap>, global_cap: u32) -> Self {
         let reserved = queues
             .iter()
             .map(|q| (q.name.clone(), Arc::new(AtomicI64::new(0))))
             .collect();
         Self {
-            conn,
-            prefix: prefix.to_string(),
+            conn: store.connection(),
+            prefix: store.prefix().to_string(),
+            store,
             queues,
             global_cap,
-            acquire: Script::new(&ACQUIRE.replace("__TERMINAL__", &terminal_table())),
             reclaim: Script::new(RECLAIM),
             wake: Notify::new(),
             reserved,
@@ -241,26 +192,27 @@ impl Slots {
         }
     }
 
+    /// What to ask for when taking a slot of `queue` for a run's `attempt`: the caps of this book.
+    pub fn ask<'a>(&self, queue: &'a str, attempt: u32) -> SlotAsk<'a> {
+        SlotAsk {
+            queue,
+            attempt,
+            queue_cap: self.cap(queue),
+            global_cap: self.global_cap,
+        }
+    }
+
     /// Takes a slot of `queue` for `run_id`'s `attempt` (keeps it if the run holds it already), in the same
-    /// atomic step as checking that the run may still be launched; see [`Acquire`].
-    pub async fn acquire(&self, queue: &str, run_id: &str, attempt: u32) -> Result<Acquire, Error> {
-        let r: i64 = self
-            .acquire
-            .key(Self::queue_key(&self.prefix, queue))
-            .key(Self::global_key(&self.prefix))
-            .key(record::key(&self.prefix, run_id))
-            .arg(run_id)
-            .arg(now_ms())
-            .arg(self.cap(queue))
-            .arg(self.global_cap)
-            .arg(attempt)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(match r {
-            1 => Acquire::Taken,
-            0 => Acquire::Full,
-            _ => Acquire::NotLaunchable,
-        })
+    /// atomic step as checking that the run may still be launched; see [`SlotTake`].
+    pub async fn acquire(
+        &self,
+        queue: &str,
+        run_id: &str,
+        attempt: u32,
+    ) -> Result<SlotTake, Error> {
+        self.store
+            .take_slot(run_id, &self.ask(queue, attempt))
+            .await
     }
 
     /// Gives `run_id`'s slot back (whatever its queue) and wakes the pull loops.

@@ -13,10 +13,12 @@
 //! - `record`: the typed views of the record and the update of its fields.
 //! - `index`: the listing indexes the record scripts keep, and [`Store::list`] over them.
 //! - `rejections`: writes for refused requests, which never overwrite an existing record.
+//! - `slots`: taking a dispatcher slot, alone or with a new run's `queued` record in one script.
 
 mod index;
 mod record;
 mod rejections;
+mod slots;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use redis::{AsyncCommands, Script};
 
 pub use self::index::{ListCursor, ListFilter, ListPage};
 pub use self::record::{RecordUpdate, RunHead, StoredRun};
+pub use self::slots::{SlotAsk, SlotTake};
 use crate::Error;
 
 /// Outcome of [`Store::transition`].
@@ -50,6 +53,15 @@ impl Transition {
     pub fn applied(&self) -> bool {
         matches!(self, Transition::Applied { .. })
     }
+
+    /// Decodes the transition script's `{applied, previous status}`.
+    fn from_reply(applied: i64, prev: &str) -> Self {
+        match (applied, RunStatus::parse(prev)) {
+            (1, previous) => Transition::Applied { previous },
+            (_, Some(current)) => Transition::Refused { current },
+            (_, None) => Transition::Applied { previous: None },
+        }
+    }
 }
 
 /// Outcome of [`Store::store_result`].
@@ -63,15 +75,19 @@ pub enum ResultWrite {
     UnknownRun,
 }
 
+/// KEYS: record, active set, all slots, the per-queue slot key prefix, the index prefix. ARGV: status, now, run
+/// id, TTL seconds, then (from `__FIRST_FIELD__`) field pairs. `__SLOT_FN__`, `__REFUSED__` and `__APPLIED__`
+/// are filled in for the plain transition and for `queued` with a slot (`slots`).
 const TRANSITION: &str = r#"
 local rank = { __RANKS__ }
+__SLOT_FN__
 local new_rank = rank[ARGV[1]]
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur and rank[cur] ~= nil and rank[cur] >= new_rank then
-  return {0, cur}
+  __REFUSED__
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-for i = 5, #ARGV, 2 do
+for i = __FIRST_FIELD__, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 __INDEX__
@@ -87,7 +103,7 @@ if new_rank >= 3 then
 else
   redis.call('SADD', KEYS[2], ARGV[3])
 end
-return {1, cur or ''}
+__APPLIED__
 "#;
 
 const STORE_RESULT: &str = r#"
@@ -119,6 +135,8 @@ pub struct Store {
     prefix: String,
     record_ttl: Duration,
     transition: Script,
+    queue_with_slot: Script,
+    take_slot: Script,
     store_result: Script,
     add_rejection: Script,
 }
@@ -163,14 +181,31 @@ impl Store {
             .map(|s| format!("{} = {}", s.as_str(), s.rank()))
             .collect::<Vec<_>>()
             .join(", ");
+        let transition = TRANSITION
+            .replace("__RANKS__", &ranks)
+            .replace("__INDEX__", index::SCRIPT);
         Self {
             conn,
             prefix: prefix.to_string(),
             record_ttl,
+            queue_with_slot: Script::new(
+                &transition
+                    .replace("__SLOT_FN__", slots::SLOT_FN)
+                    .replace("__FIRST_FIELD__", slots::QUEUED_FIRST_FIELD)
+                    .replace("__REFUSED__", slots::QUEUED_REFUSED)
+                    .replace("__APPLIED__", slots::QUEUED_APPLIED),
+            ),
             transition: Script::new(
-                &TRANSITION
+                &transition
+                    .replace("__SLOT_FN__", "")
+                    .replace("__FIRST_FIELD__", "5")
+                    .replace("__REFUSED__", "return {0, cur}")
+                    .replace("__APPLIED__", "return {1, cur or ''}"),
+            ),
+            take_slot: Script::new(
+                &slots::TAKE
                     .replace("__RANKS__", &ranks)
-                    .replace("__INDEX__", index::SCRIPT),
+                    .replace("__SLOT_FN__", slots::SLOT_FN),
             ),
             store_result: Script::new(STORE_RESULT),
             add_rejection: Script::new(ADD_REJECTION),
@@ -214,12 +249,7 @@ impl Store {
             inv.arg(k).arg(v);
         }
         let (applied, prev): (i64, String) = inv.invoke_async(&mut self.conn.clone()).await?;
-        let prev = RunStatus::parse(&prev);
-        Ok(match (applied, prev) {
-            (1, previous) => Transition::Applied { previous },
-            (_, Some(current)) => Transition::Refused { current },
-            (_, None) => Transition::Applied { previous: None },
-        })
+        Ok(Transition::from_reply(applied, &prev))
     }
 
     /// Applies `update` without touching the status (e.g. `logs`, `reaped_at`, `attempt`).

@@ -8,27 +8,38 @@
 //! A run that is no longer `queued` (cancelled, timed out, superseded) is never launched: taking the slot
 //! checks it atomically, before the first launch and before every retry, and a run that ended while its
 //! launch was in flight has what was created removed. Every path that gives a run up gives its slot back.
+//!
+//! A new run (nearly every request) is recorded `queued` and takes its slot in one Redis script
+//! ([`airlock_runtime::store::Store::queue_with_slot`]): Redis is asked twice per run, before and after the
+//! launch.
+//!
+//! # Layout
+//! - this module: one request from validation to ack.
+//! - `launch`: the launch with its retries, and what follows a run that may not be launched, ended while it
+//!   was launched, or failed.
+
+mod launch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use airlock_backend::{BackendError, LaunchSpec, Launched};
+use airlock_backend::LaunchSpec;
 use airlock_runtime::consume::{self, Outcome};
 use airlock_runtime::metrics::RejectClass;
-use airlock_runtime::store::{RecordUpdate, StoredRun, Transition};
+use airlock_runtime::store::{RecordUpdate, SlotTake, StoredRun, Transition};
 use airlock_runtime::telemetry;
 use airlock_schemas::{
     FieldError, LifecycleEvent, RunStatus, TraceParent, ValidatedRun, decode_request, trace,
 };
 use async_nats::jetstream;
-use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
 use crate::reject::{RejectionRecord, record_rejection};
-use crate::slots::{Acquire, Reservation};
+use crate::slots::Reservation;
+
+use self::launch::{Launch, acquire_slot, ended_meanwhile, launch, not_launchable};
 
 /// Handles one request message; see the module docs.
 pub async fn handle(
@@ -54,13 +65,14 @@ pub async fn handle(
         }
         Ok(run) => match record_first(&ctx, &req, &run).await {
             Err(e) => Err(e),
-            // The usual case, a new run: recorded `queued` without reading anything first.
-            Ok(Some((span, tp))) => {
+            // The usual case, a new run: recorded `queued` (and its slot taken) without reading anything
+            // first.
+            Ok(Some((span, tp, slot))) => {
                 let run = Traced {
                     run,
                     existing: None,
                     tp,
-                    recorded: true,
+                    recorded: Some(slot),
                 };
                 dispatch(&ctx, &req, run, reservation)
                     .instrument(span)
@@ -84,7 +96,7 @@ pub async fn handle(
                             run,
                             existing,
                             tp: telemetry::passed_on(&span, &tp),
-                            recorded: false,
+                            recorded: None,
                         };
                         dispatch(&ctx, &req, run, reservation)
                             .instrument(span)
@@ -138,19 +150,20 @@ struct Traced {
     run: ValidatedRun,
     existing: Option<StoredRun>,
     tp: TraceParent,
-    /// Recorded `queued` by [`record_first`] (a new run).
-    recorded: bool,
+    /// Recorded `queued` by [`record_first`] (a new run), with what taking its slot in the same step found.
+    recorded: Option<SlotTake>,
 }
 
 /// The first attempt of a run with no record yet (nearly every request) is recorded `queued` at once,
-/// with the request's trace (or a new one), and handled in that trace's span: one read of the record fewer
-/// per run. `None` when there is a record already (a redelivery, a run cancelled before its dispatch, a
-/// re-dispatch): the caller reads it and goes on from what it says.
+/// with the request's trace (or a new one), and takes its slot in the same script; it is handled in that
+/// trace's span: one read of the record and one slot round trip fewer per run. `None` when there is a
+/// record already (a redelivery, a run cancelled before its dispatch, a re-dispatch): the caller reads it
+/// and goes on from what it says (nothing was taken).
 async fn record_first(
     ctx: &Ctx,
     req: &Request<'_>,
     run: &ValidatedRun,
-) -> Result<Option<(tracing::Span, TraceParent)>, Error> {
+) -> Result<Option<(tracing::Span, TraceParent, SlotTake)>, Error> {
     if req.attempt > 1 {
         return Ok(None);
     }
@@ -158,16 +171,17 @@ async fn record_first(
     let span = telemetry::run_span("dispatch", &run.request.id, &tp);
     let tp = telemetry::passed_on(&span, &tp);
     let update = queued_update(req, run, &tp)?;
-    let t = ctx
+    let ask = ctx.slots.ask(&run.queue, req.attempt);
+    let (t, slot) = ctx
         .store
-        .transition(&run.request.id, RunStatus::Queued, &update)
+        .queue_with_slot(&run.request.id, &update, &ask)
         .instrument(span.clone())
         .await?;
-    if !t.applied() {
+    let Some(slot) = slot.filter(|_| t.applied()) else {
         return Ok(None);
-    }
+    };
     ctx.metrics.run_accepted(&run.queue);
-    Ok(Some((span, tp)))
+    Ok(Some((span, tp, slot)))
 }
 
 /// The record of a run's first attempt, `queued`: its request, queue, image, submission time and trace.
@@ -204,14 +218,19 @@ async fn dispatch(
         return Ok(done);
     }
     // 1. `queued` first, so a fast job's result finds a record.
-    let submitted_at = if recorded {
+    let submitted_at = if recorded.is_some() {
         req.published_at
     } else {
         record_queued(ctx, req, &run, existing.as_ref(), &tp).await?
     };
 
-    // 2. A slot (normally free: the pull loop pulls only what fits), only while the run may be launched.
-    let launchable = acquire_slot(ctx, &run.queue, &id, req.attempt).await?;
+    // 2. A slot (normally free: the pull loop pulls only what fits), only while the run may be launched. A
+    // new run's was asked for in step 1; only a full cap waits here.
+    let launchable = match recorded {
+        Some(SlotTake::Taken) => true,
+        Some(SlotTake::NotLaunchable) => false,
+        Some(SlotTake::Full) | None => acquire_slot(ctx, &run.queue, &id, req.attempt).await?,
+    };
     reservation.give_up();
 
     // 3. Launch. A re-dispatched run has only what is left of its deadline.
@@ -325,203 +344,4 @@ async fn record_queued(
         ctx.store.update(&run.request.id, &update).await?;
     }
     Ok(req.published_at)
-}
-
-/// What [`launch`] did.
-enum Launch {
-    /// The run's objects exist (created now, or already); whether the run ended meanwhile is told by the
-    /// `pending` transition that follows.
-    Launched,
-    /// The run may no longer be launched (see [`crate::slots::Acquire::NotLaunchable`]); nothing more was
-    /// created.
-    NotLaunchable,
-    /// Settle the message so (the run recorded `failed` where that is final).
-    Settle(Outcome),
-}
-
-/// Why one launch attempt stopped.
-enum LaunchError {
-    /// The backend refused or failed.
-    Backend(BackendError),
-    /// The run may no longer be launched: a retry is not made.
-    NotLaunchable,
-    /// Checking the run failed.
-    Store(Error),
-}
-
-/// Launches with in-handler retries of transient failures (capped, jittered exponential backoff). Before
-/// each retry the slot is taken again, which re-checks atomically that the run may still be launched; and
-/// a run that ended while its launch was in flight has what was created removed.
-async fn launch(ctx: &Ctx, req: &Request<'_>, spec: &LaunchSpec) -> Result<Launch, Error> {
-    let (id, queue, attempt) = (spec.run_id(), spec.run.queue.as_str(), req.attempt);
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(ctx.config.retry_min_delay)
-        .with_max_delay(ctx.config.retry_max_delay)
-        .with_max_times(ctx.config.retry_times)
-        .with_jitter();
-    let tries = std::sync::atomic::AtomicU32::new(0);
-    let launched = (|| async {
-        if tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
-            // Refreshes the slot the run holds (a reclaimed one is taken again if it fits; a launch already
-            // under way goes on either way) and re-checks that the run may still be launched.
-            match ctx.slots.acquire(queue, id, attempt).await {
-                Ok(Acquire::NotLaunchable) => return Err(LaunchError::NotLaunchable),
-                Ok(Acquire::Taken | Acquire::Full) => {}
-                Err(e) => return Err(LaunchError::Store(e.into())),
-            }
-        }
-        ctx.backend.launch(spec).await.map_err(LaunchError::Backend)
-    })
-    .retry(backoff)
-    .when(|e| matches!(e, LaunchError::Backend(b) if b.is_retryable()))
-    .notify(|e, d| {
-        if let LaunchError::Backend(e) = e {
-            ctx.metrics.backend_retry(e.api_call());
-            warn!(run_id = %id, attempt, error = %e, retry_in = ?d, "Launch failed; will retry");
-        }
-    })
-    .await;
-    let e = match launched {
-        Ok(l) => {
-            let how = if l == Launched::Created {
-                ctx.metrics.run_launched(queue, id, req.published_at);
-                "Run launched"
-            } else {
-                "Run objects already existed (redelivery)"
-            };
-            info!(run_id = %id, queue = %queue, attempt, "{how}");
-            return Ok(Launch::Launched);
-        }
-        Err(LaunchError::NotLaunchable) => {
-            info!(run_id = %id, attempt, "Run may no longer be launched (cancelled, timed out or superseded); launch retries stopped");
-            return Ok(Launch::NotLaunchable);
-        }
-        Err(LaunchError::Store(e)) => return Err(e),
-        Err(LaunchError::Backend(e)) => e,
-    };
-    let delivered = req.delivered;
-    if e.is_retryable() {
-        if delivered < ctx.config.consumer.max_deliver {
-            warn!(run_id = %id, attempt, delivered, error = %e, "Launch failed; request will be redelivered");
-            return Ok(Launch::Settle(ctx.transient(delivered)));
-        }
-        let reason = format!("gave up after {delivered} deliveries: {e}");
-        warn!(run_id = %id, attempt, reason = %reason, "Run failed; dead-lettered");
-        fail(ctx, id, queue, attempt, &reason, true).await?;
-        // A nak on the last delivery: JetStream stops redelivering and sends the max-deliveries advisory;
-        // the message stays in the stream as the dead letter.
-        return Ok(Launch::Settle(Outcome::Transient(Duration::from_millis(
-            100,
-        ))));
-    }
-    if let BackendError::NotOurs { name, run_id } = &e {
-        if ctx
-            .store
-            .head(id)
-            .await?
-            .is_some_and(|h| h.attempt > attempt)
-        {
-            info!(run_id = %id, attempt, "Superseded by a newer attempt; acknowledged");
-            return Ok(Launch::Settle(Outcome::Done));
-        }
-        let reason = format!("{name} exists but does not belong to run {run_id} attempt {attempt}");
-        warn!(run_id = %id, reason = %reason, "Run failed");
-        fail(ctx, id, queue, attempt, &reason, false).await?;
-        return Ok(Launch::Settle(Outcome::Poison(reason)));
-    }
-    let reason = e.to_string();
-    warn!(run_id = %id, attempt, reason = %reason, "Run failed");
-    fail(ctx, id, queue, attempt, &reason, true).await?;
-    Ok(Launch::Settle(Outcome::Poison(reason)))
-}
-
-/// After a launch, for a run that ended meanwhile (a cancel or deadline recorded while the launch was in
-/// flight, after the janitor's reap removed nothing; told by the refused `pending`): removes what was just
-/// created and gives the slot back.
-async fn ended_meanwhile(ctx: &Ctx, id: &str) -> Result<Outcome, Error> {
-    warn!(run_id = %id, "Run ended while it was being launched; removing what was created");
-    ctx.backend.remove(id).await?;
-    ctx.slots.release(id).await?;
-    Ok(Outcome::Done)
-}
-
-/// A run the slot script refused to launch: `Done` when it has ended (its slot given back) or has no
-/// record; `None` when it is already launched (past `queued` on its first attempt: a redelivery after the
-/// launch), so the remaining steps are completed without launching again.
-async fn not_launchable(ctx: &Ctx, id: &str, attempt: u32) -> Result<Option<Outcome>, Error> {
-    let head = ctx.store.head(id).await?;
-    match head {
-        Some(h) if !h.is_terminal() && h.attempt <= attempt => {
-            debug!(run_id = %id, attempt, status = ?h.status, "Already launched; completing the dispatch");
-            Ok(None)
-        }
-        Some(h) if !h.is_terminal() => {
-            // A newer attempt holds the run's slot (slots are per run): leave it.
-            info!(run_id = %id, attempt, current = h.attempt, "Superseded by a newer attempt; acknowledged without launching");
-            Ok(Some(Outcome::Done))
-        }
-        _ => {
-            info!(run_id = %id, attempt, status = ?head.and_then(|h| h.status), "Run ended before its launch; acknowledged without launching");
-            ctx.slots.release(id).await?;
-            Ok(Some(Outcome::Done))
-        }
-    }
-}
-
-/// Takes a slot; if another replica took the last one first, waits until one frees (the caller keeps the
-/// message alive with progress acks, so no delivery is burnt). `false` when the run may no longer be
-/// launched (nothing taken).
-async fn acquire_slot(ctx: &Ctx, queue: &str, id: &str, attempt: u32) -> Result<bool, Error> {
-    loop {
-        let notified = ctx.slots.wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match ctx.slots.acquire(queue, id, attempt).await? {
-            Acquire::Taken => return Ok(true),
-            Acquire::NotLaunchable => return Ok(false),
-            Acquire::Full => {}
-        }
-        debug!(run_id = %id, queue = %queue, "Queue full; holding the request until a slot frees");
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Records the run `failed`, gives its slot back and, when `cleanup`, removes what was created of it.
-async fn fail(
-    ctx: &Ctx,
-    id: &str,
-    queue: &str,
-    attempt: u32,
-    reason: &str,
-    cleanup: bool,
-) -> Result<(), Error> {
-    let update = RecordUpdate {
-        reason: Some(reason.to_string()),
-        finished_at: Some(Utc::now()),
-        ..RecordUpdate::default()
-    };
-    // Announced only when the run is `failed` (now or by an earlier delivery): a run cancelled or timed out
-    // meanwhile keeps that outcome, and its clients hear only of that.
-    let t = ctx.store.transition(id, RunStatus::Failed, &update).await?;
-    if matches!(
-        t,
-        Transition::Applied { .. }
-            | Transition::Refused {
-                current: RunStatus::Failed
-            }
-    ) {
-        let ev = LifecycleEvent::now(id, RunStatus::Failed)
-            .with_queue(Some(queue.to_string()))
-            .with_reason(reason);
-        if let Err(e) = ctx.publisher.event(&ev, attempt).await {
-            warn!(run_id = %id, error = %e, "Publishing the failed event failed");
-        }
-    }
-    if cleanup && let Err(e) = ctx.backend.remove(id).await {
-        warn!(run_id = %id, error = %e, "Removing a failed run's objects failed; the janitor's sweep will");
-    }
-    Ok(ctx.slots.release(id).await?)
 }
