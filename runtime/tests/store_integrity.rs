@@ -1,9 +1,10 @@
 //! The store's integrity guarantees against a real redis-server: refusals never overwrite a record, a run
-//! that ends gives its slot back, rejections are counted in all.
+//! that ends gives its slot back, a new run takes its slot with its `queued` record only within the caps,
+//! rejections are counted in all.
 
 use std::time::Duration;
 
-use airlock_runtime::store::{RecordUpdate, Store};
+use airlock_runtime::store::{RecordUpdate, SlotAsk, SlotTake, Store, Transition};
 use airlock_schemas::RunStatus;
 use airlock_schemas::record::{slots_all_key, slots_queue_key};
 use airlock_test_support::RedisServer;
@@ -65,6 +66,74 @@ async fn a_run_that_ends_gives_its_slot_back_in_the_same_write() -> anyhow::Resu
     s.transition("p1", RunStatus::Succeeded, &RecordUpdate::default())
         .await?;
     assert_eq!(holds_slot(&s, "q", "p1").await?, (false, false));
+    Ok(())
+}
+
+fn ask(queue: &str, queue_cap: u32, global_cap: u32) -> SlotAsk<'_> {
+    SlotAsk {
+        queue,
+        attempt: 1,
+        queue_cap,
+        global_cap,
+    }
+}
+
+#[tokio::test]
+async fn a_new_run_is_queued_and_takes_its_slot_in_one_step_within_the_caps() -> anyhow::Result<()>
+{
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    // A new run: recorded and given a slot.
+    let (t, slot) = s
+        .queue_with_slot("n1", &queued_on("q"), &ask("q", 1, 10))
+        .await?;
+    assert_eq!(t, Transition::Applied { previous: None });
+    assert_eq!(slot, Some(SlotTake::Taken));
+    assert_eq!(holds_slot(&s, "q", "n1").await?, (true, true));
+    let rec = s.get("n1").await?.expect("recorded");
+    assert_eq!(rec.status, Some(RunStatus::Queued));
+    assert_eq!(rec.queue.as_deref(), Some("q"));
+    // The queue's cap is reached: recorded all the same, no slot taken.
+    let (t, slot) = s
+        .queue_with_slot("n2", &queued_on("q"), &ask("q", 1, 10))
+        .await?;
+    assert!(t.applied());
+    assert_eq!(slot, Some(SlotTake::Full));
+    assert_eq!(holds_slot(&s, "q", "n2").await?, (false, false));
+    assert_eq!(
+        s.head("n2").await?.and_then(|h| h.status),
+        Some(RunStatus::Queued)
+    );
+    // The global cap is reached for another queue.
+    let (_, slot) = s
+        .queue_with_slot("n3", &queued_on("r"), &ask("r", 5, 1))
+        .await?;
+    assert_eq!(slot, Some(SlotTake::Full));
+    // A run that exists already (cancelled before its dispatch) is refused and takes nothing.
+    s.transition("c1", RunStatus::Cancelled, &RecordUpdate::default())
+        .await?;
+    let (t, slot) = s
+        .queue_with_slot("c1", &queued_on("r"), &ask("r", 5, 10))
+        .await?;
+    assert_eq!(
+        t,
+        Transition::Refused {
+            current: RunStatus::Cancelled
+        }
+    );
+    assert_eq!(slot, None);
+    assert_eq!(holds_slot(&s, "r", "c1").await?, (false, false));
+    // The slot script alone refuses what may no longer be launched, and takes a free slot otherwise.
+    assert_eq!(
+        s.take_slot("c1", &ask("r", 5, 10)).await?,
+        SlotTake::NotLaunchable
+    );
+    assert_eq!(
+        s.take_slot("nobody", &ask("r", 5, 10)).await?,
+        SlotTake::NotLaunchable
+    );
+    assert_eq!(s.take_slot("n2", &ask("q", 2, 10)).await?, SlotTake::Taken);
+    assert_eq!(holds_slot(&s, "q", "n2").await?, (true, true));
     Ok(())
 }
 
