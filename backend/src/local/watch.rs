@@ -250,12 +250,14 @@ impl Notify {
     }
 
     /// Watches the run's directory for its `status.json` being replaced (a watch the kernel refuses leaves the
-    /// run to the rescans). Adding a watch twice is harmless (same descriptor).
+    /// run to the rescans). Adding a watch twice is harmless (same descriptor). Only renames into it: every
+    /// status write is one (`state::write_atomic`), and the files written in place (the log, temporary files)
+    /// would only wake the watch for nothing.
     fn add_run(&mut self, b: &LocalBackend, run_id: &str) {
         match inotify::add_watch(
             self.fd.get_ref(),
             b.run_dir(run_id),
-            WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE | WatchFlags::ONLYDIR,
+            WatchFlags::MOVED_TO | WatchFlags::ONLYDIR,
         ) {
             Ok(wd) => {
                 self.wds.insert(wd, run_id.to_string());
