@@ -98,7 +98,7 @@ impl State {
         }
         if !self.again.is_empty() {
             let ids = std::mem::take(&mut self.again);
-            return self.read_runs(ids).await;
+            return self.publish_due(ids).await;
         }
         let wake = match &mut self.inotify {
             Some(n) => tokio::select! {
@@ -136,6 +136,34 @@ impl State {
         let present: HashSet<String> = all.iter().cloned().collect();
         self.seen.retain(|id, _| present.contains(id));
         self.read_runs(present).await
+    }
+
+    /// Publishes the pending results of `ids`, each just reported `Running`, and returns what changed. No read
+    /// of its own first: `publish_pending` reads the status under the run's publish lock, and a run that is
+    /// no longer pending is observed as it is.
+    async fn publish_due(&mut self, ids: HashSet<String>) -> Vec<Observed> {
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            let o = match self.backend.publish_pending(&id).await {
+                // The final status just written: finished, so no liveness to ask.
+                Some(done) => done.to_observed(false),
+                None => match self.backend.observe(&id).await {
+                    Ok(Some(now)) => now,
+                    Ok(None) => {
+                        self.seen.remove(&id);
+                        continue;
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if self.seen.get(&id) != Some(&o) {
+                self.seen.insert(id, o.clone());
+                out.push(o);
+            }
+        }
+        out
     }
 
     /// Reads the runs `ids`, publishes their pending results when due, and returns what changed.
