@@ -96,6 +96,7 @@ use tracing::{info, warn};
 use self::cgroups::Cgroups;
 pub use self::config::{DEFAULT_UID_LOCK_DIR, LocalArgs, LocalConfig, Supervisor};
 use self::sandbox::Limits;
+use self::state::StatusFile;
 pub use self::supervisor::{
     SUPERVISE_ARG, stop_supervisors, supervise_if_asked, supervise_process,
 };
@@ -245,9 +246,40 @@ impl LocalBackend {
                 "invalid run id {run_id:?}"
             )));
         }
-        if let Some(existing) = self.observe(&run_id).await? {
+        let limits = Limits::resolve(self.config(), spec);
+        let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
+        let deadline_at = tokio::time::Instant::now() + deadline;
+        // One hop off the runtime's workers for the whole launch (a status read, file locks and writes, after a
+        // crash a scan of `/proc`, and a supervisor process's spawn): every hop costs thread hand-offs.
+        let (this, owned) = (self.clone(), spec.clone());
+        let launched = tokio::task::spawn_blocking(move || {
+            this.launch_blocking(&owned, limits, deadline, deadline_at)
+        })
+        .await
+        .map_err(|e| BackendError::Transient(format!("launching {run_id}: {e}")))??;
+        match launched {
+            LaunchStep::AlreadyExisted => return Ok(Launched::AlreadyExisted),
+            LaunchStep::Started => {}
+            // The sandbox is spawned by the task, on a runtime worker thread that lives as long as the
+            // process (bwrap's --die-with-parent follows the thread that forked it), never a blocking thread.
+            LaunchStep::InProcess(run) => drop(tokio::spawn(self.clone().supervise(*run))),
+        }
+        Ok(Launched::Created)
+    }
+
+    /// [`Self::launch`]'s blocking part: replaces a previous attempt, claims a uid, populates the run directory
+    /// and, with supervisor processes, starts the run's supervisor.
+    fn launch_blocking(
+        &self,
+        spec: &LaunchSpec,
+        limits: Limits,
+        deadline: Duration,
+        deadline_at: tokio::time::Instant,
+    ) -> Result<LaunchStep, BackendError> {
+        let run_id = spec.run_id().to_string();
+        if let Some(existing) = self.observe_blocking(&run_id)? {
             if existing.attempt == spec.attempt {
-                return Ok(Launched::AlreadyExisted);
+                return Ok(LaunchStep::AlreadyExisted);
             }
             if !(existing.phase.is_finished() || existing.lost) {
                 return Err(BackendError::NotOurs {
@@ -256,33 +288,22 @@ impl LocalBackend {
                 });
             }
             info!(run_id = %run_id, old = existing.attempt, new = spec.attempt, "Replacing a previous attempt");
-            self.remove(&run_id).await?;
+            self.remove_blocking(&run_id)?;
         }
-        let limits = Limits::resolve(self.config(), spec);
-        // File locks and writes (and, after a crash, a scan of `/proc`): off the runtime's workers.
-        let (this, owned, rid) = (self.clone(), spec.clone(), run_id.clone());
-        let claimed = tokio::task::spawn_blocking(move || {
-            let (slot, uid_lock) = this.take_slot(&rid)?;
-            match this.populate(&owned, slot, uid_lock.uid()) {
-                Ok(Some(lock)) => Ok(Some((uid_lock, lock))),
-                other => {
-                    this.release_slot(slot, &rid);
-                    other.map(|_| None)
-                }
+        let (slot, uid_lock) = self.take_slot(&run_id)?;
+        let supervision = match self.populate(spec, slot, uid_lock.uid()) {
+            Ok(Some(lock)) => lock,
+            other => {
+                self.release_slot(slot, &run_id);
+                return other.map(|_| LaunchStep::AlreadyExisted);
             }
-        })
-        .await
-        .map_err(|e| BackendError::Transient(format!("launching {run_id}: {e}")))??;
-        let Some((uid_lock, supervision)) = claimed else {
-            return Ok(Launched::AlreadyExisted);
         };
-        let deadline = Duration::from_secs(spec.run.deadline_seconds.max(1));
         let run = supervise::Run {
             run_id,
             uid_lock,
             supervision,
             deadline,
-            deadline_at: tokio::time::Instant::now() + deadline,
+            deadline_at,
             token: spec.env.get(env::RUN_TOKEN).cloned(),
             request: spec.run.request.clone(),
             image: ImageRef::parse(&spec.run.request.image).ok(),
@@ -290,20 +311,12 @@ impl LocalBackend {
             limits,
         };
         match &self.config().supervisor {
-            // The sandbox is spawned by the task, on a runtime worker thread that lives as long as the
-            // process (bwrap's --die-with-parent follows the thread that forked it), never a blocking thread.
-            Supervisor::InProcess => drop(tokio::spawn(self.clone().supervise(run))),
+            Supervisor::InProcess => Ok(LaunchStep::InProcess(Box::new(run))),
             Supervisor::Process { program, args } => {
-                // Process spawn, file writes and a `/proc` read: off the runtime's workers.
-                let (this, program, args) = (self.clone(), program.clone(), args.clone());
-                tokio::task::spawn_blocking(move || this.start_supervisor(&program, &args, run))
-                    .await
-                    .map_err(|e| {
-                        BackendError::Transient(format!("starting a supervisor: {e}"))
-                    })??;
+                self.start_supervisor(program, args, run)?;
+                Ok(LaunchStep::Started)
             }
         }
-        Ok(Launched::Created)
     }
 
     /// Kills the run if it is still going and deletes its directory, cgroups and slot (idempotent).
@@ -327,10 +340,15 @@ impl LocalBackend {
         if !self.run_dir(run_id).exists() {
             return Ok(Removed::Absent);
         }
-        if let Some(s) = &status {
-            self.kill_removed(run_id, s.pid, s.uid, s.slot);
+        // A final status is written only after its supervisor killed everything of the run, removed its cgroups
+        // and released its slot (`supervise`): nothing is left to kill or remove then.
+        let cleaned_up = status.as_ref().is_some_and(StatusFile::is_finished);
+        if !cleaned_up {
+            if let Some(s) = &status {
+                self.kill_removed(run_id, s.pid, s.uid, s.slot);
+            }
+            self.inner.cgroups.remove(&self.cgroup_key(run_id));
         }
-        self.inner.cgroups.remove(&self.cgroup_key(run_id));
         let Some(trash) = self.move_to_trash(run_id)? else {
             return Ok(Removed::Absent);
         };
@@ -341,6 +359,16 @@ impl LocalBackend {
         info!(run_id, "Run removed");
         Ok(Removed::Deleted)
     }
+}
+
+/// What the blocking part of a launch did.
+enum LaunchStep {
+    /// The run (this attempt) was there already.
+    AlreadyExisted,
+    /// Its supervisor process was started.
+    Started,
+    /// The run, for an in-process supervisor task.
+    InProcess(Box<supervise::Run>),
 }
 
 /// FNV-1a (64 bits) of `bytes`, in hex: a short stable tag.

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_schemas::RunRequest;
 use chrono::{DateTime, Utc};
@@ -27,6 +29,14 @@ pub(crate) struct SpecFile {
     /// Attempt (1-based).
     pub attempt: u32,
     /// The job environment as given by the dispatcher.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Only the job environment of a `spec.json` (our own file, not a wire type): the rest is skipped unparsed.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SpecEnv {
+    /// [`SpecFile::env`].
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
 
@@ -140,8 +150,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Res
         .parent()
         .ok_or_else(|| std::io::Error::other("path has no parent"))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    // Unique among this process's writes (the counter), across processes (the pid, read once) and against a
+    // leftover of a dead process that had the same pid (the time).
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.{nanos}.{n}.tmp", my_pid()));
     let res = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -150,13 +163,41 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Res
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        // `open` applied the umask: set the exact mode only when the umask took bits of it away.
+        if mode & umask() != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Sequence of this process's temporary file names.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// This process's pid, read once (a forked child that writes files execs first, so it reads its own).
+fn my_pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+/// This process's umask, read once from `/proc/self/status` (the services never change it); all bits set when
+/// it cannot be read, so the mode is then always set explicitly.
+fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o7777)
+    })
 }
 
 /// Writes `value` as JSON to `path` atomically (root-only, 0600).

@@ -38,7 +38,7 @@ use super::liveness::SupervisionLock;
 use super::procs::proc_start_time;
 use super::rundir::{RESULT, SPEC, STATUS};
 use super::sandbox::Limits;
-use super::state::{SpecFile, StatusFile, read_json, write_json};
+use super::state::{SpecEnv, SpecFile, StatusFile, read_json, write_json};
 use super::supervise::Run;
 use super::uids::UidLock;
 use super::{LocalBackend, LocalConfig};
@@ -233,9 +233,14 @@ impl LocalBackend {
     }
 
     /// Names this process as the run's supervisor in its status (the launcher does too, after the spawn;
-    /// whichever comes last, both name this process).
+    /// whichever comes last, both name this process). Nothing is written when the launcher did it already.
     fn claim_status(&self, run_id: &str) {
         if let Ok(Some(mut status)) = self.read_status(run_id) {
+            if status.supervisor_pid == self.inner.me
+                && status.supervisor_start == self.inner.my_start
+            {
+                return;
+            }
             status.supervisor_pid = self.inner.me;
             status.supervisor_start = self.inner.my_start;
             let path = self.run_dir(run_id).join(STATUS);
@@ -255,7 +260,8 @@ impl LocalBackend {
         if !status.result_pending {
             return None;
         }
-        let spec: Option<SpecFile> = read_json(&dir.join(SPEC)).ok().flatten();
+        // Only the env (token, traceparent): the request is not needed here.
+        let spec: Option<SpecEnv> = read_json(&dir.join(SPEC)).ok().flatten();
         let job_env = spec.map(|s| s.env).unwrap_or_default();
         let token = job_env.get(env::RUN_TOKEN);
         let traceparent = job_env.get(trace::TRACEPARENT);

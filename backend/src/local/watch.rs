@@ -98,7 +98,7 @@ impl State {
         }
         if !self.again.is_empty() {
             let ids = std::mem::take(&mut self.again);
-            return self.read_runs(ids).await;
+            return self.publish_due(ids).await;
         }
         let wake = match &mut self.inotify {
             Some(n) => tokio::select! {
@@ -136,6 +136,34 @@ impl State {
         let present: HashSet<String> = all.iter().cloned().collect();
         self.seen.retain(|id, _| present.contains(id));
         self.read_runs(present).await
+    }
+
+    /// Publishes the pending results of `ids`, each just reported `Running`, and returns what changed. No read
+    /// of its own first: `publish_pending` reads the status under the run's publish lock, and a run that is
+    /// no longer pending is observed as it is.
+    async fn publish_due(&mut self, ids: HashSet<String>) -> Vec<Observed> {
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            let o = match self.backend.publish_pending(&id).await {
+                // The final status just written: finished, so no liveness to ask.
+                Some(done) => done.to_observed(false),
+                None => match self.backend.observe(&id).await {
+                    Ok(Some(now)) => now,
+                    Ok(None) => {
+                        self.seen.remove(&id);
+                        continue;
+                    }
+                    Err(_) => continue,
+                },
+            };
+            if self.seen.get(&id) != Some(&o) {
+                self.seen.insert(id, o.clone());
+                out.push(o);
+            }
+        }
+        out
     }
 
     /// Reads the runs `ids`, publishes their pending results when due, and returns what changed.
@@ -250,12 +278,14 @@ impl Notify {
     }
 
     /// Watches the run's directory for its `status.json` being replaced (a watch the kernel refuses leaves the
-    /// run to the rescans). Adding a watch twice is harmless (same descriptor).
+    /// run to the rescans). Adding a watch twice is harmless (same descriptor). Only renames into it: every
+    /// status write is one (`state::write_atomic`), and the files written in place (the log, temporary files)
+    /// would only wake the watch for nothing.
     fn add_run(&mut self, b: &LocalBackend, run_id: &str) {
         match inotify::add_watch(
             self.fd.get_ref(),
             b.run_dir(run_id),
-            WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE | WatchFlags::ONLYDIR,
+            WatchFlags::MOVED_TO | WatchFlags::ONLYDIR,
         ) {
             Ok(wd) => {
                 self.wds.insert(wd, run_id.to_string());
