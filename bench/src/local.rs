@@ -85,6 +85,17 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     let mut paced = submit(&w, &subjects, "paced", n, Some(OFFERED), &mut events).await?;
     let paced_cpu = cpu()?.since(&cpu0);
     let paced_reaped = d.reaped_cpu()? - reaped0;
+    // And at half that load: the latency of a run when the machine is not near its capacity.
+    let mut light = submit(
+        &w,
+        &subjects,
+        "light",
+        n / 2,
+        Some(OFFERED / 2.0),
+        &mut events,
+    )
+    .await?;
+    light.sort();
     burst.sort();
     paced.sort();
     let sandbox_rate = 1.0 / parse_ms(&bare.figure).unwrap_or(f64::NAN) * 1000.0;
@@ -134,6 +145,19 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
                     "supervisors + sandboxes the dispatcher reaped"
                 )
             ),
+        },
+        Row {
+            what: format!(
+                "local: p50 / p99 submit → succeeded at {:.0} runs/s offered",
+                OFFERED / 2.0
+            ),
+            figure: format!(
+                "{:.0} ms / {:.0} ms",
+                ms(q(&light, 0.5)),
+                ms(q(&light, 0.99))
+            ),
+            ceiling: None,
+            cpu: String::new(),
         },
         bare,
     ])

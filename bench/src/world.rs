@@ -154,27 +154,13 @@ fn proc_cpu(path: &str) -> Result<Duration> {
 }
 
 /// The sum of the tick fields `range` (0-based, after the command) of a `/proc/<pid>/stat`.
-fn proc_cpu_fields(path: &str, range: std::ops::Range<usize>) -> Result<Duration> {
+pub fn proc_cpu_fields(path: &str, range: std::ops::Range<usize>) -> Result<Duration> {
     let stat = std::fs::read_to_string(path)?;
     let rest = stat.rsplit_once(')').context("stat format")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
     let ticks: f64 = f
         .get(range)
-        .context("stat fields")?
-        .iter()
-        .map(|v| v.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    Ok(Duration::from_secs_f64(ticks / TICKS_PER_S))
-}
-
-/// CPU time of this process's waited-for children (bare sandboxes).
-pub fn children_cpu() -> Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f
-        .get(13..15)
         .context("stat fields")?
         .iter()
         .map(|v| v.parse::<f64>().unwrap_or(0.0))
