@@ -150,6 +150,33 @@ pub fn run_span(name: &'static str, run_id: &str, tp: &TraceParent) -> Span {
     span
 }
 
+/// The span for dispatching run `run_id`, and the `traceparent` to pass on from inside it: a child of the
+/// request's (or the recorded) trace `tp`; without one, the root of a new trace, so that an exported trace has
+/// its root span (its id is then the exporter's, and the span's `trace_id` field is recorded from it).
+pub fn first_span(
+    name: &'static str,
+    run_id: &str,
+    tp: Option<TraceParent>,
+) -> (Span, TraceParent) {
+    match tp {
+        Some(tp) => {
+            let span = run_span(name, run_id, &tp);
+            let next = passed_on(&span, &tp);
+            (span, next)
+        }
+        None if EXPORTING.get().copied().unwrap_or(false) => {
+            let span = tracing::info_span!("run", otel.name = name, run_id = %run_id, trace_id = tracing::field::Empty);
+            let next = passed_on(&span, &new_trace());
+            span.record("trace_id", tracing::field::display(next.trace_id_hex()));
+            (span, next)
+        }
+        None => {
+            let tp = new_trace();
+            (run_span(name, run_id, &tp), tp)
+        }
+    }
+}
+
 /// The `traceparent` to pass on from inside `span` (made by [`run_span`] from `tp`): `span` itself when it
 /// is exported, otherwise `tp` unchanged.
 pub fn passed_on(span: &Span, tp: &TraceParent) -> TraceParent {

@@ -89,13 +89,12 @@ pub async fn handle(
                             .as_ref()
                             .and_then(|r| r.record.traceparent.as_deref())
                             .and_then(TraceParent::parse)
-                            .or_else(|| telemetry::from_headers(msg.headers.as_ref()))
-                            .unwrap_or_else(telemetry::new_trace);
-                        let span = telemetry::run_span("dispatch", &id, &tp);
+                            .or_else(|| telemetry::from_headers(msg.headers.as_ref()));
+                        let (span, tp) = telemetry::first_span("dispatch", &id, tp);
                         let run = Traced {
                             run,
                             existing,
-                            tp: telemetry::passed_on(&span, &tp),
+                            tp,
                             recorded: None,
                         };
                         dispatch(&ctx, &req, run, reservation)
@@ -167,9 +166,8 @@ async fn record_first(
     if req.attempt > 1 {
         return Ok(None);
     }
-    let tp = telemetry::from_headers(req.msg.headers.as_ref()).unwrap_or_else(telemetry::new_trace);
-    let span = telemetry::run_span("dispatch", &run.request.id, &tp);
-    let tp = telemetry::passed_on(&span, &tp);
+    let tp = telemetry::from_headers(req.msg.headers.as_ref());
+    let (span, tp) = telemetry::first_span("dispatch", &run.request.id, tp);
     let update = queued_update(req, run, &tp)?;
     let ask = ctx.slots.ask(&run.queue, req.attempt);
     let (t, slot) = ctx

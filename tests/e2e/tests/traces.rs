@@ -101,6 +101,29 @@ fn exported(received: &Received, name: &str, trace_id: &[u8; 16]) -> bool {
         .any(|b| contains(b, name.as_bytes()) && contains(b, trace_id))
 }
 
+/// Whether an export of service `name` holds span `span_id` of trace `trace_id` as a root span (`None`: not
+/// exported yet). In OTLP's protobuf a `Span` begins with its trace id (field 1, tag 0x0a) and span id (field 2,
+/// tag 0x12); a parent span id would come next as field 4 (tag 0x22), the empty trace state being omitted.
+fn exported_as_root(
+    received: &Received,
+    name: &str,
+    trace_id: &[u8; 16],
+    span_id: &[u8; 8],
+) -> Option<bool> {
+    let mut head = vec![0x0a, 0x10];
+    head.extend_from_slice(trace_id);
+    head.extend_from_slice(&[0x12, 0x08]);
+    head.extend_from_slice(span_id);
+    let bodies = received.lock().expect("lock");
+    bodies
+        .iter()
+        .filter(|b| contains(b, name.as_bytes()))
+        .find_map(|b| {
+            let at = b.windows(head.len()).position(|w| w == head.as_slice())?;
+            Some(b.get(at + head.len()) != Some(&0x22))
+        })
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -231,6 +254,12 @@ async fn one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_inge
     )
     .context("the recorded traceparent is valid")?;
     assert_ne!(new.trace_id_hex(), TRACE_ID);
+    // Its first span (the dispatcher's, whose id the record carries) is the trace's root, exported as such.
+    let root = wait_until(T, "the new trace's first span exported", || async {
+        exported_as_root(&received, "airlock-dispatcher", &new.trace_id, &new.span_id)
+    })
+    .await?;
+    assert!(root, "the dispatcher's span of a new trace has no parent");
     for s in [&services[0], &services[2]] {
         let needle = format!("trace_id={}", new.trace_id_hex());
         wait_until(T, "the new trace id in the service's log", || async {
