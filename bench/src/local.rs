@@ -118,25 +118,11 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
                 )
             ),
         },
-        Row {
-            what: "local: p50 / p99 submit → succeeded (burst)".into(),
-            figure: format!(
-                "{:.0} ms / {:.0} ms",
-                ms(q(&burst, 0.5)),
-                ms(q(&burst, 0.99))
-            ),
-            ceiling: None,
-            cpu: String::new(),
-        },
-        Row {
-            what: format!("local: p50 / p99 submit → succeeded at {OFFERED:.0} runs/s offered"),
-            figure: format!(
-                "{:.0} ms / {:.0} ms",
-                ms(q(&paced, 0.5)),
-                ms(q(&paced, 0.99))
-            ),
-            ceiling: None,
-            cpu: format!(
+        latency_row("(burst)", &burst, String::new()),
+        latency_row(
+            &format!("at {OFFERED:.0} runs/s offered"),
+            &paced,
+            format!(
                 "{}; {}",
                 paced_cpu.describe(n),
                 cpu_ms(
@@ -145,22 +131,28 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
                     "supervisors + sandboxes the dispatcher reaped"
                 )
             ),
-        },
-        Row {
-            what: format!(
-                "local: p50 / p99 submit → succeeded at {:.0} runs/s offered",
-                OFFERED / 2.0
-            ),
-            figure: format!(
-                "{:.0} ms / {:.0} ms",
-                ms(q(&light, 0.5)),
-                ms(q(&light, 0.99))
-            ),
-            ceiling: None,
-            cpu: String::new(),
-        },
+        ),
+        latency_row(
+            &format!("at {:.0} runs/s offered", OFFERED / 2.0),
+            &light,
+            String::new(),
+        ),
         bare,
     ])
+}
+
+/// `local: p50 / p99 submit → succeeded <phase>` of the sorted latencies `sorted`.
+fn latency_row(phase: &str, sorted: &[Duration], cpu: String) -> Row {
+    Row {
+        what: format!("local: p50 / p99 submit → succeeded {phase}"),
+        figure: format!(
+            "{:.0} ms / {:.0} ms",
+            ms(q(sorted, 0.5)),
+            ms(q(sorted, 0.99))
+        ),
+        ceiling: None,
+        cpu,
+    }
 }
 
 /// CPU time of the dispatcher, the ingester and the janitor.

@@ -12,6 +12,7 @@ use airlock_schemas::{RequestRejected, RunStatus};
 use airlock_test_support::wait_until;
 use common::{Env, request};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -45,6 +46,25 @@ async fn launch_failed(env: &Env, n: usize) -> anyhow::Result<()> {
     .await
 }
 
+/// Makes every launch fail (the NetworkPolicy create answers 500) and starts a dispatcher that retries them
+/// quickly and for long.
+fn spawn_with_failing_launches(env: &Env) -> (tokio::task::JoinHandle<()>, CancellationToken) {
+    env.emu.fail_next(
+        Some("POST"),
+        "/networkpolicies",
+        FaultAction::InternalError,
+        100_000,
+    );
+    env.spawn(env.config(&[
+        "--retry-times",
+        "1000",
+        "--retry-min-delay",
+        "50ms",
+        "--retry-max-delay",
+        "100ms",
+    ]))
+}
+
 async fn all_acknowledged(env: &Env) -> anyhow::Result<()> {
     wait_until(T, "every request acknowledged", || async {
         let i = env.consumer_info("default").await.ok()?;
@@ -57,20 +77,7 @@ async fn all_acknowledged(env: &Env) -> anyhow::Result<()> {
 async fn a_run_cancelled_while_its_launch_is_being_retried_is_never_launched() -> anyhow::Result<()>
 {
     let env = Env::start().await?;
-    env.emu.fail_next(
-        Some("POST"),
-        "/networkpolicies",
-        FaultAction::InternalError,
-        100_000,
-    );
-    let (task, stop) = env.spawn(env.config(&[
-        "--retry-times",
-        "1000",
-        "--retry-min-delay",
-        "50ms",
-        "--retry-max-delay",
-        "100ms",
-    ]));
+    let (task, stop) = spawn_with_failing_launches(&env);
     env.publish("default", &request("doomed", &["true"]), Some("doomed"))
         .await?;
     launch_failed(&env, 3).await?;
@@ -175,20 +182,7 @@ async fn a_malformed_request_naming_another_clients_queued_run_leaves_it_untouch
     let env = Env::start().await?;
     env.emu.hold_pending("airlock.dev/run-id=victim")?;
     // The victim stays `queued` while its launch is retried.
-    env.emu.fail_next(
-        Some("POST"),
-        "/networkpolicies",
-        FaultAction::InternalError,
-        100_000,
-    );
-    let (task, stop) = env.spawn(env.config(&[
-        "--retry-times",
-        "1000",
-        "--retry-min-delay",
-        "50ms",
-        "--retry-max-delay",
-        "100ms",
-    ]));
+    let (task, stop) = spawn_with_failing_launches(&env);
     let mut events = env
         .messages("AIRLOCK_EVENTS", "airlock.events.victim")
         .await?;

@@ -36,11 +36,6 @@ impl ImageRef {
         self.to_oci().whole()
     }
 
-    /// The digest it names, if any.
-    pub fn digest(&self) -> Option<&str> {
-        self.digest.as_deref()
-    }
-
     /// `oci-client`'s form, built from the parts (no parsing).
     pub(crate) fn to_oci(&self) -> Reference {
         let (registry, repository) = (self.registry.clone(), self.repository.clone());

@@ -146,17 +146,8 @@ impl State {
         ids.sort();
         let mut out = Vec::new();
         for id in ids {
-            let o = match self.backend.publish_pending(&id).await {
-                // The final status just written: finished, so no liveness to ask.
-                Some(done) => done.to_observed(false),
-                None => match self.backend.observe(&id).await {
-                    Ok(Some(now)) => now,
-                    Ok(None) => {
-                        self.seen.remove(&id);
-                        continue;
-                    }
-                    Err(_) => continue,
-                },
+            let Some(o) = self.publish(&id).await else {
+                continue;
             };
             if self.seen.get(&id) != Some(&o) {
                 self.seen.insert(id, o.clone());
@@ -164,6 +155,23 @@ impl State {
             }
         }
         out
+    }
+
+    /// Publishes the pending result of run `id` and returns the run as it is then: the final status just
+    /// written (finished, so no liveness to ask), or, when another publisher had it or it was no longer
+    /// pending, as observed; `None` when it is gone (forgotten) or cannot be read.
+    async fn publish(&mut self, id: &str) -> Option<Observed> {
+        if let Some(done) = self.backend.publish_pending(id).await {
+            return Some(done.to_observed(false));
+        }
+        match self.backend.observe(id).await {
+            Ok(Some(now)) => Some(now),
+            Ok(None) => {
+                self.seen.remove(id);
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Reads the runs `ids`, publishes their pending results when due, and returns what changed.
@@ -198,13 +206,9 @@ impl State {
                     out.push(o);
                     continue;
                 }
-                match self.backend.publish_pending(&id).await {
-                    // The final status just written: finished, so no liveness to ask.
-                    Some(done) => o = done.to_observed(false),
-                    None => match self.backend.observe(&id).await {
-                        Ok(Some(now)) => o = now,
-                        _ => continue,
-                    },
+                match self.publish(&id).await {
+                    Some(now) => o = now,
+                    None => continue,
                 }
             }
             let before = self.seen.get(&id).map(|p| p.phase);
