@@ -7,12 +7,15 @@
 //! - [`Service`]: one of our binaries started as a child process, killed on drop.
 //! - [`wait_until`]: poll an async condition with a timeout (for state that has no event to await).
 //! - [`registry`]: a real OCI registry (Debian's `docker-registry`), plain or TLS with htpasswd.
+//! - [`cluster`]: a real single-node Kubernetes (etcd, API server, controller manager, scheduler,
+//!   containerd, kubelet) for the Kubernetes tests, started once per test run by `scripts/test-cluster`.
 //! - [`oci`]: images built by tests (busybox-static, the job image with our `airlock` and `airlock-emit`,
 //!   any config, hostile layers), pushed to a [`registry::Registry`] or written as OCI layouts.
 //!
 //! Binaries are found through `AIRLOCK_NATS_SERVER` / `AIRLOCK_REDIS_SERVER`, then the project venv
 //! (`.venv/bin/nats-server`), then `PATH`. Nothing here talks to anything but 127.0.0.1.
 
+pub mod cluster;
 pub mod oci;
 pub mod registry;
 
@@ -39,7 +42,7 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn find_binary(env_var: &str, name: &str) -> Result<PathBuf> {
+pub(crate) fn find_binary(env_var: &str, name: &str) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }

@@ -23,7 +23,15 @@ pub fn busybox_layer(marker: &str) -> Result<Tar> {
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         tar = match applet {
             "" | "busybox" => tar,
-            "echo" => tar.hardlink("bin/echo", "bin/busybox"),
+            // A hard link's header carries a mode that containerd applies to the shared inode: keep busybox
+            // executable.
+            "echo" => tar.entry(
+                "bin/echo",
+                super::EntryType::Link,
+                "bin/busybox",
+                0o755,
+                b"",
+            ),
             a => tar.symlink(&format!("bin/{a}"), "busybox"),
         };
     }

@@ -36,6 +36,11 @@ impl std::fmt::Debug for Pusher {
 impl Pusher {
     /// To a plain-HTTP registry without auth.
     pub fn plain(r: &Registry) -> Self {
+        Self::plain_host(&r.host())
+    }
+
+    /// To the plain-HTTP registry without auth at `host` (`127.0.0.1:PORT`).
+    pub fn plain_host(host: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::Http,
@@ -44,7 +49,7 @@ impl Pusher {
         Self {
             client,
             auth: RegistryAuth::Anonymous,
-            host: r.host(),
+            host: host.to_string(),
         }
     }
 
