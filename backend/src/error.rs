@@ -27,7 +27,8 @@ pub enum BackendError {
     /// destination, misconfiguration...).
     #[error("backend refused: {0}")]
     Permanent(String),
-    /// A Kubernetes API call failed; retryable for 429, 5xx, an exhausted quota and transport errors.
+    /// A Kubernetes API call failed; retryable for 429, 5xx, an exhausted quota, a service account not
+    /// created yet and transport errors.
     #[error("{}{what}: {}", class_prefix(crate::kube::api::is_retryable(.source)), crate::kube::api::error_text(.source))]
     Kube {
         /// The call (`"create Pod"`).

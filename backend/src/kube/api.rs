@@ -45,19 +45,36 @@ pub fn classify(what: &'static str, source: kube::Error) -> BackendError {
 }
 
 /// 429, 5xx and transport errors are transient, other API answers (400, 403, 404, 409, 422...) and request
-/// or authentication failures permanent; except a 403 for an exhausted ResourceQuota, which clears as runs
-/// finish. Kubernetes marks that 403 only in its message (`... is forbidden: exceeded quota: ...`, reason
-/// `Forbidden`, no cause), so that one answer is told apart by the API's own wording.
+/// or authentication failures permanent; except two 403s that clear by themselves:
+/// - an exhausted ResourceQuota (`pods "x" is forbidden: exceeded quota: ...`), which clears as runs
+///   finish;
+/// - a service account that does not exist yet (`pods "x" is forbidden: error looking up service account
+///   <ns>/default: serviceaccount "default" not found`): the ServiceAccount admission refuses every pod of
+///   a namespace until its controller has created the account, a moment after the namespace (or longer
+///   when the controller lags); the same for a named account not created yet.
+///
+/// Kubernetes marks these 403s only in their message (reason `Forbidden`, no cause, no details), so this
+/// is the one place that tells them apart, by the API server's own wording (its quota and ServiceAccount
+/// admission plugins).
 pub(crate) fn is_retryable(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(s) => {
-            s.code == 429
-                || s.code >= 500
-                || (s.code == 403 && s.message.contains("exceeded quota"))
+            s.code == 429 || s.code >= 500 || (s.code == 403 && forbidden_for_now(&s.message))
         }
         kube::Error::BuildRequest(_) | kube::Error::Auth(_) => false,
         _ => true,
     }
+}
+
+/// Whether a 403's message is one of the refusals [`is_retryable`] names as clearing by themselves.
+fn forbidden_for_now(message: &str) -> bool {
+    const CLEARS: [&str; 2] = [
+        // plugin/pkg/admission/resourcequota
+        "exceeded quota",
+        // plugin/pkg/admission/serviceaccount: a lookup that failed (not found, or the API's own error)
+        "error looking up service account",
+    ];
+    CLEARS.iter().any(|c| message.contains(c))
 }
 
 /// An API answer as `code reason: message`, any other client error as itself.
@@ -129,8 +146,47 @@ mod tests {
             .is_retryable()
         );
         assert!(!classify("x", api(403, "pods is forbidden: User cannot create")).is_retryable());
+        assert!(
+            !classify(
+                "x",
+                api(
+                    403,
+                    "pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true"
+                )
+            )
+            .is_retryable()
+        );
         assert!(!classify("x", api(422, "invalid")).is_retryable());
         assert!(!classify("x", api(400, "bad request")).is_retryable());
+    }
+
+    #[test]
+    fn a_pod_refused_because_its_namespace_has_no_service_account_yet_is_transient() {
+        // As a real API server answers a pod created right after its namespace, before the ServiceAccount
+        // controller made `default` (the pod spec names no account)...
+        let default = classify(
+            "create Pod",
+            api(
+                403,
+                "pods \"airlock-run-r\" is forbidden: error looking up service account \
+                 airlock-sandbox/default: serviceaccount \"default\" not found",
+            ),
+        );
+        assert!(default.is_retryable());
+        assert_eq!(default.metric_label(), "transient");
+        assert!(
+            default
+                .to_string()
+                .starts_with("transient backend error: create Pod: 403 Reason: pods"),
+            "{default}"
+        );
+        // ...and one naming an account not created yet.
+        let named = api(
+            403,
+            "pods \"airlock-run-r\" is forbidden: error looking up service account \
+             airlock-sandbox/jobs: serviceaccount \"jobs\" not found",
+        );
+        assert!(classify("create Pod", named).is_retryable());
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! A 409 AlreadyExists is success when the existing object carries this run's `airlock.dev/run-id` and
 //! `airlock.dev/attempt` labels; an object of an older attempt (still terminating) is a transient error, any
 //! other object is [`BackendError::NotOurs`]. API errors are [`BackendError::Kube`], retryable for 429, 5xx,
-//! an exhausted quota and transport errors (see [`api`]); an unanswered call is [`BackendError::Timeout`].
+//! an exhausted quota, a service account not created yet and transport errors (see [`api`]); an unanswered
+//! call is [`BackendError::Timeout`].
 //!
 //! # Layout
 //! - `config`: [`KubeArgs`], [`KubeConfig`] and their defaults.
