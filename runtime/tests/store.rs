@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use airlock_runtime::store::{RecordUpdate, ResultWrite, Store, Transition};
+use airlock_runtime::store::{RecordUpdate, ResultWrite, Store, Transition, Waiting};
 use airlock_schemas::RunStatus;
 use airlock_test_support::RedisServer;
 
@@ -75,6 +75,83 @@ async fn a_status_only_moves_forward_and_a_late_event_changes_nothing() -> anyho
         "a refused transition wrote its fields"
     );
     assert_eq!(rec.exit_code, Some(0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_waiting_reason_is_shown_while_queued_or_pending_on_its_attempt_and_goes_when_the_run_starts()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    let reason = |id: &'static str| {
+        let s = s.clone();
+        async move { anyhow::Ok(s.get(id).await?.and_then(|r| r.reason)) }
+    };
+    assert_eq!(
+        s.waiting("w1", 1, "ContainerCreating").await?,
+        Waiting::NotCurrent
+    );
+    assert_eq!(s.get("w1").await?, None, "no record is made");
+    s.transition("w1", RunStatus::Queued, &RecordUpdate::default())
+        .await?;
+    // Seen by the watcher before the dispatcher recorded `pending`: shown, and kept by `pending`.
+    let unschedulable = "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.";
+    assert_eq!(s.waiting("w1", 1, unschedulable).await?, Waiting::Shown);
+    s.transition("w1", RunStatus::Pending, &RecordUpdate::default())
+        .await?;
+    assert_eq!(reason("w1").await?.as_deref(), Some(unschedulable));
+    // Updated as it changes; the same again writes nothing new.
+    for _ in 0..2 {
+        assert_eq!(
+            s.waiting("w1", 1, "ContainerCreating").await?,
+            Waiting::Shown
+        );
+    }
+    assert_eq!(reason("w1").await?.as_deref(), Some("ContainerCreating"));
+    // A change of an older attempt is not this run's any more.
+    s.update(
+        "w1",
+        &RecordUpdate {
+            attempt: Some(2),
+            ..RecordUpdate::default()
+        },
+    )
+    .await?;
+    assert_eq!(
+        s.waiting("w1", 1, "ErrImagePull").await?,
+        Waiting::NotCurrent
+    );
+    assert_eq!(reason("w1").await?.as_deref(), Some("ContainerCreating"));
+    // Running: the waiting reason goes, and a late change of the pending pod cannot bring it back.
+    s.transition("w1", RunStatus::Running, &RecordUpdate::default())
+        .await?;
+    assert_eq!(reason("w1").await?, None);
+    assert_eq!(
+        s.waiting("w1", 2, "ContainerCreating").await?,
+        Waiting::Past(RunStatus::Running)
+    );
+    assert_eq!(reason("w1").await?, None);
+    // A run that ends straight from pending keeps only its own reason (none for a success).
+    s.transition("w2", RunStatus::Pending, &RecordUpdate::default())
+        .await?;
+    s.waiting("w2", 1, "ContainerCreating").await?;
+    s.transition("w2", RunStatus::Succeeded, &RecordUpdate::default())
+        .await?;
+    assert_eq!(reason("w2").await?, None);
+    s.transition("w3", RunStatus::Pending, &RecordUpdate::default())
+        .await?;
+    s.waiting("w3", 1, unschedulable).await?;
+    let failed = RecordUpdate {
+        reason: Some(unschedulable.into()),
+        ..RecordUpdate::default()
+    };
+    s.transition("w3", RunStatus::Failed, &failed).await?;
+    assert_eq!(reason("w3").await?.as_deref(), Some(unschedulable));
+    assert_eq!(
+        s.waiting("w3", 1, "ContainerCreating").await?,
+        Waiting::Past(RunStatus::Failed)
+    );
+    assert_eq!(reason("w3").await?.as_deref(), Some(unschedulable));
     Ok(())
 }
 

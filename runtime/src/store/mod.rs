@@ -64,6 +64,18 @@ impl Transition {
     }
 }
 
+/// Outcome of [`Store::waiting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The run is `queued` or `pending` on this attempt: its reason says why it waits now.
+    Shown,
+    /// The run has moved on (`running`, e.g. a re-dispatched run whose record kept its status, or ended):
+    /// nothing written.
+    Past(RunStatus),
+    /// No record, or the record is on a newer attempt: nothing written.
+    NotCurrent,
+}
+
 /// Outcome of [`Store::store_result`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultWrite {
@@ -87,6 +99,9 @@ if cur and rank[cur] ~= nil and rank[cur] >= new_rank then
   __REFUSED__
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+-- A run that starts or ends no longer waits: the reason it waited with goes (the new status's own reason,
+-- if any, is among the fields written next).
+if new_rank >= 2 then redis.call('HDEL', KEYS[1], 'reason') end
 for i = __FIRST_FIELD__, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
@@ -104,6 +119,21 @@ else
   redis.call('SADD', KEYS[2], ARGV[3])
 end
 __APPLIED__
+"#;
+
+/// KEYS: record. ARGV: attempt, reason. Returns `{status or '', code}`: code 1 when the run is `queued` or
+/// `pending` on this attempt (its reason is `ARGV[2]` now), 0 when it is past that, -1 when the record is on
+/// a newer attempt (status '' when there is no record).
+const WAITING: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'', 0} end
+local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1') or 1
+if current > tonumber(ARGV[1]) then return {status, -1} end
+if status ~= 'queued' and status ~= 'pending' then return {status, 0} end
+if redis.call('HGET', KEYS[1], 'reason') ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2])
+end
+return {status, 1}
 "#;
 
 const STORE_RESULT: &str = r#"
@@ -139,6 +169,7 @@ pub struct Store {
     take_slot: Script,
     store_result: Script,
     add_rejection: Script,
+    waiting: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -209,6 +240,7 @@ impl Store {
             ),
             store_result: Script::new(STORE_RESULT),
             add_rejection: Script::new(ADD_REJECTION),
+            waiting: Script::new(WAITING),
         }
     }
 
@@ -228,7 +260,9 @@ impl Store {
 
     /// Moves `run_id` to `status` (creating the record if needed) and applies `update`, unless the record
     /// already has that status or a later one. Terminal statuses leave the active set, start the TTL and give
-    /// back the run's dispatcher slot (`<prefix>:slots:*`), if it holds one.
+    /// back the run's dispatcher slot (`<prefix>:slots:*`), if it holds one. A move to `running` or a terminal
+    /// status removes the reason the run waited with ([`Store::waiting`]) before `update`'s fields are
+    /// written.
     pub async fn transition(
         &self,
         run_id: &str,
@@ -250,6 +284,31 @@ impl Store {
         }
         let (applied, prev): (i64, String) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(Transition::from_reply(applied, &prev))
+    }
+
+    /// Records why the run waits on `attempt` (`Unschedulable: 0/1 nodes are available...`,
+    /// `ContainerCreating`, `ErrImagePull: ...`) as its `reason`, only while it is `queued` or `pending` on
+    /// that attempt, in one atomic step (a change seen late never overwrites the reason of a later status;
+    /// the move to `running` or a terminal status removes it). Writes nothing when the reason is already
+    /// that. See [`Waiting`].
+    pub async fn waiting(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<Waiting, Error> {
+        let (status, code): (String, i64) = self
+            .waiting
+            .key(self.key(run_id))
+            .arg(attempt)
+            .arg(reason)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match (code, RunStatus::parse(&status)) {
+            (1, _) => Waiting::Shown,
+            (0, Some(current)) => Waiting::Past(current),
+            _ => Waiting::NotCurrent,
+        })
     }
 
     /// Applies `update` without touching the status (e.g. `logs`, `reaped_at`, `attempt`).
