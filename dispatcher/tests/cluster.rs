@@ -1,9 +1,10 @@
-//! The end-to-end path checked only through the Kubernetes API, so it runs unchanged against a real cluster.
-//!
-//! By default the cluster is the emulator. With `AIRLOCK_TEST_KUBECONFIG=/path/to/kubeconfig` the same tests
-//! run against that cluster (e.g. kind, see `.github/workflows/kind-e2e.yml`), each in a namespace of its own
-//! that is deleted afterwards; the image `docker.io/library/busybox:1.36` must be pullable there.
-//! Emulator-only checks (fault injection, forced pod states) live in the other test files and below.
+//! The end-to-end path checked only through the Kubernetes API, on the real test cluster
+//! (`AIRLOCK_TEST_CLUSTER`, see `tests/support/src/cluster`): each test in a sandbox namespace of its own
+//! made as `deploy/base` makes `airlock-sandbox`, the dispatcher with its ServiceAccount's token and the
+//! janitor's view (`KubeBackend`) with the janitor's, so the shipped RBAC is what the API server enforces.
+//! Pod states are real: the kubelet runs busybox from the cluster's loopback registry, kills on OOM and at
+//! the deadline, and evictions go through the Eviction API. Faults a real API server does not produce on
+//! demand stay with the emulator in the other test files.
 
 mod common;
 
@@ -12,46 +13,50 @@ use std::time::Duration;
 
 use airlock_backend::kube::{KubeBackend, KubeConfig};
 use airlock_backend::{Phase, Removed};
-use airlock_kube_emulator::ForcedState;
+use airlock_test_support::cluster::{Sandbox, TestCluster};
+use airlock_test_support::oci::{self, ImageSpec, Pusher};
 use common::{Env, request};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, EvictParams, ListParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(120);
 
-/// The cluster under test: the real one from `AIRLOCK_TEST_KUBECONFIG`, else the environment's emulator.
+/// One test's sandbox namespace on the test cluster.
 struct Cluster {
+    sandbox: Sandbox,
+    /// The dispatcher's kubeconfig (its ServiceAccount).
     kubeconfig: PathBuf,
+    /// An admin client, for the test's own reads.
     client: kube::Client,
+    /// The janitor's client (its ServiceAccount), for the backend's view.
+    janitor: kube::Client,
     ns: String,
-    real: bool,
+    /// busybox, by digest, in the cluster's registry.
+    image: String,
 }
 
 impl Cluster {
-    async fn new(env: &Env, name: &str) -> anyhow::Result<Self> {
-        let (kubeconfig, real) = match std::env::var_os("AIRLOCK_TEST_KUBECONFIG") {
-            Some(p) => (PathBuf::from(p), true),
-            None => {
-                eprintln!(
-                    "AIRLOCK_TEST_KUBECONFIG not set: running against the Kubernetes emulator"
-                );
-                (env.emu.kubeconfig_path().to_path_buf(), false)
-            }
-        };
-        let client = airlock_backend::kube::client(Some(&kubeconfig)).await?;
-        let ns = format!("airlock-e2e-{name}-{}", std::process::id());
-        let nsobj: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &nsobj)
+    async fn new(name: &str) -> anyhow::Result<Self> {
+        let test = TestCluster::from_env()?;
+        let sandbox = test.sandbox(name).await?;
+        let spec = ImageSpec::new(vec![oci::busybox_layer("busybox")?])
+            .with_run(json!({"Env": ["PATH=/bin"]}));
+        let image = Pusher::plain_host(&test.registry()?)
+            .push_once("busybox:1", &spec)
             .await?;
+        let kubeconfig = sandbox.kubeconfig_for("dispatcher").await?;
+        let janitor =
+            airlock_backend::kube::client(Some(&sandbox.kubeconfig_for("janitor").await?)).await?;
         Ok(Self {
             kubeconfig,
-            client,
-            ns,
-            real,
+            client: sandbox.client(),
+            janitor,
+            ns: sandbox.namespace.clone(),
+            image,
+            sandbox,
         })
     }
 
@@ -64,6 +69,18 @@ impl Cluster {
         ]
     }
 
+    /// A request for busybox running `command`.
+    fn request(&self, id: &str, command: &[&str]) -> serde_json::Value {
+        let mut r = request(id, command);
+        r["image"] = json!(self.image);
+        r
+    }
+
+    /// The janitor's view of the cluster.
+    fn backend(&self) -> KubeBackend {
+        KubeBackend::new(self.janitor.clone(), KubeConfig::new(&self.ns))
+    }
+
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -73,9 +90,7 @@ impl Cluster {
     }
 
     async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client)
-            .delete(&self.ns, &DeleteParams::default())
-            .await;
+        let _ = self.sandbox.delete().await;
     }
 }
 
@@ -96,11 +111,11 @@ fn pod_phase(phase: &'static str) -> impl Fn(Option<&Pod>) -> bool {
 async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_completion()
 -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let cluster = Cluster::new(&env, "run").await?;
+    let cluster = Cluster::new("run").await?;
     let (task, stop) = env.spawn(config(&env, &cluster));
     env.publish(
         "default",
-        &request(
+        &cluster.request(
             "e2e-1",
             &["sh", "-c", "echo hello from $AIRLOCK_RUN_ID as $(id -u)"],
         ),
@@ -126,7 +141,7 @@ async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_comple
     );
 
     // The backend's view, as the janitor sees it.
-    let backend = KubeBackend::new(cluster.client.clone(), KubeConfig::new(&cluster.ns));
+    let backend = cluster.backend();
     let seen = backend.observe("e2e-1").await?.expect("observed");
     assert_eq!(
         (seen.phase, seen.exit_code, seen.queue.as_deref()),
@@ -135,13 +150,10 @@ async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_comple
     assert!(seen.finished_at.is_some() && !seen.lost);
     let logs = backend.logs_tail("e2e-1", 1024).await?;
     assert!(logs.contains("hello from e2e-1 as "), "logs: {logs:?}");
-    if cluster.real {
-        // The emulator's kubelet runs processes as the test's own user; a real kubelet applies runAsUser.
-        assert!(
-            logs.contains("as 65532"),
-            "runs as the non-root uid: {logs:?}"
-        );
-    }
+    assert!(
+        logs.contains("as 65532"),
+        "runs as the non-root uid: {logs:?}"
+    );
     assert_eq!(
         backend.logs_tail("e2e-1", 5).await?.len(),
         5,
@@ -177,9 +189,9 @@ async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_comple
 async fn on_the_cluster_duplicates_yield_one_pod_and_invalid_requests_create_nothing()
 -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let cluster = Cluster::new(&env, "dup").await?;
+    let cluster = Cluster::new("dup").await?;
     for _ in 0..3 {
-        env.publish("default", &request("e2e-dup", &["true"]), None)
+        env.publish("default", &cluster.request("e2e-dup", &["true"]), None)
             .await?;
     }
     env.publish(
@@ -203,52 +215,73 @@ async fn on_the_cluster_duplicates_yield_one_pod_and_invalid_requests_create_not
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     assert_eq!(names, ["airlock-run-e2e-dup"]);
-    let nps = cluster.policies().list(&ListParams::default()).await?;
-    assert_eq!(nps.items.len(), 1);
+    // The run's policy beside the namespace's own `default-deny-all`.
+    let nps = cluster
+        .policies()
+        .list(&ListParams::default().labels("airlock.dev/run-id"))
+        .await?;
+    let names: Vec<_> = nps
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["airlock-run-e2e-dup"]);
     stop.cancel();
     task.await?;
     cluster.cleanup().await;
     Ok(())
 }
 
+/// Real pod states as the backend reads them: an eviction through the Eviction API (as `kubectl drain`
+/// makes it) is a lost job, an out-of-memory kill and an exit code are the job's own, the pod's deadline
+/// is `DeadlineExceeded`.
 #[tokio::test]
 async fn observe_maps_evictions_oom_kills_deadlines_and_exit_codes() -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let cluster = Cluster::new(&env, "observe").await?;
-    if cluster.real {
-        eprintln!("forcing pod states needs the emulator; skipped on a real cluster");
-        cluster.cleanup().await;
-        return Ok(());
-    }
+    let cluster = Cluster::new("observe").await?;
     let (task, stop) = env.spawn(config(&env, &cluster));
-    let mut slow = request("ev-1", &["sleep", "30"]);
+    let mut slow = cluster.request("ev-1", &["sleep", "30"]);
     slow["deadline_seconds"] = json!(60);
     env.publish("default", &slow, None).await?;
-    env.publish("default", &request("oom-1", &["sleep", "30"]), None)
-        .await?;
-    env.publish("default", &request("exit-3", &["sh", "-c", "exit 3"]), None)
-        .await?;
-    let mut dl = request("dl-1", &["sleep", "30"]);
+    // `tail` keeps every byte of a stream without newlines: it grows until the memory limit kills it.
+    let mut oom = cluster.request("oom-1", &["tail", "/dev/zero"]);
+    oom["resources"] = json!({"limits": {"memory": "32Mi"}, "requests": {"memory": "32Mi"}});
+    env.publish("default", &oom, None).await?;
+    env.publish(
+        "default",
+        &cluster.request("exit-3", &["sh", "-c", "exit 3"]),
+        None,
+    )
+    .await?;
+    let mut dl = cluster.request("dl-1", &["sleep", "30"]);
     dl["deadline_seconds"] = json!(1);
     env.publish("default", &dl, None).await?;
-    for id in ["ev-1", "oom-1"] {
-        let name = format!("airlock-run-{id}");
-        tokio::time::timeout(
-            T,
-            await_condition(cluster.pods(), &name, pod_phase("Running")),
-        )
-        .await??;
-        env.wait_status(id, "running", T).await?;
-    }
-    assert!(
-        env.emu
-            .force_pod_state(&cluster.ns, "airlock-run-ev-1", ForcedState::Evicted)
+    tokio::time::timeout(
+        T,
+        await_condition(cluster.pods(), "airlock-run-ev-1", pod_phase("Running")),
+    )
+    .await??;
+    env.wait_status("ev-1", "running", T).await?;
+    cluster
+        .pods()
+        .evict("airlock-run-ev-1", &EvictParams::default())
+        .await?;
+    let backend = cluster.backend();
+    let ev = airlock_test_support::wait_until(T, "ev-1 observed lost", || async {
+        backend
+            .observe("ev-1")
+            .await
+            .ok()
+            .flatten()
+            .filter(|o| o.lost)
+    })
+    .await?;
+    assert_eq!(
+        ev.reason.as_ref().map(ToString::to_string).as_deref(),
+        Some("Evicted"),
+        "{ev:?}"
     );
-    assert!(
-        env.emu
-            .force_pod_state(&cluster.ns, "airlock-run-oom-1", ForcedState::OomKilled)
-    );
-    for id in ["ev-1", "oom-1", "exit-3", "dl-1"] {
+    for id in ["oom-1", "exit-3", "dl-1"] {
         let name = format!("airlock-run-{id}");
         tokio::time::timeout(
             T,
@@ -256,22 +289,23 @@ async fn observe_maps_evictions_oom_kills_deadlines_and_exit_codes() -> anyhow::
         )
         .await??;
     }
-    let backend = KubeBackend::new(cluster.client.clone(), KubeConfig::new(&cluster.ns));
-    let ev = backend.observe("ev-1").await?.expect("ev-1");
-    assert_eq!(
-        (ev.phase, ev.reason.as_deref(), ev.lost),
-        (Phase::Failed, Some("Evicted"), true)
-    );
     let oom = backend.observe("oom-1").await?.expect("oom-1");
     assert_eq!(
-        (oom.reason.as_deref(), oom.exit_code, oom.lost),
+        (
+            oom.reason.as_ref().map(ToString::to_string).as_deref(),
+            oom.exit_code,
+            oom.lost
+        ),
         (Some("OOMKilled"), Some(137), false)
     );
     let ex = backend.observe("exit-3").await?.expect("exit-3");
     assert_eq!((ex.exit_code, ex.lost), (Some(3), false));
     let dl = backend.observe("dl-1").await?.expect("dl-1");
     assert_eq!(
-        (dl.reason.as_deref(), dl.lost),
+        (
+            dl.reason.as_ref().map(ToString::to_string).as_deref(),
+            dl.lost
+        ),
         (Some("DeadlineExceeded"), false)
     );
     stop.cancel();

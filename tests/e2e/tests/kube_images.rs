@@ -1,11 +1,8 @@
-//! Images on Kubernetes, through the emulator in image mode with the whole system (our services as
-//! processes, real NATS and Redis, loopback registries): the job runs inside its image, the image's
+//! Images on Kubernetes, on the real test cluster with the whole system (our services as processes, real
+//! NATS and Redis, the cluster's loopback registries): the job runs inside its image, the image's
 //! Entrypoint/Cmd/Env/WorkingDir apply as Kubernetes applies them, and a pod that cannot start
 //! (`ImagePullBackOff`, `CreateContainerConfigError`, `ErrImageNeverPull`) is visible with `kubectl` and
 //! fails the run with that reason after the image pull grace, long before its deadline.
-//!
-//! These need the emulator's loopback registries: against a real cluster (`AIRLOCK_TEST_KUBECONFIG`) they
-//! are skipped with a message.
 
 mod common;
 mod kube_cluster;
@@ -23,12 +20,7 @@ const GRACE: &str = "5s";
 
 /// `kubectl … -o json` against the cluster; `None` when kubectl fails (e.g. the object is not there).
 async fn kubectl_json(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Option<Value>> {
-    let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
-    anyhow::ensure!(
-        Path::new(&bin).exists(),
-        "kubectl not found at {bin} (apt-get install kubernetes-client, or set KUBECTL)"
-    );
-    let out = tokio::process::Command::new(&bin)
+    let out = tokio::process::Command::new(cluster.test.kubectl()?)
         .arg("--kubeconfig")
         .arg(&cluster.kubeconfig)
         .args(["-n", &cluster.ns])
@@ -73,9 +65,17 @@ fn waiting_message(pod: &Value) -> String {
 }
 
 async fn start(cluster: &mut Cluster, extra: &[&str]) -> anyhow::Result<System> {
+    start_with_grace(cluster, GRACE, extra).await
+}
+
+async fn start_with_grace(
+    cluster: &mut Cluster,
+    grace: &str,
+    extra: &[&str],
+) -> anyhow::Result<System> {
     cluster
         .dispatcher_args
-        .extend(["--image-pull-grace".to_string(), GRACE.to_string()]);
+        .extend(["--image-pull-grace".to_string(), grace.to_string()]);
     cluster
         .dispatcher_args
         .extend(extra.iter().map(|s| s.to_string()));
@@ -85,9 +85,7 @@ async fn start(cluster: &mut Cluster, extra: &[&str]) -> anyhow::Result<System> 
 #[tokio::test]
 async fn on_kubernetes_a_job_reads_a_marker_file_that_exists_only_in_its_image_and_cannot_see_the_hosts_usr_or_etc()
 -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::emulator("marker").await? else {
-        return Ok(());
-    };
+    let mut cluster = Cluster::new("marker").await?;
     let sys = start(&mut cluster, &[]).await?;
     assert!(Path::new("/usr/bin/env").exists() && Path::new("/etc/debian_version").exists());
     let script = r#"visible=false; if test -e /usr/bin/env || test -e /etc/debian_version; then visible=true; fi
@@ -105,15 +103,14 @@ async fn on_kubernetes_a_job_reads_a_marker_file_that_exists_only_in_its_image_a
     );
     cluster.wait_objects_gone("kube-marker-1").await?;
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_digest_and_from_a_tls_registry_with_credentials()
 -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::with_tls_registry("entrypoint").await? else {
-        return Ok(());
-    };
+    let mut cluster = Cluster::new("entrypoint").await?;
     // The job image plus a workdir, with a config that publishes what the job sees.
     let mut spec = oci::job_image(MARKER)?;
     spec.layers.push((
@@ -129,11 +126,11 @@ async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_di
         "Env": ["PATH=/bin", "FROM_IMAGE=image-env", "OVERRIDE=image"],
         "WorkingDir": "/app",
     });
-    let (_, plain) = cluster.registry.as_ref().expect("emulator registry");
+    let plain = &cluster.pusher;
     let digest = plain.push("configured:1", &spec).await?;
     let by_tag = plain.reference("configured:1");
     let by_digest = plain.reference(&format!("configured@{digest}"));
-    let (_, tls) = cluster.tls.as_ref().expect("tls registry");
+    let tls = &cluster.tls;
     tls.push("private/configured:1", &spec).await?;
     let private = tls.reference("private/configured:1");
     let sys = start(&mut cluster, &[]).await?;
@@ -146,7 +143,7 @@ async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_di
             "kube-ep-digest",
             json!({"image": by_digest, "args": ["by-args"], "env": {"OVERRIDE": "request"}}),
         ),
-        // Over TLS with credentials from the auth file.
+        // Over TLS with the kubelet's credentials.
         (
             "kube-ep-tls",
             json!({"image": private, "args": ["over-tls"]}),
@@ -174,17 +171,18 @@ async fn on_kubernetes_entrypoint_cmd_env_and_working_dir_apply_by_tag_and_by_di
         assert_eq!(rec.result, Some(want), "{id}");
     }
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn on_kubernetes_a_missing_image_shows_image_pull_back_off_in_kubectl_and_the_run_fails_with_that_reason_within_the_grace()
 -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::emulator("pull").await? else {
-        return Ok(());
-    };
-    let sys = start(&mut cluster, &[]).await?;
-    let (_, plain) = cluster.registry.as_ref().expect("emulator registry");
+    let mut cluster = Cluster::new("pull").await?;
+    // The kubelet reports ErrImagePull first and ImagePullBackOff after its first back-off (10 s): a
+    // grace long enough to see both.
+    let sys = start_with_grace(&mut cluster, "30s", &[]).await?;
+    let plain = &cluster.pusher;
     let image = plain.reference("missing:1");
     let mut req = cluster.request("kube-pull-1", "true", 600);
     req["image"] = json!(image);
@@ -225,16 +223,15 @@ async fn on_kubernetes_a_missing_image_shows_image_pull_back_off_in_kubectl_and_
     );
     cluster.wait_objects_gone("kube-pull-1").await?;
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn on_kubernetes_an_image_running_as_root_under_run_as_non_root_shows_create_container_config_error_and_the_run_fails()
 -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::emulator("rootimage").await? else {
-        return Ok(());
-    };
-    let (_, plain) = cluster.registry.as_ref().expect("emulator registry");
+    let mut cluster = Cluster::new("rootimage").await?;
+    let plain = &cluster.pusher;
     let root_image = ImageSpec::new(vec![oci::busybox_layer("root")?, oci::users_layer()])
         .with_run(json!({"Env": ["PATH=/bin"]}));
     plain.push("root:1", &root_image).await?;
@@ -263,17 +260,16 @@ async fn on_kubernetes_an_image_running_as_root_under_run_as_non_root_shows_crea
     );
     cluster.wait_objects_gone("kube-root-1").await?;
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn on_kubernetes_never_with_an_absent_image_fails_with_err_image_never_pull_within_the_grace()
 -> anyhow::Result<()> {
-    let Some(mut cluster) = Cluster::emulator("never").await? else {
-        return Ok(());
-    };
+    let mut cluster = Cluster::new("never").await?;
     let sys = start(&mut cluster, &[]).await?;
-    let (registry, plain) = cluster.registry.as_ref().expect("emulator registry");
+    let plain = &cluster.pusher;
     let mut req = cluster.request("kube-never-1", "true", 600);
     req["image"] = json!(plain.reference("absent:1"));
     req["image_pull_policy"] = json!("Never");
@@ -290,13 +286,15 @@ async fn on_kubernetes_never_with_an_absent_image_fails_with_err_image_never_pul
         "{reason}"
     );
     assert!(
-        registry
-            .requests()?
+        cluster
+            .test
+            .registry_requests()?
             .iter()
             .all(|r| !r.path.contains("absent")),
         "Never never asks the registry"
     );
     cluster.wait_objects_gone("kube-never-1").await?;
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! `/metrics` of all three services after an end-to-end run on Kubernetes (the emulator): the counts match
-//! the runs the test made.
+//! `/metrics` of all three services after an end-to-end run on Kubernetes (the real test cluster): the
+//! counts match the runs the test made.
 
 mod common;
+mod kube_cluster;
 
-use airlock_kube_emulator::{Emulator, EmulatorConfig};
 use airlock_runtime::metrics::Samples;
 use airlock_schemas::RunStatus;
 use anyhow::Result;
-use common::{DISPATCHER, INGESTER, JANITOR, QUEUE, Runtime, System, request};
+use common::{DISPATCHER, INGESTER, JANITOR, QUEUE, System, request};
 use serde_json::json;
 
 /// Runs that succeed with a result.
@@ -20,23 +20,17 @@ fn v(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Result<()> {
-    let emu = Emulator::start(EmulatorConfig::default().namespace("airlock-sandbox")).await?;
-    let sys = System::start(Runtime::Kube {
-        kubeconfig: emu.kubeconfig_path().to_path_buf(),
-        namespace: "airlock-sandbox".into(),
-        dispatcher_args: vec!["--nats-egress-cidrs".into(), "127.0.0.1/32".into()],
-    })
-    .await?;
-    let airlock = airlock_test_support::our_binary("airlock")?;
-    let script = format!(r#"echo '{{"n":1}}' | {} emit"#, airlock.display());
+    let cluster = kube_cluster::Cluster::new("metrics").await?;
+    let sys = System::start(cluster.runtime()).await?;
+    let script = r#"echo '{"n":1}' | airlock emit"#;
 
     // RUNS good runs, one past its deadline, one invalid request, one to a queue nobody serves, one forged
     // result.
     let ids: Vec<String> = (0..RUNS).map(|i| format!("metrics-{i}")).collect();
     for id in &ids {
-        sys.submit(&request(id, &["sh", "-c", &script], 60)).await?;
+        sys.submit(&cluster.request(id, script, 60)).await?;
     }
-    sys.submit(&request("metrics-slow", &["sleep", "60"], 2))
+    sys.submit(&cluster.request("metrics-slow", "sleep 60", 2))
         .await?;
     let mut bad = request("metrics-bad", &["true"], 60);
     bad["image"] = json!("");
@@ -155,5 +149,6 @@ async fn every_service_serves_metrics_whose_counts_match_the_runs_made() -> Resu
     assert!(v(&j, "airlock_backend_api_calls_total", &deleted) >= 2.0 * valid);
     assert!(!j.has("airlock_runs_accepted_total") && !i.has("airlock_reaps_total"));
     sys.stop().await?;
+    cluster.cleanup().await;
     Ok(())
 }

@@ -146,7 +146,7 @@ async fn one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_inge
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
     ];
-    let backend = Runtime::Local { dir: state }.backend_args();
+    let backend = Runtime::Local { dir: state }.backend_args(common::DISPATCHER);
     let mut dispatcher_args = backend.clone();
     dispatcher_args.extend(["--deadline-grace".into(), "2s".into()]);
     let services = [

@@ -59,14 +59,16 @@ pub(crate) fn find_binary(env_var: &str, name: &str) -> Result<PathBuf> {
     bail!("{name} not found: set {env_var}, or run scripts/setup to install it")
 }
 
-/// Waits until something accepts TCP connections on 127.0.0.1:port.
-async fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<()> {
+/// Waits until something accepts TCP connections on addr:port.
+async fn wait_for_port(
+    addr: std::net::Ipv4Addr,
+    port: u16,
+    child: &mut Child,
+    what: &str,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect((addr, port)).await.is_ok() {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -107,6 +109,8 @@ struct ServerProcess {
     binary: PathBuf,
     args: Vec<std::ffi::OsString>,
     port: u16,
+    /// The address it listens on.
+    addr: std::net::Ipv4Addr,
     /// Kept for its lifetime: the directory is removed when the server is dropped.
     _dir: tempfile::TempDir,
     child: Option<Child>,
@@ -117,6 +121,16 @@ impl ServerProcess {
     async fn start(
         env_var: &str,
         name: &'static str,
+        args: impl FnOnce(u16, &Path) -> Vec<std::ffi::OsString>,
+    ) -> Result<Self> {
+        Self::start_on(env_var, name, std::net::Ipv4Addr::LOCALHOST, args).await
+    }
+
+    /// [`ServerProcess::start`] for a server told (by `args`) to listen on `addr`.
+    async fn start_on(
+        env_var: &str,
+        name: &'static str,
+        addr: std::net::Ipv4Addr,
         args: impl FnOnce(u16, &Path) -> Vec<std::ffi::OsString>,
     ) -> Result<Self> {
         let binary = find_binary(env_var, name)?;
@@ -130,6 +144,7 @@ impl ServerProcess {
             binary,
             args,
             port,
+            addr,
             _dir: dir,
             child: None,
         };
@@ -145,7 +160,7 @@ impl ServerProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
-        wait_for_port(self.port, &mut child, self.name).await?;
+        wait_for_port(self.addr, self.port, &mut child, self.name).await?;
         self.child = Some(child);
         Ok(())
     }
@@ -169,7 +184,7 @@ fn os_args(args: &[&str]) -> Vec<std::ffi::OsString> {
 
 /// A real nats-server with JetStream, on a free port, with a throwaway store. Killed on drop.
 #[derive(Debug)]
-pub struct NatsServer(ServerProcess);
+pub struct NatsServer(ServerProcess, std::net::Ipv4Addr);
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
@@ -177,12 +192,23 @@ impl NatsServer {
         Self::start_with_args(&[]).await
     }
 
+    /// Starts a server listening on `addr` instead of 127.0.0.1 (the test cluster's host address, where
+    /// its pods reach it).
+    pub async fn start_on(addr: std::net::Ipv4Addr) -> Result<Self> {
+        Self::start_on_with_args(addr, &[]).await
+    }
+
     /// Starts a server with extra `nats-server` arguments after the defaults (e.g. `["-c", "auth.conf"]`).
     pub async fn start_with_args(extra_args: &[&str]) -> Result<Self> {
-        let p = ServerProcess::start("AIRLOCK_NATS_SERVER", "nats-server", |port, dir| {
+        Self::start_on_with_args(std::net::Ipv4Addr::LOCALHOST, extra_args).await
+    }
+
+    async fn start_on_with_args(addr: std::net::Ipv4Addr, extra_args: &[&str]) -> Result<Self> {
+        let host = addr.to_string();
+        let p = ServerProcess::start_on("AIRLOCK_NATS_SERVER", "nats-server", addr, |port, dir| {
             let mut a = os_args(&[
                 "-a",
-                "127.0.0.1",
+                &host,
                 "-p",
                 &port.to_string(),
                 "-js",
@@ -195,12 +221,12 @@ impl NatsServer {
             a
         })
         .await?;
-        Ok(Self(p))
+        Ok(Self(p, addr))
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://ADDR:PORT` (127.0.0.1 unless started with [`NatsServer::start_on`]).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.0.port)
+        format!("nats://{}:{}", self.1, self.0.port)
     }
 
     /// The port.

@@ -5,7 +5,7 @@
 //! ([`Registry::requests`]). The binary is found through `AIRLOCK_DOCKER_REGISTRY`, then `PATH`
 //! (`scripts/setup` installs it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -67,26 +67,22 @@ impl Registry {
             .tempdir()?;
         let port = super::free_port()?;
         let d = dir.path();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n",
-            d.join("data").display()
-        );
-        if let Some(tls) = &opts.tls {
-            std::fs::write(d.join("cert.pem"), &tls.cert_pem)?;
-            std::fs::write(d.join("key.pem"), &tls.key_pem)?;
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                d.join("cert.pem").display(),
-                d.join("key.pem").display()
-            ));
-        }
-        if let Some(h) = &opts.htpasswd {
-            std::fs::write(d.join("htpasswd"), h)?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: airlock-test\n    path: {}\n",
-                d.join("htpasswd").display()
-            ));
-        }
+        let tls = match &opts.tls {
+            Some(tls) => {
+                std::fs::write(d.join("cert.pem"), &tls.cert_pem)?;
+                std::fs::write(d.join("key.pem"), &tls.key_pem)?;
+                Some((d.join("cert.pem"), d.join("key.pem")))
+            }
+            None => None,
+        };
+        let htpasswd = match &opts.htpasswd {
+            Some(h) => {
+                std::fs::write(d.join("htpasswd"), h)?;
+                Some(d.join("htpasswd"))
+            }
+            None => None,
+        };
+        let config = config_yaml(&d.join("data"), port, tls.as_ref(), htpasswd.as_deref());
         std::fs::write(d.join("config.yml"), config)?;
         let mut r = Self {
             binary,
@@ -114,7 +110,13 @@ impl Registry {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
-        super::wait_for_port(self.port, &mut child, "docker-registry").await?;
+        super::wait_for_port(
+            std::net::Ipv4Addr::LOCALHOST,
+            self.port,
+            &mut child,
+            "docker-registry",
+        )
+        .await?;
         self.child = Some(child);
         self.wait_ready().await
     }
@@ -204,6 +206,39 @@ impl Registry {
         self.stop().await?;
         self.spawn().await
     }
+}
+
+/// The registry's configuration: storage under `data`, `127.0.0.1:port`, the access log on stdout, TLS
+/// with `(certificate, key)` files and htpasswd auth when given.
+pub(crate) fn config_yaml(
+    data: &Path,
+    port: u16,
+    tls: Option<&(PathBuf, PathBuf)>,
+    htpasswd: Option<&Path>,
+) -> String {
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n",
+        data.display()
+    );
+    if let Some((cert, key)) = tls {
+        config.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    if let Some(h) = htpasswd {
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: airlock-test\n    path: {}\n",
+            h.display()
+        ));
+    }
+    config
+}
+
+/// The requests of an access log's text.
+pub(crate) fn parse_access_log(text: &str) -> Vec<RegistryRequest> {
+    text.lines().filter_map(parse_access_line).collect()
 }
 
 /// `127.0.0.1 - - [date] "GET /v2/x/manifests/1 HTTP/1.1" 200 …`

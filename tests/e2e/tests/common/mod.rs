@@ -52,17 +52,50 @@ fn uid_base() -> u32 {
 pub enum Runtime {
     /// Local bubblewrap sandboxes; the dispatcher and the janitor share `dir`.
     Local { dir: PathBuf },
-    /// Kubernetes (the emulator or a real cluster) through `kubeconfig`, pods in `namespace`.
+    /// Kubernetes (the real test cluster, or the emulator where a fault must be made on demand), pods in
+    /// `namespace`.
     Kube {
-        kubeconfig: PathBuf,
+        /// Each service's kubeconfig (on the real cluster, its own ServiceAccount's token).
+        kubeconfigs: Kubeconfigs,
         namespace: String,
-        /// Extra dispatcher flags (e.g. `--job-nats-url`, `--nats-egress-cidrs`).
+        /// Extra dispatcher flags (e.g. `--nats-egress-cidrs`).
         dispatcher_args: Vec<String>,
+        /// Where NATS listens so that pods reach it (the test cluster's host address); 127.0.0.1 when
+        /// `None`.
+        nats_addr: Option<std::net::Ipv4Addr>,
     },
 }
 
+/// The kubeconfig of each service that talks to Kubernetes.
+#[derive(Debug, Clone)]
+pub struct Kubeconfigs {
+    pub dispatcher: PathBuf,
+    pub janitor: PathBuf,
+    pub api: PathBuf,
+}
+
+impl Kubeconfigs {
+    /// One kubeconfig for all (the emulator's).
+    pub fn one(path: &Path) -> Self {
+        Self {
+            dispatcher: path.to_path_buf(),
+            janitor: path.to_path_buf(),
+            api: path.to_path_buf(),
+        }
+    }
+
+    fn of(&self, service: usize) -> &Path {
+        match service {
+            JANITOR => &self.janitor,
+            API => &self.api,
+            _ => &self.dispatcher,
+        }
+    }
+}
+
 impl Runtime {
-    pub fn backend_args(&self) -> Vec<String> {
+    /// The backend flags of service `service` ([`DISPATCHER`], [`JANITOR`] or [`API`]).
+    pub fn backend_args(&self, service: usize) -> Vec<String> {
         match self {
             Runtime::Local { dir } => vec![
                 "--runtime".into(),
@@ -80,14 +113,14 @@ impl Runtime {
                 "true".into(),
             ],
             Runtime::Kube {
-                kubeconfig,
+                kubeconfigs,
                 namespace,
                 ..
             } => vec![
                 "--runtime".into(),
                 "kube".into(),
                 "--kubeconfig".into(),
-                kubeconfig.display().to_string(),
+                kubeconfigs.of(service).display().to_string(),
                 "--namespace".into(),
                 namespace.clone(),
             ],
@@ -169,8 +202,14 @@ impl System {
         extra_env: Vec<(&'static str, String)>,
         redis_args: &[&str],
     ) -> Result<Self> {
+        let nats_addr = match &runtime {
+            Runtime::Kube {
+                nats_addr: Some(a), ..
+            } => *a,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        };
         let (nats, redis) = tokio::try_join!(
-            NatsServer::start(),
+            NatsServer::start_on(nats_addr),
             RedisServer::start_with_args(redis_args)
         )?;
         let mut base_env = vec![
@@ -181,8 +220,7 @@ impl System {
             ("RUST_LOG", "info".to_string()),
         ];
         base_env.extend(extra_env);
-        let backend = runtime.backend_args();
-        let mut dispatcher_args = backend.clone();
+        let mut dispatcher_args = runtime.backend_args(DISPATCHER);
         dispatcher_args.extend([
             // A request whose delivery died with a dispatcher comes back quickly.
             "--ack-wait".into(),
@@ -197,8 +235,8 @@ impl System {
         {
             dispatcher_args.extend(extra.iter().cloned());
         }
-        let api_args = backend.clone();
-        let mut janitor_args = backend;
+        let api_args = runtime.backend_args(API);
+        let mut janitor_args = runtime.backend_args(JANITOR);
         janitor_args.extend(["--sweep-interval".into(), "2s".into()]);
         let specs = vec![
             ServiceSpec {

@@ -79,6 +79,15 @@ impl Pki {
         self.sign("apiserver", p)
     }
 
+    /// A serving certificate for `ip` (and `localhost`).
+    pub fn server(&self, file: &str, ip: &str) -> Result<CertFiles> {
+        let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+        p.subject_alt_names.push(SanType::IpAddress(ip.parse()?));
+        p.distinguished_name.push(DnType::CommonName, ip);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(file, p)
+    }
+
     /// A client certificate for user `cn` in group `org`.
     pub fn client(&self, file: &str, cn: &str, org: Option<&str>) -> Result<CertFiles> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;

@@ -40,11 +40,15 @@ state = "{state}"
     )
 }
 
-/// `hosts.toml` of one registry host served over plain HTTP at `server`.
-pub(super) fn hosts(server: &str) -> String {
-    format!(
+/// `hosts.toml` of one registry host served at `server`, over TLS trusting `ca` when given.
+pub(super) fn hosts(server: &str, ca: Option<&Path>) -> String {
+    let mut t = format!(
         "server = \"{server}\"\n[host.\"{server}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-    )
+    );
+    if let Some(ca) = ca {
+        t.push_str(&format!("  ca = \"{}\"\n", ca.display()));
+    }
+    t
 }
 
 /// Every registry but the loopback one resolves to a closed loopback port: an image the test registry
@@ -103,13 +107,5 @@ pub(super) fn scheduler(kubeconfig: &Path) -> String {
     format!(
         "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  kubeconfig: {}\nleaderElection:\n  leaderElect: false\n",
         kubeconfig.display()
-    )
-}
-
-/// A plain-HTTP docker-registry on `127.0.0.1:port` storing under `root`.
-pub(super) fn registry(root: &Path, port: u16) -> String {
-    format!(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-cluster\n",
-        root.display()
     )
 }

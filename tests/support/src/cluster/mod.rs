@@ -130,6 +130,23 @@ impl TestCluster {
         self.var("REGISTRY").map(String::from)
     }
 
+    /// `127.0.0.1:PORT`: the TLS registry with htpasswd auth ([`crate::oci::USER`]), whose certificate
+    /// the cluster CA ([`TestCluster::ca_pem`]) signed and whose credentials the kubelet has.
+    pub fn tls_registry(&self) -> Result<String> {
+        self.var("TLS_REGISTRY").map(String::from)
+    }
+
+    /// The cluster CA, PEM.
+    pub fn ca_pem(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.var("CA")?)?)
+    }
+
+    /// Requests the plain registry served so far, from its access log.
+    pub fn registry_requests(&self) -> Result<Vec<crate::registry::RegistryRequest>> {
+        let log = std::fs::read_to_string(self.dir.join("logs/docker-registry.access.log"))?;
+        Ok(crate::registry::parse_access_log(&log))
+    }
+
     /// The address pods reach the host on (bind test servers that jobs talk to there).
     pub fn host_addr(&self) -> Result<Ipv4Addr> {
         Ok(self.var("HOST_ADDR")?.parse()?)

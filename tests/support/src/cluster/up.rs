@@ -30,6 +30,21 @@ pub async fn up(dir: &Path, bin: &Path) -> Result<TestCluster> {
             l.dir.display()
         );
     }
+    // A fresh cluster: nothing of an earlier one (its etcd, images, pods) is reused.
+    for d in [
+        "logs",
+        "pki",
+        "etcd",
+        "containerd",
+        "kubelet",
+        "kubelet-pki",
+        "cni",
+        "cni-ipam",
+        "registry",
+    ] {
+        let _ = std::fs::remove_dir_all(l.dir.join(d));
+    }
+    let _ = std::fs::remove_dir_all(&l.run);
     for d in [
         "logs",
         "pki",
@@ -75,35 +90,57 @@ pub async fn up(dir: &Path, bin: &Path) -> Result<TestCluster> {
 
     network()?;
 
-    // The image source: a loopback registry with the sandbox ("pause") image, and every other registry
-    // pointed at a closed loopback port.
-    let reg_port = crate::free_port()?;
-    let registry = format!("127.0.0.1:{reg_port}");
-    std::fs::write(
-        l.dir.join("registry/config.yml"),
-        config::registry(&l.dir.join("registry/data"), reg_port),
-    )?;
+    // The image sources: a plain loopback registry with the sandbox ("pause") image, a TLS one with
+    // htpasswd auth (certificate from the cluster CA, credentials in the kubelet's config.json), and every
+    // other registry pointed at a closed loopback port.
     let reg_bin = crate::find_binary("AIRLOCK_DOCKER_REGISTRY", "docker-registry")?;
-    procs.spawn(
-        "docker-registry",
-        &reg_bin,
-        &[
-            "serve".into(),
-            l.dir.join("registry/config.yml").display().to_string(),
-        ],
+    let registry = procs
+        .registry(&reg_bin, "docker-registry", None, None)
+        .await?;
+    let tls = pki.server("registry", "127.0.0.1")?;
+    let hash = bcrypt::hash(oci::PASSWORD, 4)?;
+    std::fs::write(
+        l.dir.join("registry/htpasswd"),
+        format!("{}:{hash}\n", oci::USER),
     )?;
-    procs.wait_port("docker-registry", reg_port).await?;
+    let tls_registry = procs
+        .registry(
+            &reg_bin,
+            "docker-registry-tls",
+            Some(&(tls.cert, tls.key)),
+            Some(&l.dir.join("registry/htpasswd")),
+        )
+        .await?;
     let pause = format!("{registry}/pause:1");
     let spec = ImageSpec::new(vec![oci::busybox_layer("pause")?])
         .with_run(serde_json::json!({"Cmd": ["/bin/sleep", "2147483647"]}));
     push_when_ready(&Pusher::plain_host(&registry), "pause:1", &spec).await?;
-    for (host_dir, server) in [
-        (registry.as_str(), format!("http://{registry}")),
-        ("_default", config::CLOSED.to_string()),
+    let ca = pki.ca_file();
+    for (host_dir, hosts) in [
+        (
+            registry.as_str(),
+            config::hosts(&format!("http://{registry}"), None),
+        ),
+        (
+            tls_registry.as_str(),
+            config::hosts(&format!("https://{tls_registry}"), Some(&ca)),
+        ),
+        ("_default", config::hosts(config::CLOSED, None)),
     ] {
         let d = l.dir.join("certs.d").join(host_dir);
         std::fs::create_dir_all(&d)?;
-        std::fs::write(d.join("hosts.toml"), config::hosts(&server))?;
+        std::fs::write(d.join("hosts.toml"), hosts)?;
+    }
+    {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            oci::USER,
+            oci::PASSWORD
+        ));
+        let docker_config = serde_json::json!({"auths": {tls_registry.clone(): {"auth": auth}}});
+        // The kubelet reads registry credentials from config.json in its root directory.
+        std::fs::write(l.dir.join("kubelet/config.json"), docker_config.to_string())?;
     }
 
     let etcd_port = crate::free_port()?;
@@ -251,7 +288,8 @@ pub async fn up(dir: &Path, bin: &Path) -> Result<TestCluster> {
 
     let kubectl = bin.join("kubectl");
     let env = format!(
-        "REGISTRY={registry}\nHOST_ADDR={HOST_ADDR}\nAPI_SERVER={server}\nKUBECTL={}\nPOD_CIDR={POD_CIDR}\nNODE={NODE}\n",
+        "REGISTRY={registry}\nTLS_REGISTRY={tls_registry}\nCA={}\nHOST_ADDR={HOST_ADDR}\nAPI_SERVER={server}\nKUBECTL={}\nPOD_CIDR={POD_CIDR}\nNODE={NODE}\n",
+        ca.display(),
         kubectl.display()
     );
     std::fs::write(l.dir.join("env"), env)?;
@@ -318,18 +356,57 @@ struct Procs {
 
 impl Procs {
     fn spawn(&mut self, name: &str, bin: &Path, args: &[String]) -> Result<()> {
+        let log = std::fs::File::create(self.l.log(name))?;
+        self.spawn_to(name, bin, args, log.try_clone()?, log)
+    }
+
+    /// A docker-registry on a free port (its access log in `logs/NAME.access.log`); its `127.0.0.1:PORT`.
+    async fn registry(
+        &mut self,
+        bin: &Path,
+        name: &str,
+        tls: Option<&(PathBuf, PathBuf)>,
+        htpasswd: Option<&Path>,
+    ) -> Result<String> {
+        let port = crate::free_port()?;
+        let config = self.l.dir.join(format!("registry/{name}.yml"));
+        let data = self.l.dir.join(format!("registry/{name}"));
+        std::fs::write(
+            &config,
+            crate::registry::config_yaml(&data, port, tls, htpasswd),
+        )?;
+        let access = std::fs::File::create(self.l.dir.join(format!("logs/{name}.access.log")))?;
+        let log = std::fs::File::create(self.l.log(name))?;
+        self.spawn_to(
+            name,
+            bin,
+            &["serve".into(), config.display().to_string()],
+            access,
+            log,
+        )?;
+        self.wait_port(name, port).await?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    fn spawn_to(
+        &mut self,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<()> {
         if !bin.exists() {
             bail!(
                 "{} not found: build the cluster with scripts/cluster-build (scripts/setup does)",
                 bin.display()
             );
         }
-        let log = std::fs::File::create(self.l.log(name))?;
         let child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             // Its own process group: a Ctrl-C at the terminal that ran `up` does not reach it.
             .process_group(0)
             .spawn()

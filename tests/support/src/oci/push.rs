@@ -55,6 +55,11 @@ impl Pusher {
 
     /// To a [`tls_registry`], trusting `ca_pem`, as [`USER`].
     pub fn tls(r: &Registry, ca_pem: &str) -> Self {
+        Self::tls_host(&r.host(), ca_pem)
+    }
+
+    /// To the TLS registry at `host`, trusting `ca_pem`, as [`USER`].
+    pub fn tls_host(host: &str, ca_pem: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::Https,
@@ -67,7 +72,7 @@ impl Pusher {
         Self {
             client,
             auth: RegistryAuth::Basic(USER.into(), PASSWORD.into()),
-            host: r.host(),
+            host: host.to_string(),
         }
     }
 
@@ -81,6 +86,24 @@ impl Pusher {
         let built = build(spec)?;
         self.push_built(name, &built).await?;
         Ok(built.digest)
+    }
+
+    /// Pushes `spec` as `HOST/name` unless the registry already has its manifest (blobs are content
+    /// addressed: the same build is the same digest); returns `HOST/repository@digest`.
+    pub async fn push_once(&self, name: &str, spec: &ImageSpec) -> Result<String> {
+        let built = build(spec)?;
+        let repository = name.split_once(':').map_or(name, |(r, _)| r);
+        let pinned = self.reference(&format!("{repository}@{}", built.digest));
+        let r: Reference = pinned.parse()?;
+        if self
+            .client
+            .fetch_manifest_digest(&r, &self.auth)
+            .await
+            .is_err()
+        {
+            self.push_built(name, &built).await?;
+        }
+        Ok(pinned)
     }
 
     /// Pushes a built image as `HOST/name`.
