@@ -23,6 +23,7 @@
 //!
 //! # Layout
 //! - `error`: [`BackendError`], with its typed source and retry class.
+//! - `reason`: [`Reason`], why a job is in its phase, and [`Stuck`], the reasons it will not leave by itself.
 //! - `follow`: [`Backend::logs_follow`], a run's output as it is written.
 //! - `kube`: pods and per-run NetworkPolicies through the Kubernetes API.
 //! - `local`: bubblewrap process trees supervised by the dispatcher, state in a directory the janitor reads.
@@ -37,8 +38,10 @@ mod error;
 mod follow;
 pub mod kube;
 pub mod local;
+mod reason;
 
 pub use error::BackendError;
+pub use reason::{ImagePull, Reason, Stuck};
 
 /// Which backend runs the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -164,11 +167,14 @@ pub struct Observed {
     pub phase: Phase,
     /// Exit code of the job's main process, when it exited.
     pub exit_code: Option<i32>,
-    /// Machine-readable reason: `DeadlineExceeded`, `OOMKilled`, `Unschedulable`, `ImagePullBackOff`,
-    /// `Evicted`, `Error`, `Completed`, `MemoryLimit`, `CpuLimit`, `Killed`...
-    pub reason: Option<String>,
+    /// Why the job is in its phase (a finished job: how it ended; a pending one: why it waits).
+    pub reason: Option<Reason>,
     /// Human-readable detail.
     pub message: Option<String>,
+    /// Pending only: since when the job waits where it waits now. A pod the scheduler cannot place since
+    /// its `PodScheduled` condition turned `False`, a pod on its node since its `startTime` (before
+    /// pulling); either since its creation when the pod does not say. `None` locally.
+    pub waiting_since: Option<DateTime<Utc>>,
     /// When the job started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the job finished.
@@ -193,25 +199,61 @@ pub enum ImageFetch {
     },
 }
 
-/// Waiting reasons of a container that will not start by itself: the run fails after the image pull grace
-/// rather than at its deadline.
-pub const STUCK_REASONS: [&str; 5] = [
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrImageNeverPull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-];
+/// The longest message [`with_message`] keeps, in bytes.
+pub const MESSAGE_MAX: usize = 512;
+
+/// `<reason>: <message>` (the message trimmed and cut to [`MESSAGE_MAX`] bytes at a character boundary), or
+/// the reason alone without a message: how the record shows a reason.
+pub fn with_message(reason: &str, message: Option<&str>) -> String {
+    match message.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{reason}: {}", bounded(m, MESSAGE_MAX)),
+        None => reason.to_string(),
+    }
+}
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+pub fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 impl Observed {
-    /// Pending with a [`STUCK_REASONS`] reason.
-    pub fn is_stuck(&self) -> bool {
-        self.phase == Phase::Pending
-            && self
-                .reason
-                .as_deref()
-                .is_some_and(|r| STUCK_REASONS.contains(&r))
+    /// Pending with a reason it will not leave by itself ([`Reason::stuck`]): which grace applies.
+    pub fn stuck(&self) -> Option<Stuck> {
+        self.reason
+            .as_ref()
+            .filter(|_| self.phase == Phase::Pending)
+            .and_then(Reason::stuck)
     }
+
+    /// Whether [`Observed::stuck`] says so.
+    pub fn is_stuck(&self) -> bool {
+        self.stuck().is_some()
+    }
+
+    /// The reason with its message as the record shows it ([`with_message`]), when there is a reason.
+    pub fn reason_text(&self) -> Option<String> {
+        self.reason
+            .as_ref()
+            .map(|r| with_message(r.as_str(), self.message.as_deref()))
+    }
+}
+
+/// When a stuck job is to fail ([`Backend::stuck`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StuckUntil {
+    /// Why it waits, which chose the grace.
+    pub cause: Stuck,
+    /// Since when it waits so ([`Observed::waiting_since`]).
+    pub since: DateTime<Utc>,
+    /// `since` plus the grace.
+    pub fail_at: DateTime<Utc>,
 }
 
 /// Everything a backend holds for one run, as [`Backend::list_objects`] reports it.
@@ -302,17 +344,15 @@ impl Backend {
         delegate!(self, b => b.list_objects().await)
     }
 
-    /// When the run's job became stuck and when it is to fail for it: `Some((since, fail_at))` when the
-    /// job waits in a state it will not leave by itself ([`Observed::is_stuck`]: a pod in
-    /// `ImagePullBackOff`…), `since` being the pod's start on its node and `fail_at` that plus the image pull
-    /// grace; `None` when it is not stuck (or gone). The local runtime fails pulls itself: always `None`.
-    pub async fn stuck(
-        &self,
-        run_id: &str,
-    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, BackendError> {
+    /// When the observed job, waiting in a state it will not leave by itself ([`Observed::stuck`]: a pod in
+    /// `ImagePullBackOff`, one the scheduler cannot place…), is to fail for it: since
+    /// [`Observed::waiting_since`], plus the image pull grace or the unschedulable grace ([`Stuck`]).
+    /// `None` when it is not stuck. The local runtime fails pulls itself and places every run: always
+    /// `None`.
+    pub fn stuck(&self, o: &Observed) -> Option<StuckUntil> {
         match self {
-            Backend::Kube(k) => k.stuck(run_id).await,
-            Backend::Local(_) => Ok(None),
+            Backend::Kube(k) => k.stuck(o),
+            Backend::Local(_) => None,
         }
     }
 

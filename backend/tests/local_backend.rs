@@ -6,7 +6,7 @@ mod local_common;
 use std::time::Duration;
 
 use airlock_backend::local::{LocalBackend, LocalConfig};
-use airlock_backend::{BackendError, Launched, Phase, Removed};
+use airlock_backend::{BackendError, Launched, Phase, Reason, Removed};
 use airlock_schemas::Subjects;
 use local_common::{Harness, assert_outcome, spec};
 use serde_json::json;
@@ -94,8 +94,8 @@ async fn a_request_without_command_in_an_image_without_entrypoint_or_cmd_fails_w
     assert_eq!(h.backend.launch(&s).await.unwrap(), Launched::Created);
     let o = h.finished("nocmd", Duration::from_secs(20)).await;
     assert_eq!(
-        (o.phase, o.reason.as_deref(), o.exit_code),
-        (Phase::Failed, Some("CreateContainerError"), None),
+        (o.phase, o.reason.clone(), o.exit_code),
+        (Phase::Failed, Some(Reason::CreateContainerError), None),
         "{o:?}"
     );
     assert!(
@@ -129,8 +129,8 @@ async fn a_run_whose_supervisor_is_gone_is_observed_as_lost() {
     std::fs::write(&path, serde_json::to_vec(&status).unwrap()).unwrap();
     let lost = other.observe("orphan").await.unwrap().unwrap();
     assert_eq!(
-        (lost.phase, lost.lost, lost.reason.as_deref()),
-        (Phase::Failed, true, Some("SupervisorLost"))
+        (lost.phase, lost.lost, lost.reason),
+        (Phase::Failed, true, Some(Reason::SupervisorLost))
     );
     // The janitor's remove kills the sandbox (pid checked against the run) and deletes everything of it.
     assert_eq!(other.remove("orphan").await.unwrap(), Removed::Deleted);

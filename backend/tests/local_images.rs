@@ -9,7 +9,7 @@ mod local_common;
 
 use std::time::Duration;
 
-use airlock_backend::{Observed, Phase};
+use airlock_backend::{Observed, Phase, Reason};
 use airlock_images::RegistryConfig;
 use airlock_test_support::oci::{
     ImageSpec, PASSWORD, Pusher, Tar, USER, auth_file, busybox_layer, tls_registry,
@@ -43,8 +43,8 @@ fn configured_image() -> ImageSpec {
 
 fn failed_with(o: &Observed, reason: &str) -> String {
     assert_eq!(
-        (o.phase, o.reason.as_deref(), o.exit_code),
-        (Phase::Failed, Some(reason), None),
+        (o.phase, o.reason.clone(), o.exit_code),
+        (Phase::Failed, Some(Reason::parse(reason)), None),
         "{o:?}"
     );
     o.message.clone().unwrap_or_default()

@@ -1,6 +1,7 @@
-//! Following runs in the backend: `running` into Redis, finished runs to the janitor, slots back, and a
-//! `stuck` timer for a pod that waits in `ImagePullBackOff` and the like (the janitor fails it after the
-//! image pull grace).
+//! Following runs in the backend: why a pending run waits (`Unschedulable` with the scheduler's message,
+//! `ContainerCreating`, `ErrImagePull`...) and `running` into Redis, finished runs to the janitor, slots
+//! back, and a `stuck` timer for a pod that waits in `ImagePullBackOff` and the like, or that the scheduler
+//! cannot place (the janitor fails it after the image pull grace, or the unschedulable grace).
 //!
 //! In Kubernetes mode one replica at a time watches all managed pods: the holder of the watch Lease
 //! ([`crate::leader`]); with the Lease off, and in local mode (each replica's own sandboxes), every replica
@@ -12,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use airlock_backend::{Backend, ImageFetch, Observed, Phase};
-use airlock_runtime::store::RecordUpdate;
+use airlock_runtime::store::{RecordUpdate, Waiting};
 use airlock_schemas::{LifecycleEvent, RunStatus, TimerEvent, TimerKind};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
@@ -100,9 +101,8 @@ async fn handle(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) {
 }
 
 async fn on_change(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) -> Result<(), Error> {
-    // Most events of a pod are Pending ones with nothing to do (created, scheduled...): no store read.
-    if o.phase == Phase::Pending && !o.is_stuck() {
-        return Ok(());
+    if o.phase == Phase::Pending {
+        return on_pending(ctx, o).await;
     }
     let head = ctx.store.head(&o.run_id).await?;
     if head.as_ref().is_some_and(|h| h.attempt > o.attempt) {
@@ -111,9 +111,6 @@ async fn on_change(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) -> Result<(), E
     }
     let status = head.and_then(|h| h.status);
     match o.phase {
-        Phase::Pending if o.is_stuck() && status.is_some_and(|s| !s.is_terminal()) => {
-            schedule_stuck(ctx, o).await?;
-        }
         Phase::Pending => {}
         Phase::Running => {
             ctx.metrics.run_running(&o.run_id);
@@ -152,30 +149,53 @@ async fn on_change(ctx: &Ctx, o: &Observed, seen: DateTime<Utc>) -> Result<(), E
             }
             debug!(run_id = %o.run_id, phase = ?o.phase, reason = ?o.reason, "Run finished; handing it to the janitor");
             let mut timer = TimerEvent::for_run(TimerKind::Finished, &o.run_id, o.attempt);
-            timer.reason = o.reason.clone();
+            timer.reason = o.reason.as_ref().map(ToString::to_string);
             ctx.publisher.timer_observed(&timer, Some(seen)).await?;
         }
     }
     Ok(())
 }
 
-/// A pod waiting in a state it will not leave by itself (`ImagePullBackOff`…): the janitor gets a `stuck`
-/// timer at the pod's start plus the image pull grace (now, when that is past). The time comes from the pod,
-/// so every change of the pod schedules the same timer (deduplicated per run and attempt).
-async fn schedule_stuck(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
-    let Some((since, at)) = ctx.backend.stuck(&o.run_id).await? else {
+/// A pending run: why it waits goes on its record (one script, no read: refused once the run is past
+/// `pending` or on a newer attempt). Pod changes without a reason (created, scheduled...) need nothing, not
+/// even a store call. A pod waiting in a state it will not leave by itself also gets its `stuck` timer.
+async fn on_pending(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+    let Some(reason) = o.reason_text() else {
         return Ok(());
     };
-    if at <= Utc::now() {
+    let live = match ctx.store.waiting(&o.run_id, o.attempt, &reason).await? {
+        Waiting::Shown => true,
+        // A re-dispatched run keeps the status it had (`running`): its new pod may still get stuck.
+        Waiting::Past(status) => !status.is_terminal(),
+        Waiting::NotCurrent => {
+            debug!(run_id = %o.run_id, attempt = o.attempt, "Change of an older attempt, or of no run; ignored");
+            false
+        }
+    };
+    if live {
+        schedule_stuck(ctx, o).await?;
+    }
+    Ok(())
+}
+
+/// A pod waiting in a state it will not leave by itself (`ImagePullBackOff`…, or unschedulable): the
+/// janitor gets a `stuck` timer at the time the pod began to wait so plus the grace of that cause (now, when
+/// that is past), naming the reason. The time comes from the pod, so every change of the pod schedules the
+/// same timer (deduplicated per run, attempt and time).
+async fn schedule_stuck(ctx: &Ctx, o: &Observed) -> Result<(), Error> {
+    let (Some(stuck), Some(reason)) = (ctx.backend.stuck(o), o.reason.as_ref()) else {
+        return Ok(());
+    };
+    if stuck.fail_at <= Utc::now() {
         let mut timer = TimerEvent::for_run(TimerKind::Stuck, &o.run_id, o.attempt);
-        timer.reason = o.reason.clone();
+        timer.reason = Some(reason.to_string());
         ctx.publisher.timer(&timer).await?;
     } else {
         ctx.publisher
-            .schedule_stuck(&o.run_id, o.attempt, at)
+            .schedule_stuck(&o.run_id, o.attempt, stuck.fail_at, reason.as_str())
             .await?;
     }
-    debug!(run_id = %o.run_id, reason = ?o.reason, %since, %at, "Run's pod is stuck; the janitor fails it at the grace");
+    debug!(run_id = %o.run_id, %reason, cause = ?stuck.cause, since = %stuck.since, at = %stuck.fail_at, "Run's pod is stuck; the janitor fails it at the grace");
     Ok(())
 }
 

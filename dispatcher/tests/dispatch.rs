@@ -425,6 +425,47 @@ async fn a_pod_refused_until_its_namespaces_service_account_exists_is_retried_an
 }
 
 #[tokio::test]
+async fn a_pending_run_says_why_it_waits_gets_a_stuck_timer_at_the_unschedulable_grace_and_loses_the_reason_once_running()
+-> anyhow::Result<()> {
+    let env = Env::start().await?;
+    env.emu.hold_pending("airlock.dev/run-id=wait-1")?;
+    let (task, stop) = env.spawn(env.config(&["--unschedulable-grace", "1s"]));
+    let mut stuck = env
+        .messages("AIRLOCK_TIMERS", "airlock.timers.stuck.wait-1")
+        .await?;
+    env.publish(
+        "default",
+        &request("wait-1", &["sleep", "2"]),
+        Some("wait-1"),
+    )
+    .await?;
+    let rec = airlock_test_support::wait_until(T, "wait-1 pending, saying why", || async {
+        let r = env.record("wait-1").await;
+        (r.get("status").map(String::as_str) == Some("pending") && r.contains_key("reason"))
+            .then_some(r)
+    })
+    .await?;
+    let reason = &rec["reason"];
+    assert!(
+        reason.starts_with("Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."),
+        "{reason}"
+    );
+    // The schedule fires at the scheduler's verdict plus the grace, naming the reason it was set for.
+    let timer: TimerEvent = Env::next_json(&mut stuck, T).await?;
+    assert_eq!(
+        (timer.kind, timer.attempt, timer.reason.as_deref()),
+        (TimerKind::Stuck, Some(1), Some("Unschedulable"))
+    );
+    // Placed after all: the pod starts and the run no longer waits.
+    env.emu.release_pending();
+    let rec = env.wait_status("wait-1", "running", T).await?;
+    assert_eq!(rec.get("reason"), None, "{rec:?}");
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_permanent_fault_ends_failed_with_the_reason_and_is_dead_lettered() -> anyhow::Result<()>
 {
     let env = Env::start().await?;

@@ -1,6 +1,6 @@
 //! What a timer means for a run: a pure function of the timer, the record and what the backend observes.
 
-use airlock_backend::{Observed, Phase};
+use airlock_backend::{Observed, Phase, Reason, bounded, with_message};
 use airlock_schemas::{RunStatus, TimerKind};
 use chrono::{DateTime, Utc};
 
@@ -31,11 +31,6 @@ pub(crate) enum Decision {
     Ignore(&'static str),
 }
 
-/// Whether a failure reason means the job's deadline killed it.
-fn is_deadline(reason: Option<&str>) -> bool {
-    reason == Some("DeadlineExceeded")
-}
-
 /// The verdict for a pod or process that finished on its own.
 pub(crate) fn outcome_of(obs: &Observed) -> Verdict {
     let exit_code = obs.exit_code.map(i64::from);
@@ -46,7 +41,7 @@ pub(crate) fn outcome_of(obs: &Observed) -> Verdict {
             exit_code: exit_code.or(Some(0)),
             finished_at: obs.finished_at,
         },
-        _ if is_deadline(obs.reason.as_deref()) => Verdict {
+        _ if obs.reason == Some(Reason::DeadlineExceeded) => Verdict {
             status: RunStatus::TimedOut,
             reason: Some(with_message("DeadlineExceeded", obs.message.as_deref())),
             exit_code,
@@ -54,32 +49,17 @@ pub(crate) fn outcome_of(obs: &Observed) -> Verdict {
         },
         _ => Verdict {
             status: RunStatus::Failed,
-            reason: Some(with_message(
-                obs.reason.as_deref().unwrap_or("Error"),
-                obs.message.as_deref(),
-            )),
+            reason: Some(failure(obs)),
             exit_code,
             finished_at: obs.finished_at,
         },
     }
 }
 
-fn with_message(reason: &str, message: Option<&str>) -> String {
-    match message.map(str::trim).filter(|m| !m.is_empty()) {
-        Some(m) => format!("{reason}: {}", bounded(m, 512)),
-        None => reason.to_string(),
-    }
-}
-
-fn bounded(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// `<reason>: <message>` of a job that failed (`Error` when the backend gave no reason).
+fn failure(obs: &Observed) -> String {
+    obs.reason_text()
+        .unwrap_or_else(|| with_message(Reason::Error.as_str(), obs.message.as_deref()))
 }
 
 /// `Pending (Unschedulable: 0/1 nodes are available...)`: where a run was when something ended it.
@@ -90,14 +70,15 @@ pub(crate) fn describe(obs: &Observed) -> String {
         Phase::Succeeded => "Succeeded",
         Phase::Failed => "Failed",
     };
-    match obs.reason.as_deref() {
-        Some(r) => format!("{phase} ({})", with_message(r, obs.message.as_deref())),
+    match obs.reason_text() {
+        Some(r) => format!("{phase} ({r})"),
         None => phase.to_string(),
     }
 }
 
-/// Decides what a `kind` timer means for a non-terminal run in `status` at `attempt`, given what the backend
-/// observes now (`None`: nothing exists for the run).
+/// Decides what a `kind` timer with `timer_reason` (a cancel's why; the reason a stuck timer was set for)
+/// means for a non-terminal run in `status` at `attempt`, given what the backend observes now (`None`:
+/// nothing exists for the run).
 pub(crate) fn decide(
     kind: TimerKind,
     timer_reason: Option<&str>,
@@ -114,11 +95,10 @@ pub(crate) fn decide(
             Some(o) => Decision::End(outcome_of(o)),
             None => Decision::End(Verdict {
                 status: RunStatus::Cancelled,
-                reason: Some(
-                    timer_reason
-                        .filter(|r| !r.trim().is_empty())
-                        .map_or_else(|| "cancelled".to_string(), |r| bounded(r, 512).to_string()),
-                ),
+                reason: Some(timer_reason.filter(|r| !r.trim().is_empty()).map_or_else(
+                    || "cancelled".to_string(),
+                    |r| bounded(r, airlock_backend::MESSAGE_MAX).to_string(),
+                )),
                 exit_code: None,
                 finished_at: None,
             }),
@@ -141,26 +121,37 @@ pub(crate) fn decide(
                 finished_at: None,
             }),
         },
-        // The pod waited in ImagePullBackOff (or the like) for the whole grace: the run fails with that reason.
-        TimerKind::Stuck => match (finished, obs) {
-            (Some(o), _) => Decision::End(outcome_of(o)),
-            (None, Some(o)) if o.is_stuck() => Decision::End(Verdict {
-                status: RunStatus::Failed,
-                reason: Some(with_message(
-                    o.reason.as_deref().unwrap_or("Error"),
-                    o.message.as_deref(),
-                )),
-                exit_code: None,
-                finished_at: None,
-            }),
-            _ => Decision::Ignore("stuck timer but the pod is no longer stuck"),
-        },
+        // The pod waited in ImagePullBackOff (or the like), or unschedulable, for the whole grace of that
+        // cause: the run fails with that reason. The timer names the reason it was set for; a pod stuck now
+        // for another cause (unschedulable first, then its image failing) has its own timer, at its own grace.
+        TimerKind::Stuck => {
+            let set_for = timer_reason.map(Reason::parse).and_then(|r| r.stuck());
+            match (finished, obs) {
+                (Some(o), _) => Decision::End(outcome_of(o)),
+                (None, Some(o))
+                    if o.stuck()
+                        .is_some_and(|now| set_for.is_none_or(|s| s == now)) =>
+                {
+                    Decision::End(Verdict {
+                        status: RunStatus::Failed,
+                        reason: Some(failure(o)),
+                        exit_code: None,
+                        finished_at: None,
+                    })
+                }
+                (None, Some(o)) if o.is_stuck() => {
+                    Decision::Ignore("stuck timer set for another cause than the pod's now")
+                }
+                _ => Decision::Ignore("stuck timer but the pod is no longer stuck"),
+            }
+        }
         TimerKind::Finished => {
             let lost_why = match obs {
                 None => Some("PodLost".to_string()),
                 Some(o) if o.lost => Some(
                     o.reason
-                        .clone()
+                        .as_ref()
+                        .map(Reason::to_string)
                         .filter(|r| !r.is_empty())
                         .unwrap_or_else(|| "Lost".into()),
                 ),
@@ -198,8 +189,9 @@ mod tests {
             attempt: 1,
             phase,
             exit_code: exit,
-            reason: reason.map(Into::into),
+            reason: reason.map(Reason::parse),
             message: None,
+            waiting_since: None,
             started_at: None,
             finished_at: None,
             lost: reason == Some("Evicted"),
@@ -323,13 +315,73 @@ mod tests {
             decide(TimerKind::Stuck, None, run, 1, Some(&running), 2),
             Decision::Ignore("stuck timer but the pod is no longer stuck")
         );
-        let scheduling = obs(Phase::Pending, Some("Unschedulable"), None);
+        let creating = obs(Phase::Pending, Some("ContainerCreating"), None);
         assert!(matches!(
-            decide(TimerKind::Stuck, None, run, 1, Some(&scheduling), 2),
+            decide(TimerKind::Stuck, None, run, 1, Some(&creating), 2),
             Decision::Ignore(_)
         ));
         assert!(matches!(
             decide(TimerKind::Stuck, None, run, 1, None, 2),
+            Decision::Ignore(_)
+        ));
+    }
+
+    #[test]
+    fn a_stuck_timer_fails_a_pod_still_unschedulable_with_the_schedulers_message() {
+        let run = Some(RunStatus::Pending);
+        let mut p = obs(Phase::Pending, Some("Unschedulable"), None);
+        p.message = Some("0/1 nodes are available: 1 Insufficient cpu.".into());
+        let failed = (
+            RunStatus::Failed,
+            "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.".to_string(),
+        );
+        for set_for in [Some("Unschedulable"), None] {
+            assert_eq!(
+                status(decide(TimerKind::Stuck, set_for, run, 1, Some(&p), 2)),
+                failed,
+                "{set_for:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stuck_timer_set_for_one_cause_ignores_a_pod_stuck_for_another_and_fails_one_stuck_alike() {
+        let run = Some(RunStatus::Pending);
+        // Unschedulable at first, then placed: its image fails now, for less than the image pull grace.
+        let pulling = obs(Phase::Pending, Some("ImagePullBackOff"), None);
+        assert_eq!(
+            decide(
+                TimerKind::Stuck,
+                Some("Unschedulable"),
+                run,
+                1,
+                Some(&pulling),
+                2
+            ),
+            Decision::Ignore("stuck timer set for another cause than the pod's now")
+        );
+        // Set at ErrImagePull, the kubelet backing off now: the same cause.
+        assert_eq!(
+            status(decide(
+                TimerKind::Stuck,
+                Some("ErrImagePull"),
+                run,
+                1,
+                Some(&pulling),
+                2
+            )),
+            (RunStatus::Failed, "ImagePullBackOff".into())
+        );
+        let unschedulable = obs(Phase::Pending, Some("Unschedulable"), None);
+        assert!(matches!(
+            decide(
+                TimerKind::Stuck,
+                Some("ErrImagePull"),
+                run,
+                1,
+                Some(&unschedulable),
+                2
+            ),
             Decision::Ignore(_)
         ));
     }

@@ -140,6 +140,44 @@ async fn a_job_that_runs_past_its_deadline_ends_timed_out_with_deadline_exceeded
 }
 
 #[tokio::test]
+async fn a_stuck_timer_for_a_pod_still_unschedulable_ends_the_run_failed_with_the_schedulers_message()
+-> Result<()> {
+    let mut env = Env::start().await?;
+    env.watch_like_the_dispatcher();
+    let _janitor = env.janitor(&[])?;
+    let id = "unplaced-1";
+    env.emu
+        .hold_pending(&format!("{}={id}", airlock_schemas::labels::RUN_ID))?;
+    env.submit(id, "echo never runs", 600).await?;
+    wait_until(T, "the pod to be unschedulable", || async {
+        env.backend
+            .observe(id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|o| o.reason == Some(airlock_backend::Reason::Unschedulable))
+    })
+    .await?;
+    // What the dispatcher's watcher schedules at the unschedulable grace.
+    let timer = TimerEvent {
+        kind: TimerKind::Stuck,
+        run_id: Some(id.into()),
+        attempt: Some(1),
+        reason: Some("Unschedulable".into()),
+    };
+    env.publisher.timer(&timer).await?;
+    let rec = env.reaped(id, T).await?;
+    assert_eq!(rec.status, Some(RunStatus::Failed), "{rec:?}");
+    let reason = rec.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."),
+        "reason: {reason}"
+    );
+    env.objects_gone(id).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_pod_kept_pending_ends_timed_out_at_its_deadline_naming_why() -> Result<()> {
     let mut env = Env::start().await?;
     env.watch_like_the_dispatcher();

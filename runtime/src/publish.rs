@@ -75,12 +75,15 @@ pub enum MsgId<'a> {
         /// Attempt.
         attempt: u32,
     },
-    /// A run's stuck-pod schedule: one per run and attempt.
+    /// A run's stuck-pod schedule: one per run, attempt and firing time (a pod unschedulable first and
+    /// then unable to pull its image gets one for each, at each one's grace).
     StuckSchedule {
         /// Run id.
         run_id: &'a str,
         /// Attempt.
         attempt: u32,
+        /// When it fires (Unix seconds).
+        at: i64,
     },
     /// The recurring sweep schedule, per interval.
     SweepSchedule {
@@ -122,9 +125,11 @@ impl fmt::Display for MsgId<'_> {
             MsgId::DeadlineSchedule { run_id, attempt } => {
                 write!(f, "schedule-deadline-{run_id}-{attempt}")
             }
-            MsgId::StuckSchedule { run_id, attempt } => {
-                write!(f, "schedule-stuck-{run_id}-{attempt}")
-            }
+            MsgId::StuckSchedule {
+                run_id,
+                attempt,
+                at,
+            } => write!(f, "schedule-stuck-{run_id}-{attempt}-{at}"),
             MsgId::SweepSchedule { every_secs } => write!(f, "schedule-sweep-{every_secs}"),
         }
     }
@@ -274,24 +279,26 @@ impl Publisher {
         at: DateTime<Utc>,
         traceparent: Option<&TraceParent>,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Deadline, run_id, attempt, at, traceparent)
+        self.schedule_once(TimerKind::Deadline, run_id, attempt, at, traceparent, None)
             .await
     }
 
-    /// Schedules the run's `stuck` timer at `at` (the pod's start plus the image pull grace) into
-    /// `airlock.timers.stuck.<run_id>`, deduplicated per run and attempt; `at` is derived from the pod, so a
-    /// repeat names the same time.
+    /// Schedules the run's `stuck` timer at `at` (when the pod began to wait as it does, plus the grace of
+    /// that) into `airlock.timers.stuck.<run_id>`, its `reason` the one the pod waits with
+    /// (`ImagePullBackOff`, `Unschedulable`...), deduplicated per run, attempt and time; `at` is derived from
+    /// the pod, so a repeat names the same time.
     pub async fn schedule_stuck(
         &self,
         run_id: &str,
         attempt: u32,
         at: DateTime<Utc>,
+        reason: &str,
     ) -> Result<(), Error> {
-        self.schedule_once(TimerKind::Stuck, run_id, attempt, at, None)
+        self.schedule_once(TimerKind::Stuck, run_id, attempt, at, None, Some(reason))
             .await
     }
 
-    /// A message schedule that fires one `kind` timer for the run at `at`.
+    /// A message schedule that fires one `kind` timer for the run at `at`, with `reason`.
     async fn schedule_once(
         &self,
         kind: TimerKind,
@@ -299,8 +306,10 @@ impl Publisher {
         attempt: u32,
         at: DateTime<Utc>,
         traceparent: Option<&TraceParent>,
+        reason: Option<&str>,
     ) -> Result<(), Error> {
-        let ev = TimerEvent::for_run(kind, run_id, attempt);
+        let mut ev = TimerEvent::for_run(kind, run_id, attempt);
+        ev.reason = reason.map(str::to_string);
         let mut h = HeaderMap::new();
         if let Some(tp) = traceparent {
             crate::telemetry::to_headers(&mut h, tp);
@@ -320,7 +329,11 @@ impl Publisher {
             self.subjects.timer(kind, Some(run_id)).as_str(),
         );
         let id = match kind {
-            TimerKind::Stuck => MsgId::StuckSchedule { run_id, attempt },
+            TimerKind::Stuck => MsgId::StuckSchedule {
+                run_id,
+                attempt,
+                at: at.timestamp(),
+            },
             _ => MsgId::DeadlineSchedule { run_id, attempt },
         };
         let subject = self
@@ -372,5 +385,15 @@ mod tests {
             attempt: None,
         };
         assert_eq!(sweep.to_string(), "timer-sweep---0");
+        let stuck = |at| MsgId::StuckSchedule {
+            run_id: "r-1",
+            attempt: 2,
+            at,
+        };
+        assert_eq!(
+            stuck(1_767_323_045).to_string(),
+            "schedule-stuck-r-1-2-1767323045"
+        );
+        assert_ne!(stuck(1).to_string(), stuck(2).to_string());
     }
 }

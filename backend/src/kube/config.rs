@@ -26,6 +26,8 @@ pub const DEFAULT_DNS_POD_LABELS: &str = "k8s-app=kube-dns";
 pub const DEFAULT_API_TIMEOUT: &str = "15s";
 /// Default of `--image-pull-grace`.
 pub const DEFAULT_IMAGE_PULL_GRACE: &str = "60s";
+/// Default of `--unschedulable-grace`.
+pub const DEFAULT_UNSCHEDULABLE_GRACE: &str = "5m";
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -86,6 +88,13 @@ pub struct KubeArgs {
     /// the run ends `failed` with that reason, instead of waiting for its deadline.
     #[arg(long, env = "AIRLOCK_IMAGE_PULL_GRACE", value_parser = humantime::parse_duration, default_value = DEFAULT_IMAGE_PULL_GRACE)]
     pub image_pull_grace: Duration,
+    /// How long a run's pod may stay unschedulable (`PodScheduled=False`, reason `Unschedulable`: no node has
+    /// room for its requests, or none matches it; counted from when the scheduler said so) before the run
+    /// ends `failed` with `Unschedulable` and the scheduler's message, instead of waiting for its deadline.
+    /// Room can free up as other pods finish, or a cluster autoscaler add a node: give it at least that
+    /// long.
+    #[arg(long, env = "AIRLOCK_UNSCHEDULABLE_GRACE", value_parser = humantime::parse_duration, default_value = DEFAULT_UNSCHEDULABLE_GRACE)]
+    pub unschedulable_grace: Duration,
     /// Run the job as the image's `USER` instead of `--pod-run-as-user` (the pod keeps `runAsNonRoot`, so an
     /// image that would run as root, or names its user instead of a uid, fails with
     /// `CreateContainerConfigError`).
@@ -104,6 +113,7 @@ impl KubeArgs {
         c.termination_grace_seconds = self.pod_termination_grace;
         c.api_timeout = self.kube_api_timeout;
         c.image_pull_grace = self.image_pull_grace;
+        c.unschedulable_grace = self.unschedulable_grace;
         c.run_as_image_user = self.pod_run_as_image_user;
         c.nats_egress = EgressDestination {
             cidrs: self.nats_egress_cidrs.clone(),
@@ -155,8 +165,11 @@ pub struct KubeConfig {
     pub egress: BTreeMap<String, EgressDestination>,
     /// Timeout of each API call.
     pub api_timeout: Duration,
-    /// How long a pod may wait in a state it will not leave by itself before its run fails.
+    /// How long a pod may wait with a container that cannot start (its image cannot be pulled, its
+    /// configuration is invalid) before its run fails.
     pub image_pull_grace: Duration,
+    /// How long a pod may stay unschedulable before its run fails.
+    pub unschedulable_grace: Duration,
     /// Leave the uid to the image's `USER` (no `runAsUser`/`runAsGroup`; `runAsNonRoot` stays).
     pub run_as_image_user: bool,
 }
@@ -182,6 +195,8 @@ impl KubeConfig {
                 .expect("DEFAULT_API_TIMEOUT is a valid duration (tested)"),
             image_pull_grace: humantime::parse_duration(DEFAULT_IMAGE_PULL_GRACE)
                 .expect("DEFAULT_IMAGE_PULL_GRACE is a valid duration (tested)"),
+            unschedulable_grace: humantime::parse_duration(DEFAULT_UNSCHEDULABLE_GRACE)
+                .expect("DEFAULT_UNSCHEDULABLE_GRACE is a valid duration (tested)"),
             run_as_image_user: false,
         }
     }
@@ -210,6 +225,7 @@ mod tests {
                 from_args.termination_grace_seconds,
                 from_args.api_timeout,
                 from_args.image_pull_grace,
+                from_args.unschedulable_grace,
                 from_args.run_as_image_user,
             ),
             (
@@ -218,9 +234,11 @@ mod tests {
                 new.termination_grace_seconds,
                 new.api_timeout,
                 new.image_pull_grace,
+                new.unschedulable_grace,
                 new.run_as_image_user,
             )
         );
         assert_eq!(new.image_pull_grace, Duration::from_secs(60));
+        assert_eq!(new.unschedulable_grace, Duration::from_secs(300));
     }
 }

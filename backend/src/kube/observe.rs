@@ -15,8 +15,8 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::api::unless_status;
-use super::{CONTAINER, KubeBackend};
-use crate::{BackendError, Observed, Phase, RunObjects};
+use super::{CONTAINER, KubeBackend, KubeConfig};
+use crate::{BackendError, Observed, Phase, Reason, RunObjects, Stuck, StuckUntil};
 
 impl KubeBackend {
     /// The run's pod as [`Observed`], or `None` when it does not exist.
@@ -26,32 +26,11 @@ impl KubeBackend {
         Ok(pod.as_ref().and_then(observe_pod))
     }
 
-    /// `(since, fail_at)` of a stuck pod (see [`crate::Backend::stuck`]): `since` is the pod's
-    /// `status.startTime` (when its node took it, before pulling), else its creation.
-    pub async fn stuck(
-        &self,
-        run_id: &str,
-    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, BackendError> {
-        let name = labels::object_name(run_id);
-        let Some(pod) = self.call("get Pod", self.pods().get_opt(&name)).await? else {
-            return Ok(None);
-        };
-        if !observe_pod(&pod).is_some_and(|o| o.is_stuck()) {
-            return Ok(None);
-        }
-        let since = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.start_time.as_ref())
-            .or(pod.metadata.creation_timestamp.as_ref())
-            .and_then(to_chrono)
-            .unwrap_or_else(Utc::now);
-        let grace = chrono::Duration::from_std(self.config().image_pull_grace)
-            .unwrap_or(chrono::Duration::MAX);
-        Ok(Some((
-            since,
-            since.checked_add_signed(grace).unwrap_or(since),
-        )))
+    /// When the observed pod, stuck ([`Observed::stuck`]), is to fail (see [`crate::Backend::stuck`]): its
+    /// [`Observed::waiting_since`] plus `--image-pull-grace` or `--unschedulable-grace`. No API call: the
+    /// observation carries the time.
+    pub fn stuck(&self, o: &Observed) -> Option<StuckUntil> {
+        stuck_until(o, self.config())
     }
 
     /// The last `max_bytes` of the job container's log.
@@ -123,11 +102,28 @@ impl KubeBackend {
     }
 }
 
+/// [`KubeBackend::stuck`] under `config`'s graces.
+fn stuck_until(o: &Observed, config: &KubeConfig) -> Option<StuckUntil> {
+    let cause = o.stuck()?;
+    let since = o.waiting_since.unwrap_or_else(Utc::now);
+    let grace = match cause {
+        Stuck::Start => config.image_pull_grace,
+        Stuck::Unschedulable => config.unschedulable_grace,
+    };
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    Some(StuckUntil {
+        cause,
+        since,
+        fail_at: since.checked_add_signed(grace).unwrap_or(since),
+    })
+}
+
 /// A deleted pod as the watch reports it: lost, unless it had finished.
 fn deleted(mut o: Observed) -> Observed {
     if !o.phase.is_finished() {
         o.phase = Phase::Failed;
-        o.reason = Some("Deleted".into());
+        o.reason = Some(Reason::Deleted);
+        o.waiting_since = None;
         o.message = Some("the pod was deleted before it finished".into());
         o.lost = true;
     }
@@ -223,7 +219,12 @@ pub fn observe_pod(pod: &Pod) -> Option<Observed> {
     observe_parts(&pod.metadata, pod.status.as_ref())
 }
 
-/// [`observe_pod`] of a pod's metadata and status.
+/// [`observe_pod`] of a pod's metadata and status: the one place a pod's reasons are read.
+///
+/// The reason is the first of: the pod's own (`Evicted`, `DeadlineExceeded`...), the job container's
+/// terminated reason (`OOMKilled`, `Error`...), its waiting reason (`ContainerCreating`, `ErrImagePull`...),
+/// and, for a pod the scheduler cannot place, the `PodScheduled=False` condition's (`Unschedulable`); the
+/// message is the first of theirs in the same order.
 fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Observed> {
     let l = metadata.labels.as_ref()?;
     let run_id = l.get(labels::RUN_ID)?.clone();
@@ -237,7 +238,7 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
     let terminated = state.and_then(|s| s.terminated.as_ref());
     let running = state.and_then(|s| s.running.as_ref());
     let waiting = state.and_then(|s| s.waiting.as_ref());
-    let unschedulable = status.conditions.as_ref().and_then(|cs| {
+    let unscheduled = status.conditions.as_ref().and_then(|cs| {
         cs.iter()
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
     });
@@ -253,21 +254,29 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
     };
     let reason = status
         .reason
-        .clone()
-        .or_else(|| terminated.and_then(|t| t.reason.clone()))
-        .or_else(|| waiting.and_then(|w| w.reason.clone()))
-        .or_else(|| unschedulable.and_then(|c| c.reason.clone()));
+        .as_ref()
+        .or_else(|| terminated.and_then(|t| t.reason.as_ref()))
+        .or_else(|| waiting.and_then(|w| w.reason.as_ref()))
+        .or_else(|| unscheduled.and_then(|c| c.reason.as_ref()));
     let message = status
         .message
-        .clone()
-        .or_else(|| terminated.and_then(|t| t.message.clone()))
-        .or_else(|| waiting.and_then(|w| w.message.clone()))
-        .or_else(|| unschedulable.and_then(|c| c.message.clone()));
+        .as_ref()
+        .or_else(|| terminated.and_then(|t| t.message.as_ref()))
+        .or_else(|| waiting.and_then(|w| w.message.as_ref()))
+        .or_else(|| unscheduled.and_then(|c| c.message.as_ref()));
     let lost = status
         .reason
         .as_deref()
         .is_some_and(|r| LOST_REASONS.contains(&r))
         || (disrupted && phase == Phase::Failed && terminated.is_none_or(|t| t.exit_code != 0));
+    let created = metadata.creation_timestamp.as_ref();
+    let waiting_since = (phase == Phase::Pending)
+        .then(|| match unscheduled {
+            Some(c) => c.last_transition_time.as_ref().or(created),
+            None => status.start_time.as_ref().or(created),
+        })
+        .flatten()
+        .and_then(to_chrono);
     Some(Observed {
         run_id,
         queue: l.get(labels::QUEUE).cloned(),
@@ -277,8 +286,9 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
             .unwrap_or(1),
         phase,
         exit_code: terminated.map(|t| t.exit_code),
-        reason,
-        message,
+        reason: reason.map(|r| Reason::from(r.as_str())),
+        message: message.cloned(),
+        waiting_since,
         started_at: running
             .and_then(|r| r.started_at.as_ref())
             .or_else(|| terminated.and_then(|t| t.started_at.as_ref()))
@@ -294,6 +304,7 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ImagePull;
 
     fn meta(run_id: Option<&str>, created: i64, deleting: bool) -> ObjectMeta {
         let time = |secs: i64| {
@@ -328,5 +339,221 @@ mod tests {
         assert_eq!(b.created_at, DateTime::from_timestamp(300, 0));
         assert!(b.terminating);
         assert_eq!(runs.len(), 2);
+    }
+
+    /// A pod of run `r` as the API server returns it: `status` as given.
+    fn pod(status: serde_json::Value) -> Observed {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "airlock-run-r",
+                "creationTimestamp": "2026-01-02T03:04:00Z",
+                "labels": { "airlock.dev/run-id": "r", "airlock.dev/queue": "q", "airlock.dev/attempt": "2" },
+            },
+            "status": status,
+        }))
+        .unwrap_or_else(|e| panic!("a pod: {e}"));
+        observe_pod(&pod).unwrap_or_else(|| panic!("observed"))
+    }
+
+    /// A pending pod on its node whose job container waits with `reason` and `message`.
+    fn waiting(reason: &str, message: Option<&str>) -> Observed {
+        pod(serde_json::json!({
+            "phase": "Pending",
+            "startTime": "2026-01-02T03:04:05Z",
+            "conditions": [{ "type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-02T03:04:01Z" }],
+            "containerStatuses": [{
+                "name": "job", "image": "reg/absent:1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "waiting": { "reason": reason, "message": message } },
+            }],
+        }))
+    }
+
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    #[test]
+    fn a_pod_the_scheduler_cannot_place_is_unschedulable_with_its_message_since_the_condition_turned()
+     {
+        let o = pod(serde_json::json!({
+            "phase": "Pending",
+            "qosClass": "Burstable",
+            "conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "lastProbeTime": null,
+                "lastTransitionTime": "2026-01-02T03:04:02Z",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.",
+            }],
+        }));
+        assert_eq!(
+            (o.phase, o.reason.clone(), o.attempt),
+            (Phase::Pending, Some(Reason::Unschedulable), 2)
+        );
+        assert_eq!(o.stuck(), Some(Stuck::Unschedulable));
+        assert_eq!(o.waiting_since, at("2026-01-02T03:04:02Z"));
+        assert_eq!(
+            o.reason_text().as_deref(),
+            Some(
+                "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+            )
+        );
+        // Without a transition time: since the pod's creation.
+        let o = pod(serde_json::json!({
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable" }],
+        }));
+        assert_eq!(o.waiting_since, at("2026-01-02T03:04:00Z"));
+        // Gated pods wait for whoever gated them: shown, not stuck.
+        let o = pod(serde_json::json!({
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+                             "message": "Scheduling is blocked due to non-empty scheduling gates" }],
+        }));
+        assert_eq!(o.reason, Some(Reason::Other("SchedulingGated".into())));
+        assert!(!o.is_stuck());
+    }
+
+    #[test]
+    fn a_failing_image_pull_is_an_image_pull_reason_with_the_kubelets_message_since_the_pods_start()
+    {
+        let message = "failed to pull and unpack image \"127.0.0.1:5000/absent:1\": not found";
+        for (word, pull) in [
+            ("ErrImagePull", ImagePull::ErrImagePull),
+            ("ImagePullBackOff", ImagePull::ImagePullBackOff),
+            ("InvalidImageName", ImagePull::InvalidImageName),
+            ("ErrImageNeverPull", ImagePull::ErrImageNeverPull),
+        ] {
+            let o = waiting(word, Some(message));
+            assert_eq!(o.reason, Some(Reason::ImagePull(pull)), "{word}");
+            assert_eq!(o.stuck(), Some(Stuck::Start), "{word}");
+            assert_eq!(o.waiting_since, at("2026-01-02T03:04:05Z"));
+            assert_eq!(
+                o.reason_text(),
+                Some(format!("{word}: {message}")),
+                "rendered as before"
+            );
+        }
+        let o = waiting(
+            "CreateContainerConfigError",
+            Some("container has runAsNonRoot and image will run as root"),
+        );
+        assert_eq!(
+            (o.reason.clone(), o.stuck()),
+            (Some(Reason::CreateContainerConfigError), Some(Stuck::Start))
+        );
+    }
+
+    #[test]
+    fn a_container_being_created_is_shown_but_not_stuck() {
+        let o = waiting("ContainerCreating", None);
+        assert_eq!(o.reason, Some(Reason::ContainerCreating));
+        assert_eq!(o.reason_text().as_deref(), Some("ContainerCreating"));
+        assert!(!o.is_stuck());
+        // A pod just created: no reason at all.
+        let o = pod(serde_json::json!({ "phase": "Pending" }));
+        assert_eq!(
+            (o.reason, o.waiting_since),
+            (None, at("2026-01-02T03:04:00Z"))
+        );
+    }
+
+    #[test]
+    fn finished_pods_read_as_their_terminated_or_pod_reason_and_an_eviction_is_lost() {
+        let terminated = |reason: &str, code: i32| {
+            pod(serde_json::json!({
+                "phase": if code == 0 { "Succeeded" } else { "Failed" },
+                "containerStatuses": [{
+                    "name": "job", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "terminated": { "reason": reason, "exitCode": code,
+                               "startedAt": "2026-01-02T03:04:06Z", "finishedAt": "2026-01-02T03:04:09Z" } },
+                }],
+            }))
+        };
+        let oom = terminated("OOMKilled", 137);
+        assert_eq!(
+            (
+                oom.phase,
+                oom.reason.clone(),
+                oom.exit_code,
+                oom.lost,
+                oom.waiting_since
+            ),
+            (
+                Phase::Failed,
+                Some(Reason::OomKilled),
+                Some(137),
+                false,
+                None
+            )
+        );
+        assert_eq!(oom.reason_text().as_deref(), Some("OOMKilled"));
+        assert_eq!(terminated("Error", 3).reason, Some(Reason::Error));
+        assert_eq!(terminated("Completed", 0).reason, Some(Reason::Completed));
+        let evicted = pod(serde_json::json!({
+            "phase": "Failed", "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+        }));
+        assert_eq!(
+            (evicted.reason.clone(), evicted.lost),
+            (Some(Reason::Evicted), true)
+        );
+        let deadline = pod(serde_json::json!({
+            "phase": "Failed", "reason": "DeadlineExceeded",
+            "message": "Pod was active on the node longer than the specified deadline",
+        }));
+        assert_eq!(
+            (deadline.reason, deadline.lost),
+            (Some(Reason::DeadlineExceeded), false)
+        );
+        let node_lost = pod(serde_json::json!({ "phase": "Failed", "reason": "NodeLost" }));
+        assert_eq!(
+            (node_lost.reason, node_lost.lost),
+            (Some(Reason::Other("NodeLost".into())), true)
+        );
+        // Deleted before it finished: lost, with the watch's own reason.
+        let gone = deleted(waiting("ContainerCreating", None));
+        assert_eq!(
+            (gone.phase, gone.reason, gone.lost, gone.waiting_since),
+            (Phase::Failed, Some(Reason::Deleted), true, None)
+        );
+    }
+
+    #[test]
+    fn a_stuck_pod_fails_at_its_waiting_start_plus_the_grace_of_its_cause() {
+        let mut config = KubeConfig::new("ns");
+        config.image_pull_grace = std::time::Duration::from_secs(60);
+        config.unschedulable_grace = std::time::Duration::from_secs(300);
+        let pull = waiting("ImagePullBackOff", Some("Back-off pulling image"));
+        assert_eq!(
+            stuck_until(&pull, &config),
+            Some(StuckUntil {
+                cause: Stuck::Start,
+                since: at("2026-01-02T03:04:05Z").unwrap_or_default(),
+                fail_at: at("2026-01-02T03:05:05Z").unwrap_or_default(),
+            })
+        );
+        let unschedulable = pod(serde_json::json!({
+            "phase": "Pending",
+            "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "lastTransitionTime": "2026-01-02T03:04:02Z" }],
+        }));
+        assert_eq!(
+            stuck_until(&unschedulable, &config),
+            Some(StuckUntil {
+                cause: Stuck::Unschedulable,
+                since: at("2026-01-02T03:04:02Z").unwrap_or_default(),
+                fail_at: at("2026-01-02T03:09:02Z").unwrap_or_default(),
+            })
+        );
+        assert_eq!(
+            stuck_until(&waiting("ContainerCreating", None), &config),
+            None
+        );
     }
 }

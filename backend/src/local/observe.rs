@@ -13,7 +13,7 @@ use tracing::warn;
 use super::LocalBackend;
 use super::rundir::{LOG, SPEC, STATUS};
 use super::state::{StatusFile, read_json};
-use crate::{BackendError, Observed, Phase, RunObjects};
+use crate::{BackendError, Observed, Phase, Reason, RunObjects};
 
 impl LocalBackend {
     /// The run's `status.json`; `None` when it does not exist.
@@ -51,7 +51,7 @@ impl LocalBackend {
         }
         let mut o = s.to_observed(true);
         o.phase = Phase::Failed;
-        o.reason = Some("SupervisorLost".into());
+        o.reason = Some(Reason::SupervisorLost);
         o.message = Some("the process supervising this run is gone".into());
         Ok(Some((o, s)))
     }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::LocalBackend;
+use crate::{ImagePull, Reason};
 
 /// First pause between attempts; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -29,7 +30,7 @@ pub(super) fn policy(p: Option<ImagePullPolicy>) -> PullPolicy {
 #[derive(Debug)]
 pub(super) struct PullFailed {
     /// `ErrImagePull` (refused for good) or `DeadlineExceeded` (still not there at the deadline).
-    pub reason: &'static str,
+    pub reason: Reason,
     /// What happened.
     pub message: String,
 }
@@ -48,7 +49,7 @@ impl LocalBackend {
         let mut backoff = FIRST_BACKOFF;
         let mut last: Option<String> = None;
         let deadline_passed = |last: Option<String>| PullFailed {
-            reason: "DeadlineExceeded",
+            reason: Reason::DeadlineExceeded,
             message: match last {
                 Some(e) => {
                     format!("the run's deadline passed while pulling its image: ErrImagePull: {e}")
@@ -65,7 +66,7 @@ impl LocalBackend {
                 Ok(Err(e)) if e.is_permanent() => {
                     warn!(run_id, image = reference, error = %e, "Image pull failed");
                     return Err(PullFailed {
-                        reason: "ErrImagePull",
+                        reason: Reason::ImagePull(ImagePull::ErrImagePull),
                         message: e.to_string(),
                     });
                 }

@@ -15,7 +15,7 @@ use airlock_schemas::RunRequest;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{ImageFetch, Observed, Phase};
+use crate::{ImageFetch, Observed, Phase, Reason};
 
 /// What was asked for; written once at launch (it holds the token, so it is readable by root only).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,8 +73,9 @@ pub(crate) struct StatusFile {
     pub phase: PhaseFile,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Why the job is in its phase, stored as its word ([`Reason`]'s serde form).
     #[serde(default)]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     #[serde(default)]
     pub message: Option<String>,
     #[serde(default)]
@@ -123,6 +124,7 @@ impl StatusFile {
             exit_code: self.exit_code,
             reason: self.reason.clone(),
             message: self.message.clone(),
+            waiting_since: None,
             started_at: self.started_at,
             finished_at: self.finished_at,
             lost,

@@ -39,7 +39,7 @@ use super::sandbox::Limits;
 use super::spawn::Spawned;
 use super::state::{PhaseFile, StatusFile, write_json};
 use super::uids::UidLock;
-use crate::ImageFetch;
+use crate::{ImageFetch, ImagePull, Reason};
 
 /// What a supervise task owns for its run.
 pub(super) struct Run {
@@ -66,7 +66,7 @@ pub(super) struct Run {
 }
 
 /// Why a run ended before its job ran: reason and message.
-struct NotStarted(&'static str, String);
+struct NotStarted(Reason, String);
 
 impl LocalBackend {
     /// Supervises the run until its final status is written (see the module documentation).
@@ -122,7 +122,7 @@ impl LocalBackend {
             Ok(s) => s,
             Err(e) => {
                 return self
-                    .not_started(&run_id, status, uid_lock, "StartError", e.to_string())
+                    .not_started(&run_id, status, uid_lock, Reason::StartError, e.to_string())
                     .await;
             }
         };
@@ -179,7 +179,7 @@ impl LocalBackend {
                     String::from_utf8_lossy(tail).trim().to_string()
                 });
                 let m = format!("the sandbox could not start the job: {detail}");
-                (PhaseFile::Failed, "StartError", Some(m), None)
+                (PhaseFile::Failed, Reason::StartError, Some(m), None)
             }
             _ => {
                 let (p, r, m) = outcome(timed_out, oom, exit_code, deadline);
@@ -188,7 +188,7 @@ impl LocalBackend {
         };
         status.phase = phase;
         status.exit_code = exit_code;
-        status.reason = Some(reason.into());
+        status.reason = Some(reason);
         status.message = message;
         status.finished_at = Some(Utc::now());
         let traceparent = env
@@ -212,17 +212,22 @@ impl LocalBackend {
         let policy = policy(request.image_pull_policy);
         let parsed = match image {
             Some(r) => r,
-            None => ImageRef::parse(&request.image)
-                .map_err(|e| NotStarted("ErrImagePull", e.to_string()))?,
+            None => ImageRef::parse(&request.image).map_err(|e| {
+                NotStarted(Reason::ImagePull(ImagePull::ErrImagePull), e.to_string())
+            })?,
         };
         let image = self
             .pull(run_id, &request.image, &parsed, policy, deadline_at)
             .await
             .map_err(|f| NotStarted(f.reason, f.message))?;
         let job = launch::resolve(request, image.config(), image.rootfs(), env)
-            .map_err(|e| NotStarted("CreateContainerError", e.to_string()))?;
-        write_launch_file(&self.run_dir(run_id), uid, &launch::script(&job))
-            .map_err(|e| NotStarted("StartError", format!("writing the launch script: {e}")))?;
+            .map_err(|e| NotStarted(Reason::CreateContainerError, e.to_string()))?;
+        write_launch_file(&self.run_dir(run_id), uid, &launch::script(&job)).map_err(|e| {
+            NotStarted(
+                Reason::StartError,
+                format!("writing the launch script: {e}"),
+            )
+        })?;
         Ok((image, job))
     }
 
@@ -257,12 +262,12 @@ impl LocalBackend {
         run_id: &str,
         mut status: StatusFile,
         uid_lock: UidLock,
-        reason: &'static str,
+        reason: Reason,
         message: String,
     ) {
-        warn!(run_id = %run_id, reason, message = %message, "Job did not start");
+        warn!(run_id = %run_id, reason = %reason, message = %message, "Job did not start");
         status.phase = PhaseFile::Failed;
-        status.reason = Some(reason.into());
+        status.reason = Some(reason);
         status.message = Some(message);
         status.finished_at = Some(Utc::now());
         // Nothing should run, but a failure after the process started would leave it behind.
@@ -296,13 +301,13 @@ fn outcome(
     oom_kills: u64,
     exit_code: Option<i32>,
     deadline: Duration,
-) -> (PhaseFile, &'static str, Option<String>) {
+) -> (PhaseFile, Reason, Option<String>) {
     const SIGXCPU: i32 = 24;
     const SIGXFSZ: i32 = 25;
     if timed_out {
         return (
             PhaseFile::Failed,
-            "DeadlineExceeded",
+            Reason::DeadlineExceeded,
             Some(format!(
                 "killed after its deadline of {} s",
                 deadline.as_secs()
@@ -312,22 +317,23 @@ fn outcome(
     if oom_kills > 0 {
         return (
             PhaseFile::Failed,
-            "OOMKilled",
+            Reason::OomKilled,
             Some("killed by the kernel at its memory limit".into()),
         );
     }
     let failed = |reason, message: String| (PhaseFile::Failed, reason, Some(message));
     match exit_code {
-        Some(0) => (PhaseFile::Succeeded, "Completed", None),
-        Some(c) if c == 128 + SIGXCPU => {
-            failed("CpuLimit", "killed by SIGXCPU at its CPU time limit".into())
-        }
+        Some(0) => (PhaseFile::Succeeded, Reason::Completed, None),
+        Some(c) if c == 128 + SIGXCPU => failed(
+            Reason::CpuLimit,
+            "killed by SIGXCPU at its CPU time limit".into(),
+        ),
         Some(c) if c == 128 + SIGXFSZ => failed(
-            "FileSizeLimit",
+            Reason::FileSizeLimit,
             "killed by SIGXFSZ at its file size limit".into(),
         ),
-        Some(c) if c > 128 => failed("Error", format!("killed by signal {}", c - 128)),
-        Some(c) => failed("Error", format!("exited with code {c}")),
-        None => failed("Error", "exit status unknown".into()),
+        Some(c) if c > 128 => failed(Reason::Error, format!("killed by signal {}", c - 128)),
+        Some(c) => failed(Reason::Error, format!("exited with code {c}")),
+        None => failed(Reason::Error, "exit status unknown".into()),
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use airlock_backend::local::{LocalBackend, LocalConfig};
-use airlock_backend::{LaunchSpec, Launched, Observed, Phase};
+use airlock_backend::{LaunchSpec, Launched, Observed, Phase, Reason};
 use airlock_images::{ImageStore, StoreConfig};
 use airlock_schemas::{Policy, RunRequest, Subjects, env, token};
 use airlock_test_support::NatsServer;
@@ -215,11 +215,11 @@ pub fn spec(id: &str, command: &[&str], deadline: u64, extra: serde_json::Value)
     }
 }
 
-/// Asserts phase, reason and exit code, showing the log on failure.
+/// Asserts phase, reason (as the record shows it: `OOMKilled`...) and exit code, showing the log on failure.
 pub fn assert_outcome(o: &Observed, log: &str, phase: Phase, reason: &str, exit_code: Option<i32>) {
     assert_eq!(
-        (o.phase, o.reason.as_deref(), o.exit_code),
-        (phase, Some(reason), exit_code),
+        (o.phase, o.reason.clone(), o.exit_code),
+        (phase, Some(Reason::parse(reason)), exit_code),
         "observed {o:?}\n--- log ---\n{log}"
     );
     assert!(!o.lost, "{o:?}");
