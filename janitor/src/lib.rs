@@ -4,11 +4,13 @@
 //! The janitor is event-driven. It consumes `airlock.timers.>` through the durable consumer
 //! `airlock-janitor` shared by all replicas:
 //! - `deadline` (a message schedule the dispatcher sets at submit time): the run's time is up, Pending
-//!   included. A pod stuck Pending (e.g. unschedulable) ends `timed_out` with the reason.
+//!   included. A pod still Pending ends `timed_out` with the reason it waited with.
 //! - `finished` (published by the dispatcher's watcher): the pod reached Succeeded or Failed.
 //! - `stuck` (a message schedule the dispatcher's watcher sets when a pod waits in `ErrImagePull`,
 //!   `ImagePullBackOff`, `ErrImageNeverPull`, `InvalidImageName` or `CreateContainerConfigError`, due at the
-//!   pod's start plus `AIRLOCK_IMAGE_PULL_GRACE`): a pod still stuck ends `failed` with that reason.
+//!   pod's start plus `AIRLOCK_IMAGE_PULL_GRACE`, or is `Unschedulable`, due at the scheduler's verdict plus
+//!   `AIRLOCK_UNSCHEDULABLE_GRACE`; its `reason` names which): a pod still stuck for that cause ends
+//!   `failed` with its reason and message.
 //! - `cancel`: published by the janitor itself for a request on `airlock.cancel.<run_id>`.
 //! - `sweep`: a recurring `@every` schedule set up at start; finds orphans and lost timers.
 //!

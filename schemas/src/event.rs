@@ -20,7 +20,8 @@ pub enum TimerKind {
     Sweep,
     /// The run's pod has been waiting in a state it will not leave by itself (`ErrImagePull`,
     /// `ImagePullBackOff`, `ErrImageNeverPull`, `InvalidImageName`, `CreateContainerConfigError`) for the
-    /// image pull grace (fires from a message schedule the dispatcher's watcher sets).
+    /// image pull grace, or unschedulable (`Unschedulable`) for the unschedulable grace (fires from a message
+    /// schedule the dispatcher's watcher sets; `reason` is the one the pod waited with).
     Stuck,
 }
 
