@@ -6,7 +6,10 @@ mod common;
 mod kube_cluster;
 
 use airlock_schemas::RunStatus;
-use common::{System, T};
+use airlock_test_support::cluster::TestCluster;
+use common::{DISPATCHER, System, T};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
 use kube_cluster::Cluster;
 use serde_json::json;
 
@@ -135,6 +138,99 @@ async fn on_kubernetes_logs_follow_streams_a_running_pods_lines_and_airlock_emit
         .await?;
     assert_eq!(rec.result, Some(json!({"answer": 9})));
     assert_eq!(rec.status, Some(RunStatus::Succeeded));
+    sys.stop().await?;
+    cluster.cleanup().await;
+    Ok(())
+}
+
+/// The namespace label under which a ValidatingAdmissionPolicy refuses the ServiceAccount controller's
+/// `default` account: the controller lagging behind a new namespace, held for as long as a test needs.
+const HOLD_DEFAULT_SA: &str = "airlock.test/hold-default-serviceaccount";
+
+/// Installs the policy of [`HOLD_DEFAULT_SA`] (idempotently) and returns once the API server enforces it
+/// (a policy takes effect a moment after it is created): a dry-run create of `default` in a held namespace
+/// is refused by it.
+async fn hold_default_service_accounts(test: &TestCluster) -> anyhow::Result<()> {
+    let policy = format!(
+        r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+  "metadata": {{"name": "airlock-test-hold-default-serviceaccount"}},
+  "spec": {{"failurePolicy": "Fail",
+    "matchConstraints": {{
+      "resourceRules": [{{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["serviceaccounts"]}}],
+      "namespaceSelector": {{"matchLabels": {{"{HOLD_DEFAULT_SA}": "true"}}}}}},
+    "validations": [{{"expression": "object.metadata.name != 'default'", "message": "held by the test"}}]}}}}
+---
+{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+  "metadata": {{"name": "airlock-test-hold-default-serviceaccount"}},
+  "spec": {{"policyName": "airlock-test-hold-default-serviceaccount", "validationActions": ["Deny"]}}}}
+---
+{{"apiVersion": "v1", "kind": "Namespace",
+  "metadata": {{"name": "airlock-hold-probe", "labels": {{"{HOLD_DEFAULT_SA}": "true"}}}}}}"#
+    );
+    test.kubectl_run(&["apply", "--server-side", "-f", "-"], Some(&policy))
+        .await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(test.client().await?, "airlock-hold-probe");
+    let default: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    airlock_test_support::wait_until(T, "the hold policy to be enforced", || {
+        let (sas, default) = (sas.clone(), default.clone());
+        async move {
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match sas.create(&dry, &default).await {
+                // The policy's refusal (422 Invalid, as a ValidatingAdmissionPolicy answers).
+                Err(kube::Error::Api(s)) if s.message.contains("held by the test") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// Found on a real cluster: a pod created before its namespace's `default` ServiceAccount exists is
+/// refused with `403 Forbidden: error looking up service account`; the dispatcher retries it (it used to
+/// end the run `failed`), and the run succeeds once the account is there.
+#[tokio::test]
+async fn on_kubernetes_a_pod_refused_until_its_namespace_has_a_default_service_account_is_retried_and_the_run_succeeds()
+-> anyhow::Result<()> {
+    let test = TestCluster::from_env()?;
+    hold_default_service_accounts(&test).await?;
+    let ns = format!("airlock-salag-{}", std::process::id());
+    let cluster = Cluster::labelled(&ns, &[(HOLD_DEFAULT_SA, "true")]).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &ns);
+    assert!(
+        sas.get_opt("default").await?.is_none(),
+        "the controller's default account is held back"
+    );
+    let sys = System::start(cluster.runtime()).await?;
+    sys.submit(&cluster.request("kube-salag-1", r#"echo '{"ok":1}' | airlock emit"#, 120))
+        .await?;
+    let forbidden = [("verb", "create"), ("code", "403")];
+    sys.wait_metrics(DISPATCHER, "a pod create refused with 403", |m| {
+        m.get("airlock_backend_api_calls_total", &forbidden) >= 1.0
+    })
+    .await?;
+    let rec = sys.record("kube-salag-1").await?;
+    assert!(
+        rec.status.is_some_and(|s| !s.is_terminal()),
+        "not ended by the refusal: {rec:?}"
+    );
+
+    // The controller catches up.
+    test.kubectl_run(
+        &["label", "namespace", &ns, &format!("{HOLD_DEFAULT_SA}-")],
+        None,
+    )
+    .await?;
+    let default: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    match sas.create(&PostParams::default(), &default).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (_, rec) = sys.wait_terminal("kube-salag-1").await?;
+    assert_eq!(rec.status, Some(RunStatus::Succeeded), "{rec:?}");
     sys.stop().await?;
     cluster.cleanup().await;
     Ok(())

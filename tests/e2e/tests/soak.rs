@@ -259,9 +259,10 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
 
     let emu = Emulator::start(EmulatorConfig::default().namespace(SANDBOX_NS)).await?;
     let runtime = Runtime::Kube {
-        kubeconfig: emu.kubeconfig_path().to_path_buf(),
+        kubeconfigs: common::Kubeconfigs::one(emu.kubeconfig_path()),
         namespace: SANDBOX_NS.into(),
         dispatcher_args: vec!["--nats-egress-cidrs".into(), "127.0.0.1/32".into()],
+        nats_addr: None,
     };
     let mut sys =
         System::start_with_redis(runtime, &["--appendonly", "yes", "--appendfsync", "always"])

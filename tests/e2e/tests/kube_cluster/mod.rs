@@ -46,6 +46,18 @@ impl Cluster {
     pub async fn new(name: &str) -> anyhow::Result<Self> {
         let test = TestCluster::from_env()?;
         let sandbox = test.sandbox(name).await?;
+        Self::with(test, sandbox).await
+    }
+
+    /// [`Cluster::new`] in a sandbox namespace `namespace` with extra `labels`, returned without waiting
+    /// for its `default` ServiceAccount.
+    pub async fn labelled(namespace: &str, labels: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let test = TestCluster::from_env()?;
+        let sandbox = test.sandbox_named(namespace, labels).await?;
+        Self::with(test, sandbox).await
+    }
+
+    async fn with(test: TestCluster, sandbox: Sandbox) -> anyhow::Result<Self> {
         let pusher = Pusher::plain_host(&test.registry()?);
         let tls = Pusher::tls_host(&test.tls_registry()?, &test.ca_pem()?);
         let image = pusher
