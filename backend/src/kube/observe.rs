@@ -242,10 +242,13 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
         cs.iter()
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
     });
-    let disrupted = status.conditions.as_ref().is_some_and(|cs| {
+    // Set by an eviction through the API (`kubectl drain`), a preemption or a taint: the kubelet then kills
+    // the job, which ends with its own exit reason (`Error`, 137), not the pod's.
+    let disruption = status.conditions.as_ref().and_then(|cs| {
         cs.iter()
-            .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
     });
+    let disrupted = disruption.is_some();
     let phase = match status.phase.as_deref() {
         Some("Running") => Phase::Running,
         Some("Succeeded") => Phase::Succeeded,
@@ -269,6 +272,17 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
         .as_deref()
         .is_some_and(|r| LOST_REASONS.contains(&r))
         || (disrupted && phase == Phase::Failed && terminated.is_none_or(|t| t.exit_code != 0));
+    // A disrupted job that did not finish by itself was evicted, whatever its exit reads as.
+    let (reason, message) = match disruption {
+        Some(c) if lost && status.reason.is_none() => (
+            Some(Reason::Evicted),
+            Some(match (&c.reason, &c.message) {
+                (Some(r), Some(m)) => format!("{r}: {m}"),
+                (r, m) => r.clone().or_else(|| m.clone()).unwrap_or_default(),
+            }),
+        ),
+        _ => (reason.map(|r| Reason::from(r.as_str())), message.cloned()),
+    };
     let created = metadata.creation_timestamp.as_ref();
     let waiting_since = (phase == Phase::Pending)
         .then(|| match unscheduled {
@@ -286,8 +300,8 @@ fn observe_parts(metadata: &ObjectMeta, status: Option<&PodStatus>) -> Option<Ob
             .unwrap_or(1),
         phase,
         exit_code: terminated.map(|t| t.exit_code),
-        reason: reason.map(|r| Reason::from(r.as_str())),
-        message: message.cloned(),
+        reason,
+        message,
         waiting_since,
         started_at: running
             .and_then(|r| r.started_at.as_ref())
@@ -515,6 +529,21 @@ mod tests {
         assert_eq!(
             (node_lost.reason, node_lost.lost),
             (Some(Reason::Other("NodeLost".into())), true)
+        );
+        // Evicted through the API (`kubectl drain`): the job was killed (137), the pod was evicted.
+        let drained = pod(serde_json::json!({
+            "phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True",
+                            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}],
+            "containerStatuses": [{"name": "job", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}],
+        }));
+        assert_eq!(
+            (drained.reason, drained.message.as_deref(), drained.lost),
+            (
+                Some(Reason::Evicted),
+                Some("EvictionByEvictionAPI: Eviction API: evicting"),
+                true
+            )
         );
         // Deleted before it finished: lost, with the watch's own reason.
         let gone = deleted(waiting("ContainerCreating", None));
