@@ -398,33 +398,6 @@ async fn transient_429_500_and_connection_faults_are_retried_and_then_succeed() 
 }
 
 #[tokio::test]
-async fn a_pod_refused_until_its_namespaces_service_account_exists_is_retried_and_launched()
--> anyhow::Result<()> {
-    let env = Env::start().await?;
-    env.emu.hold_pending("airlock.dev/run-id=sa-1")?;
-    // As a real API server refuses pods in a namespace whose ServiceAccount controller has not made
-    // `default` yet.
-    env.emu
-        .fail_next(Some("POST"), "/pods", FaultAction::ServiceAccountMissing, 2);
-    let (task, stop) = env.spawn(env.config(&["--retry-times", "4", "--retry-max-delay", "200ms"]));
-    env.publish("default", &request("sa-1", &["true"]), Some("sa-1"))
-        .await?;
-    env.wait_status("sa-1", "pending", T).await?;
-    let injected: Vec<u16> = env
-        .emu
-        .requests()
-        .into_iter()
-        .filter(|r| r.injected)
-        .map(|r| r.status)
-        .collect();
-    assert_eq!(injected, [403, 403], "both refusals were hit");
-    assert_eq!(env.emu.create_count(Kind::Pod), 1);
-    stop.cancel();
-    task.await?;
-    Ok(())
-}
-
-#[tokio::test]
 async fn a_pending_run_says_why_it_waits_gets_a_stuck_timer_at_the_unschedulable_grace_and_loses_the_reason_once_running()
 -> anyhow::Result<()> {
     let env = Env::start().await?;

@@ -15,11 +15,6 @@ pub enum FaultAction {
     InternalError,
     /// Close the connection without any response.
     DropConnection,
-    /// 403 Forbidden as the ServiceAccount admission plugin answers a pod created before its namespace's
-    /// `default` account exists (`pods is forbidden: error looking up service account <ns>/default:
-    /// serviceaccount "default" not found`), which a real API server does only in the moment after the
-    /// namespace is created.
-    ServiceAccountMissing,
     /// Serve the request as usual, `millis` late (a slow API server).
     Delay {
         /// How late.

@@ -117,9 +117,6 @@ pub async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
             Some((action, ApiError::internal("injected fault").into_response()))
         }
         Some(action @ FaultAction::DropConnection) => Some((action, dropped_connection())),
-        Some(action @ FaultAction::ServiceAccountMissing) => {
-            Some((action, service_account_missing(&path).into_response()))
-        }
     };
     if let Some((action, resp)) = resp {
         tracing::debug!(%method, %uri, ?action, "injecting fault");
@@ -136,23 +133,6 @@ pub async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or_else(IntoResponse::into_response);
     app.record(&method, &uri, resp.status().as_u16(), fault.is_some());
     resp
-}
-
-/// The ServiceAccount admission's refusal of a pod in the namespace of `path` whose `default` account does
-/// not exist yet, worded as the API server words it.
-fn service_account_missing(path: &str) -> ApiError {
-    let ns = path
-        .split('/')
-        .skip_while(|s| *s != "namespaces")
-        .nth(1)
-        .unwrap_or("default");
-    ApiError::new(
-        403,
-        "Forbidden",
-        format!(
-            "pods is forbidden: error looking up service account {ns}/default: serviceaccount \"default\" not found"
-        ),
-    )
 }
 
 /// A response whose body fails before anything is written: hyper closes the connection.
