@@ -271,7 +271,9 @@ async fn on_kubernetes_never_with_an_absent_image_fails_with_err_image_never_pul
     let sys = start(&mut cluster, &[]).await?;
     let plain = &cluster.pusher;
     let mut req = cluster.request("kube-never-1", "true", 600);
-    req["image"] = json!(plain.reference("absent:1"));
+    // A name of this test's own: the cluster's registry serves every test of the run.
+    let absent = format!("never-absent-{}", std::process::id());
+    req["image"] = json!(plain.reference(&format!("{absent}:1")));
     req["image_pull_policy"] = json!("Never");
     sys.submit(&req).await?;
     let (_, rec) = sys.wait_terminal("kube-never-1").await?;
@@ -290,7 +292,7 @@ async fn on_kubernetes_never_with_an_absent_image_fails_with_err_image_never_pul
             .test
             .registry_requests()?
             .iter()
-            .all(|r| !r.path.contains("absent")),
+            .all(|r| !r.path.contains(&absent)),
         "Never never asks the registry"
     );
     cluster.wait_objects_gone("kube-never-1").await?;

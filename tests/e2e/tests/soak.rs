@@ -1,4 +1,4 @@
-//! The soak: a steady mixed load on the whole system in Kubernetes mode (the emulator), with random
+//! The soak: a steady mixed load on the whole system in Kubernetes mode (the real test cluster), with random
 //! SIGKILLs of every service and of nats-server and redis-server, then checks that nothing was lost,
 //! duplicated or leaked, and prints the figures (see `docs/RELIABILITY.md`).
 //!
@@ -9,23 +9,25 @@
 //! ```
 //!
 //! `AIRLOCK_SOAK_MINUTES` (default 10) is how long load and kills go on; `AIRLOCK_SOAK_INTERVAL_MS`
-//! (default 250) the time between two submissions. Every job appends its run id to a shared file when it
-//! starts, which is how "each job ran exactly once" is checked.
+//! (default 1000) the time between two submissions. A watch of the sandbox namespace's pods records every
+//! pod whose job container started (by uid), which is how "each job ran exactly once" is checked.
 
 mod common;
+mod kube_cluster;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_kube_emulator::{Emulator, EmulatorConfig, Kind};
 use airlock_schemas::{LifecycleEvent, RunStatus, Subjects, token};
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use common::{DISPATCHER, INGESTER, JANITOR, Runtime, System, request};
+use common::{DISPATCHER, INGESTER, JANITOR, System};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
-
-const SANDBOX_NS: &str = "airlock-sandbox";
 /// Forged results published for each `Forged` run.
 const FORGERIES: usize = 20;
 
@@ -80,11 +82,11 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The request of run `id` doing `job`; it logs its start to `ran` and publishes its result with retries
-/// (NATS may be down for a moment when it finishes).
-fn job_request(id: &str, job: Job, n: usize, airlock: &str, ran: &str) -> Value {
+/// The request of run `id` doing `job` in `image`; it publishes its result with retries (NATS may be
+/// down for a moment when it finishes).
+fn job_request(cluster: &kube_cluster::Cluster, id: &str, job: Job, n: usize) -> Value {
     let publish = format!(
-        r#"for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo '{{"n":{n}}}' | {airlock} emit && exit 0; sleep 1; done; exit 1"#
+        r#"for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo '{{"n":{n}}}' | airlock emit && exit 0; sleep 1; done; exit 1"#
     );
     let (script, deadline) = match job {
         Job::Success | Job::Forged => (publish, 300),
@@ -92,10 +94,46 @@ fn job_request(id: &str, job: Job, n: usize, airlock: &str, ran: &str) -> Value 
         Job::Deadline => ("sleep 60".to_string(), 3),
         Job::Cancel => ("sleep 60".to_string(), 300),
     };
-    let script = format!(r#"echo "$AIRLOCK_RUN_ID" >> "$SOAK_RAN"; {script}"#);
-    let mut r = request(id, &["sh", "-c", &script], deadline);
-    r["env"] = json!({ "SOAK_RAN": ran });
-    r
+    cluster.request(id, &script, deadline)
+}
+
+/// Run id → uids of its pods whose job container started, from a watch of the namespace's pods.
+type Starts = Arc<Mutex<HashMap<String, HashSet<String>>>>;
+
+/// Watches the pods of `ns` until dropped, recording into `starts` each pod whose container ran.
+fn watch_starts(client: kube::Client, ns: &str, starts: Starts) -> tokio::task::JoinHandle<()> {
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(watcher(pods, watcher::Config::default()).applied_objects());
+        while let Some(ev) = s.next().await {
+            let Ok(pod) = ev else { continue };
+            let started = pod
+                .status
+                .as_ref()
+                .and_then(|st| st.container_statuses.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.state
+                            .as_ref()
+                            .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                    })
+                });
+            let run = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(airlock_schemas::labels::RUN_ID).cloned());
+            if let (true, Some(run), Some(uid)) = (started, run, pod.metadata.uid.clone()) {
+                starts
+                    .lock()
+                    .expect("lock")
+                    .entry(run)
+                    .or_default()
+                    .insert(uid);
+            }
+        }
+    })
 }
 
 /// Publishes `body` on `subject` with `headers`, retrying while NATS is away.
@@ -156,8 +194,7 @@ async fn load(
     client: async_nats::Client,
     until: Instant,
     interval: Duration,
-    airlock: String,
-    ran: String,
+    requests: impl Fn(&str, Job, usize) -> Value,
 ) -> Result<Vec<(String, Job)>> {
     let subjects = Subjects::default();
     let mut submitted = Vec::new();
@@ -166,7 +203,7 @@ async fn load(
     while Instant::now() < until {
         let job = Job::ALL[n % Job::ALL.len()];
         let id = format!("soak-{n}");
-        let body = serde_json::to_vec(&job_request(&id, job, n, &airlock, &ran))?;
+        let body = serde_json::to_vec(&requests(&id, job, n))?;
         let mut h = async_nats::HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         publish_retrying(&js, subjects.runs(common::QUEUE), h, body).await?;
@@ -249,7 +286,7 @@ async fn stream_messages(sys: &System, name: &str) -> Result<u64> {
 async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_without_bound()
 -> Result<()> {
     let minutes: f64 = env_or("AIRLOCK_SOAK_MINUTES", 10.0);
-    let interval = Duration::from_millis(env_or("AIRLOCK_SOAK_INTERVAL_MS", 250));
+    let interval = Duration::from_millis(env_or("AIRLOCK_SOAK_INTERVAL_MS", 1000));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64
@@ -257,33 +294,27 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
     let mut rng = Rng(seed);
     eprintln!("soak: {minutes} min, a job every {interval:?}, seed {seed}");
 
-    let emu = Emulator::start(EmulatorConfig::default().namespace(SANDBOX_NS)).await?;
-    let runtime = Runtime::Kube {
-        kubeconfigs: common::Kubeconfigs::one(emu.kubeconfig_path()),
-        namespace: SANDBOX_NS.into(),
-        dispatcher_args: vec!["--nats-egress-cidrs".into(), "127.0.0.1/32".into()],
-        nats_addr: None,
-    };
-    let mut sys =
-        System::start_with_redis(runtime, &["--appendonly", "yes", "--appendfsync", "always"])
-            .await?;
-    // The emulator runs here in host mode (pods are host processes), so a job can append to a host file.
-    let dir = tempfile::Builder::new().prefix("airlock-soak-").tempdir()?;
-    let ran_file = dir.path().join("ran");
-    std::fs::write(&ran_file, b"")?;
-    let airlock = airlock_test_support::our_binary("airlock")?
-        .display()
-        .to_string();
+    let cluster = Arc::new(kube_cluster::Cluster::new("soak").await?);
+    let mut sys = System::start_with_redis(
+        cluster.runtime(),
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    )
+    .await?;
+    let starts: Starts = Arc::default();
+    let watch = watch_starts(cluster.client.clone(), &cluster.ns, starts.clone());
 
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(minutes * 60.0);
+    let requests = {
+        let cluster = cluster.clone();
+        move |id: &str, job: Job, n: usize| job_request(&cluster, id, job, n)
+    };
     let load = tokio::spawn(load(
         sys.js.clone(),
         sys.client.clone(),
         until,
         interval,
-        airlock,
-        ran_file.display().to_string(),
+        requests,
     ));
 
     // Chaos: one component at a time, SIGKILLed and started again on the same port and state.
@@ -353,11 +384,13 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
 
     // Checks, collected so every figure is printed before failing.
     let mut problems: Vec<String> = Vec::new();
-    let ran = std::fs::read_to_string(&ran_file)?;
-    let mut starts: HashMap<&str, u32> = HashMap::new();
-    for line in ran.lines() {
-        *starts.entry(line.trim()).or_default() += 1;
-    }
+    watch.abort();
+    let starts: HashMap<String, usize> = starts
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(run, uids)| (run.clone(), uids.len()))
+        .collect();
     let events = lifecycle_events(&sys).await?;
     let mut by_status: BTreeMap<String, u32> = BTreeMap::new();
     let mut per_kind: BTreeMap<Job, (u32, u32)> = BTreeMap::new();
@@ -382,7 +415,7 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
         if terminal.len() != 1 {
             problems.push(format!("{id}: {} terminal events", terminal.len()));
         }
-        let started_n = starts.get(id.as_str()).copied().unwrap_or(0);
+        let started_n = starts.get(id).copied().unwrap_or(0);
         let ok = match job {
             Job::Cancel => started_n <= 1,
             _ => started_n == 1,
@@ -414,9 +447,18 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
         .arg("airlock:janitor:claim:*")
         .query_async(&mut conn)
         .await?;
-    let pods = emu.objects(Kind::Pod).len();
-    let policies = emu.objects(Kind::NetworkPolicy).len();
-    let pods_created = emu.create_count(Kind::Pod);
+    let runs = ListParams::default().labels(airlock_schemas::labels::RUN_ID);
+    let pods = Api::<Pod>::namespaced(cluster.client.clone(), &cluster.ns)
+        .list(&runs)
+        .await?
+        .items
+        .len();
+    let policies = Api::<NetworkPolicy>::namespaced(cluster.client.clone(), &cluster.ns)
+        .list(&runs)
+        .await?
+        .items
+        .len();
+    let jobs_started: usize = starts.values().sum();
     let streams = [
         ("AIRLOCK_RUNS", stream_messages(&sys, "AIRLOCK_RUNS").await?),
         (
@@ -433,10 +475,6 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
         ),
     ];
     let (outstanding, in_flight) = sys.runs_outstanding().await?;
-    let job_processes = common::children_of(std::process::id())
-        .into_iter()
-        .filter(|(_, cmd)| cmd == "sh" || cmd == "sleep")
-        .count();
 
     eprintln!("\n=== soak figures ===");
     eprintln!("duration of load: {load_done:?}; settled {settled_after:?} later");
@@ -451,8 +489,7 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
     }
     eprintln!("final statuses: {by_status:?}");
     eprintln!(
-        "jobs started: {} (distinct runs {}); pods created: {pods_created}",
-        ran.lines().count(),
+        "jobs started: {jobs_started} (distinct runs {})",
         starts.len()
     );
     eprintln!(
@@ -460,7 +497,7 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
         claims.len()
     );
     eprintln!("redis keys: {keys} (run records: {})", submitted.len());
-    eprintln!("pods left: {pods}; policies left: {policies}; job processes left: {job_processes}");
+    eprintln!("pods left: {pods}; policies left: {policies}");
     eprintln!("runs consumer: {outstanding} pending, {in_flight} unacknowledged");
     for (name, n) in &streams {
         eprintln!("stream {name}: {n} messages");
@@ -477,11 +514,11 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
     if keys > submitted.len() as u64 + 2 {
         leaks.push("more Redis keys than run records");
     }
-    if pods_created > submitted.len() as u64 {
-        leaks.push("more pods created than runs");
+    if jobs_started > submitted.len() {
+        leaks.push("more jobs started than runs");
     }
-    if pods + policies > 0 || job_processes > 0 {
-        leaks.push("pods, policies or job processes left");
+    if pods + policies > 0 {
+        leaks.push("pods or policies left");
     }
     if streams[0].1 + streams[1].1 > 0 || outstanding + in_flight as u64 > 0 {
         leaks.push("requests or results left in the work queues");
@@ -490,6 +527,9 @@ async fn soak_mixed_jobs_under_random_kills_end_exactly_once_and_nothing_grows_w
         leaks.push("more events than the per-run bound allows");
     }
     sys.stop().await.context("stopping the services")?;
+    if let Ok(c) = Arc::try_unwrap(cluster) {
+        c.cleanup().await;
+    }
     anyhow::ensure!(
         problems.is_empty() && leaks.is_empty(),
         "{} problems, leaks: {leaks:?}",

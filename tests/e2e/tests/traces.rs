@@ -1,9 +1,10 @@
 //! One run is one trace: the request's `traceparent` reaches the job (`TRACEPARENT`), comes back with its
 //! result, and the dispatcher, the ingester and the janitor log and export their work on the run under
-//! that trace id. The services are real processes (local sandbox runtime) exporting OTLP/HTTP to a tiny
-//! receiver in this test, on 127.0.0.1.
+//! that trace id. The services are real processes, in the local sandbox runtime and on the real test
+//! cluster, exporting OTLP/HTTP to a tiny receiver in this test, on 127.0.0.1.
 
 mod common;
+mod kube_cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -131,12 +132,41 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[tokio::test]
 async fn one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_ingester_and_janitor()
 -> Result<()> {
-    let received: Received = Arc::default();
-    let endpoint = otlp_receiver(received.clone()).await?;
     let dir = traversable_tempdir("airlock-e2e-traces-")?;
     let state = dir.path().join("state");
     common::local::import_test_busybox(&state.join("images"), dir.path()).await?;
-    let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
+    let job = r#"echo "job sees $TRACEPARENT"; printf '{"answer":1}' > "$AIRLOCK_RESULT_FILE""#;
+    one_run_is_one_trace(&dir, Runtime::Local { dir: state }, job, common::IMAGE).await
+}
+
+#[tokio::test]
+async fn on_kubernetes_one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_ingester_and_janitor()
+-> Result<()> {
+    let cluster = kube_cluster::Cluster::new("traces").await?;
+    let dir = traversable_tempdir("airlock-e2e-traces-")?;
+    let job = r#"echo "job sees $TRACEPARENT"; printf '{"answer":1}' | airlock-emit"#;
+    one_run_is_one_trace(&dir, cluster.runtime(), job, &cluster.image).await?;
+    cluster.cleanup().await;
+    Ok(())
+}
+
+/// Services of `runtime` exporting to a receiver here; a run with a traceparent and one without, each
+/// running `job` (a shell script) in `image`.
+async fn one_run_is_one_trace(
+    dir: &tempfile::TempDir,
+    runtime: Runtime,
+    job: &str,
+    image: &str,
+) -> Result<()> {
+    let received: Received = Arc::default();
+    let endpoint = otlp_receiver(received.clone()).await?;
+    let nats_addr = match &runtime {
+        Runtime::Kube {
+            nats_addr: Some(a), ..
+        } => *a,
+        _ => std::net::Ipv4Addr::LOCALHOST,
+    };
+    let (nats, redis) = tokio::try_join!(NatsServer::start_on(nats_addr), RedisServer::start())?;
     let envs = vec![
         ("AIRLOCK_NATS_URL", nats.url()),
         ("AIRLOCK_REDIS_URL", redis.url()),
@@ -146,13 +176,24 @@ async fn one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_inge
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
     ];
-    let backend = Runtime::Local { dir: state }.backend_args(common::DISPATCHER);
-    let mut dispatcher_args = backend.clone();
+    let mut dispatcher_args = runtime.backend_args(common::DISPATCHER);
     dispatcher_args.extend(["--deadline-grace".into(), "2s".into()]);
+    if let Runtime::Kube {
+        dispatcher_args: extra,
+        ..
+    } = &runtime
+    {
+        dispatcher_args.extend(extra.iter().cloned());
+    }
     let services = [
         start("airlock-dispatcher", &dispatcher_args, &envs, dir.path())?,
         start("airlock-ingester", &[], &envs, dir.path())?,
-        start("airlock-janitor", &backend, &envs, dir.path())?,
+        start(
+            "airlock-janitor",
+            &runtime.backend_args(common::JANITOR),
+            &envs,
+            dir.path(),
+        )?,
     ];
     for s in &services {
         wait_until(T, "a service to be ready", || async {
@@ -165,18 +206,16 @@ async fn one_run_is_one_trace_in_the_logs_and_the_otlp_export_of_dispatcher_inge
     let subjects = airlock_schemas::Subjects::default();
 
     // A request with a traceparent, and one without.
-    let job = [
-        "/bin/sh",
-        "-c",
-        r#"echo "job sees $TRACEPARENT"; printf '{"answer":1}' > "$AIRLOCK_RESULT_FILE""#,
-    ];
+    let job = ["/bin/sh", "-c", job];
     for (id, tp) in [("traced-1", Some(TRACEPARENT)), ("untraced-1", None)] {
         let mut h = async_nats::HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, id);
         if let Some(tp) = tp {
             h.insert("traceparent", tp);
         }
-        let body = serde_json::to_vec(&request(id, &job, 30))?;
+        let mut req = request(id, &job, 30);
+        req["image"] = serde_json::json!(image);
+        let body = serde_json::to_vec(&req)?;
         js.publish_with_headers(subjects.runs(QUEUE), h, body.into())
             .await?
             .await?;

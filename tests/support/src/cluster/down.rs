@@ -35,6 +35,9 @@ pub async fn down(dir: &Path) -> Result<()> {
         &rule.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let _ = std::fs::write(l.dir.join("pids"), "");
+    if std::fs::read_to_string(super::OWNER).is_ok_and(|o| Path::new(o.trim()) == l.dir) {
+        let _ = std::fs::remove_file(super::OWNER);
+    }
     eprintln!("test-cluster: down ({})", l.dir.display());
     Ok(())
 }

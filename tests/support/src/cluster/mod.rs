@@ -42,6 +42,8 @@ pub const SERVICE_CIDR: &str = "10.0.0.0/24";
 pub const NODE: &str = "localhost";
 /// The CNI bridge.
 const BRIDGE: &str = "airlock-br0";
+/// Names the directory of the machine's running cluster (one at a time).
+const OWNER: &str = "/run/airlock-test-cluster";
 
 /// Where one cluster keeps its files: everything under `dir`, containerd's state (with its socket, whose
 /// path must stay short) under `run`.

@@ -24,6 +24,16 @@ const READY: Duration = Duration::from_secs(120);
 /// after this returns, until [`super::down`].
 pub async fn up(dir: &Path, bin: &Path) -> Result<TestCluster> {
     let l = Layout::new(dir)?;
+    // One cluster per machine: they would share the bridge, the pod subnet and the kubelet's cgroups.
+    if let Ok(other) = std::fs::read_to_string(super::OWNER)
+        && Path::new(other.trim()) != l.dir
+        && super::down::running(&Layout::new(Path::new(other.trim()))?)?
+    {
+        bail!(
+            "another test cluster is running from {}: use it (AIRLOCK_TEST_CLUSTER={0}) or stop it (scripts/test-cluster down {0})",
+            other.trim()
+        );
+    }
     if super::down::running(&l)? {
         bail!(
             "a cluster is already running from {}: stop it first (scripts/test-cluster down {0})",
@@ -60,6 +70,7 @@ pub async fn up(dir: &Path, bin: &Path) -> Result<TestCluster> {
     }
     std::fs::create_dir_all(&l.run)?;
     std::fs::write(l.dir.join("pids"), "")?;
+    std::fs::write(super::OWNER, l.dir.display().to_string())?;
     let mut procs = Procs {
         l: l.clone(),
         children: Vec::new(),
