@@ -37,7 +37,7 @@ pub use event::{LifecycleEvent, RequestRejected, ResultRejected, TimerEvent, Tim
 pub use record::{RunStatus, TransitionError};
 pub use request::{
     EgressDestination, EgressPort, FieldError, ImagePullPolicy, Policy, ResourceList, Resources,
-    RunRequest, ValidatedRun, decode_request, is_valid_name,
+    RunRequest, ValidatedRun, decode_request, is_valid_name, labels_are_valid,
 };
 pub use subjects::Subjects;
 pub use trace::TraceParent;

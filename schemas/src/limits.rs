@@ -4,6 +4,8 @@
 //! and a sandbox's argument list with room to spare. The counts also appear in the JSON Schema
 //! (`maxItems`, `maxProperties`); the byte totals only in its descriptions.
 
+use std::collections::BTreeMap;
+
 use crate::{FieldError, RunRequest};
 
 /// Most items in `command` and `args` together.
@@ -62,15 +64,8 @@ pub(crate) fn check(req: &RunRequest) -> Vec<FieldError> {
         );
     }
 
-    let (n, bytes) = map_size(req.labels.iter());
-    if n > MAX_LABELS {
-        over("labels", format!("{n} labels, the limit is {MAX_LABELS}"));
-    }
-    if bytes > MAX_LABELS_BYTES {
-        over(
-            "labels",
-            format!("keys and values are {bytes} bytes, the limit is {MAX_LABELS_BYTES}"),
-        );
+    for e in check_labels(&req.labels) {
+        over(&e.path, e.message);
     }
 
     if req.egress.len() > MAX_EGRESS {
@@ -88,6 +83,25 @@ pub(crate) fn check(req: &RunRequest) -> Vec<FieldError> {
                 format!("{bytes} bytes as JSON, the limit is {MAX_METADATA_BYTES}"),
             );
         }
+    }
+    p
+}
+
+/// Every size bound `labels` exceeds.
+pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Vec<FieldError> {
+    let mut p = Vec::new();
+    let (n, bytes) = map_size(labels.iter());
+    if n > MAX_LABELS {
+        p.push(FieldError::new(
+            "labels",
+            format!("{n} labels, the limit is {MAX_LABELS}"),
+        ));
+    }
+    if bytes > MAX_LABELS_BYTES {
+        p.push(FieldError::new(
+            "labels",
+            format!("keys and values are {bytes} bytes, the limit is {MAX_LABELS_BYTES}"),
+        ));
     }
     p
 }

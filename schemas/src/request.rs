@@ -362,20 +362,7 @@ impl RunRequest {
     }
 
     fn check_labels(&self, p: &mut Problems) {
-        for (k, v) in &self.labels {
-            let path = format!("labels.{k}");
-            if k.starts_with(labels::RESERVED_PREFIX) || k == labels::MANAGED_BY {
-                p.add(path.clone(), "reserved label");
-            } else if !valid_label_key(k) {
-                p.add(path.clone(), "not a valid label key");
-            }
-            if !LABEL_VALUE_RE.is_match(v) {
-                p.add(
-                    path,
-                    "not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)",
-                );
-            }
-        }
+        check_labels(&self.labels, p);
     }
 
     fn check_deadline_and_egress(&self, policy: &Policy, p: &mut Problems) {
@@ -491,6 +478,33 @@ fn fill(slot: &mut Option<String>, default: &Option<String>) {
     if slot.is_none() {
         slot.clone_from(default);
     }
+}
+
+/// Each label's key (not reserved, a valid Kubernetes label key) and value.
+fn check_labels(labels: &BTreeMap<String, String>, p: &mut Problems) {
+    for (k, v) in labels {
+        let path = format!("labels.{k}");
+        if k.starts_with(labels::RESERVED_PREFIX) || k == labels::MANAGED_BY {
+            p.add(path.clone(), "reserved label");
+        } else if !valid_label_key(k) {
+            p.add(path.clone(), "not a valid label key");
+        }
+        if !LABEL_VALUE_RE.is_match(v) {
+            p.add(
+                path,
+                "not a valid label value (at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends)",
+            );
+        }
+    }
+}
+
+/// Whether `labels` pass every check the contract makes on a request's labels: each key and value, and the
+/// count and size bounds ([`limits::MAX_LABELS`], [`limits::MAX_LABELS_BYTES`]). A valid request's labels
+/// always do; the run store indexes a record's labels only when they do.
+pub fn labels_are_valid(labels: &BTreeMap<String, String>) -> bool {
+    let mut p = Problems::default();
+    check_labels(labels, &mut p);
+    p.0.is_empty() && limits::check_labels(labels).is_empty()
 }
 
 fn valid_label_key(k: &str) -> bool {

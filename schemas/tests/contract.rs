@@ -338,3 +338,39 @@ fn too_many_problems_are_reported_as_the_first_fifty_and_a_count() {
         Some(".: and 150 more problems")
     );
 }
+
+#[test]
+fn labels_are_valid_exactly_when_a_request_with_them_has_no_label_problem() {
+    let many: std::collections::BTreeMap<String, String> = (0..airlock_schemas::limits::MAX_LABELS
+        + 1)
+        .map(|i| (format!("l{i}"), "v".to_string()))
+        .collect();
+    let cases: Vec<std::collections::BTreeMap<String, String>> = vec![
+        [("team", "ml"), ("example.com/tier", "batch"), ("empty", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        Default::default(),
+        [("bad key!".to_string(), "v".to_string())].into(),
+        [("k".repeat(300), "v".to_string())].into(),
+        [("team".to_string(), "not a value!".to_string())].into(),
+        [("airlock.dev/run-id".to_string(), "x".to_string())].into(),
+        [("app.kubernetes.io/managed-by".to_string(), "x".to_string())].into(),
+        many,
+    ];
+    for labels in cases {
+        let body = json!({"id": "a", "image": "alpine", "labels": labels});
+        let problems = match decode_request(body.to_string().as_bytes(), "q", &policy()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors,
+        };
+        let label_problem = problems
+            .iter()
+            .any(|e| e.path == "labels" || e.path.starts_with("labels."));
+        assert_eq!(
+            airlock_schemas::labels_are_valid(&labels),
+            !label_problem,
+            "{labels:?}: {problems:?}"
+        );
+    }
+}

@@ -2,51 +2,105 @@
 //! `<prefix>:idx:queue:<queue>` and `<prefix>:idx:label:<key>=<value>`, member the run id, score the time
 //! (ms) the record was first written, which is when the request was received.
 //!
-//! The record's transition script keeps them current ([`SCRIPT`] runs inside it), so every writer of a
-//! status does: a run leaves its old status set and joins the new one; it joins the queue and label sets
-//! as soon as the record names them. They expire with the records: each write drops members older than
+//! The record's scripts keep them current ([`SCRIPT`] runs inside them), so every writer of a status does:
+//! a run leaves its old status set and joins the new one (and `all`) on every write.
+//!
+//! # Only what validated names a key
+//!
+//! A run joins its queue's set and its labels' sets with the write whose `queue` and `request` fields name
+//! them ([`terms`]), and only with what passes the contract's own checks, whoever writes: a queue that is a
+//! valid name ([`is_valid_name`], the check a request's queue gets), and the labels when all of them pass
+//! [`labels_are_valid`] (keys, values, reserved names, the count and size bounds), else none. An accepted
+//! run's always pass (only a validated request is recorded `queued`). A refused request's are what the client
+//! sent: its record keeps them verbatim (`queue`, `request`) and it is listed in `all` and by status, but a
+//! malformed queue (`a.b`, `Bad`) or labels that fail (`bad key!`, a 300-character key, 65 labels) name no
+//! set, so a refusal can never make Redis hold a key of the sender's choosing. A well-formed queue that no
+//! dispatcher serves is indexed: `list --queue <it>` shows what was sent there and refused. The keys are
+//! computed in Rust and passed to the script as `KEYS`; the script never reads the stored request.
+//!
+//! They expire with the records: each write drops the members of the sets it joins that are older than
 //! twice the record TTL and pushes the set's own expiry to that horizon, and a read skips members whose
-//! record is gone (expired sooner). The script names these keys itself, so the store needs one Redis node
-//! (no cluster), as the record scripts already do.
+//! record is gone (expired sooner). A queue or label set is joined once, with the run's first write that
+//! names it: its members' scores are their first writes, so a set joined last at `t` has nothing left to
+//! keep after `t` + the horizon, which is its expiry. The index keys live beside the records, so the store
+//! needs one Redis node (no cluster), as the record scripts already do.
 
-use airlock_schemas::RunStatus;
+use std::collections::BTreeMap;
+
+use airlock_schemas::{RunStatus, is_valid_name, labels_are_valid};
 use redis::AsyncCommands;
 
-use super::{Store, StoredRun};
+use super::{RecordUpdate, Store, StoredRun};
 use crate::Error;
 
-/// The Lua run by the record scripts (transition, and creating a refused request's record) after the
-/// record's fields are written (`cur` is the previous status or false, the last of `KEYS` the index prefix,
-/// `ARGV[1]` the new status, `ARGV[3]` the run id, `ARGV[4]` the record TTL in seconds).
+/// The Lua function `index_run(cur, first_set)` the record scripts (transition, and creating a refused
+/// request's record) call after the record's fields are written: `cur` is the previous status or false,
+/// `KEYS[first_set .. #KEYS - 1]` the queue and label sets to join ([`terms`]), the last of `KEYS` the
+/// index prefix, `ARGV[1]` the new status, `ARGV[3]` the run id, `ARGV[4]` the record TTL in seconds.
 pub(super) const SCRIPT: &str = r#"
-local ix = KEYS[#KEYS]
-local id = ARGV[3]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', ix .. 'all', id) or now_ms
-local keep = tonumber(ARGV[4]) * 2000
-local function put(k)
-  redis.call('ZADD', k, score, id)
-  if keep > 0 then
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. (now_ms - keep))
-    redis.call('PEXPIRE', k, keep)
-  end
-end
-if cur and cur ~= '' then redis.call('ZREM', ix .. 'status:' .. cur, id) end
-put(ix .. 'all')
-put(ix .. 'status:' .. ARGV[1])
-local q = redis.call('HGET', KEYS[1], 'queue')
-if q then put(ix .. 'queue:' .. q) end
-local raw = redis.call('HGET', KEYS[1], 'request')
-if raw then
-  local ok, req = pcall(cjson.decode, raw)
-  if ok and type(req) == 'table' and type(req.labels) == 'table' then
-    for k, v in pairs(req.labels) do
-      if type(k) == 'string' and type(v) == 'string' then put(ix .. 'label:' .. k .. '=' .. v) end
+local function index_run(cur, first_set)
+  local ix = KEYS[#KEYS]
+  local id = ARGV[3]
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local score = redis.call('ZSCORE', ix .. 'all', id) or now_ms
+  local keep = tonumber(ARGV[4]) * 2000
+  local function put(k)
+    redis.call('ZADD', k, score, id)
+    if keep > 0 then
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. (now_ms - keep))
+      redis.call('PEXPIRE', k, keep)
     end
   end
+  if cur and cur ~= '' then redis.call('ZREM', ix .. 'status:' .. cur, id) end
+  put(ix .. 'all')
+  put(ix .. 'status:' .. ARGV[1])
+  for i = first_set, #KEYS - 1 do put(KEYS[i]) end
 end
 "#;
+
+/// The queue and label sets a write of `update` joins: its `queue` if that is a valid name, and each label
+/// of its `request` if they are all valid (see the module docs). Nothing for a write that names neither.
+pub(super) fn terms(store_prefix: &str, update: &RecordUpdate) -> Vec<String> {
+    let ix = prefix(store_prefix);
+    let queue = update
+        .queue
+        .as_deref()
+        .filter(|q| is_valid_name(q))
+        .map(|q| queue_key(&ix, q));
+    let labels = update
+        .request
+        .as_deref()
+        .map(valid_labels)
+        .unwrap_or_default();
+    queue
+        .into_iter()
+        .chain(labels.iter().map(|(k, v)| label_key(&ix, k, v)))
+        .collect()
+}
+
+/// A request's labels (from its JSON text, which for a refused request may be anything) when they are all
+/// valid; none otherwise.
+fn valid_labels(request: &str) -> BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Labelled {
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    }
+    serde_json::from_str::<Labelled>(request)
+        .map(|r| r.labels)
+        .ok()
+        .filter(labels_are_valid)
+        .unwrap_or_default()
+}
+
+fn queue_key(ix: &str, queue: &str) -> String {
+    format!("{ix}queue:{queue}")
+}
+
+fn label_key(ix: &str, key: &str, value: &str) -> String {
+    format!("{ix}label:{key}={value}")
+}
 
 /// The key prefix of every index (`<prefix>:idx:`).
 pub(super) fn prefix(store_prefix: &str) -> String {
@@ -133,9 +187,9 @@ impl ListFilter {
     /// The most selective index that covers the filter.
     fn index_key(&self, ix: &str) -> String {
         if let Some((k, v)) = &self.label {
-            format!("{ix}label:{k}={v}")
+            label_key(ix, k, v)
         } else if let Some(q) = &self.queue {
-            format!("{ix}queue:{q}")
+            queue_key(ix, q)
         } else if let Some(s) = self.status {
             format!("{ix}status:{}", s.as_str())
         } else {

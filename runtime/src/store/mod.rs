@@ -87,12 +87,14 @@ pub enum ResultWrite {
     UnknownRun,
 }
 
-/// KEYS: record, active set, all slots, the per-queue slot key prefix, the index prefix. ARGV: status, now, run
-/// id, TTL seconds, then (from `__FIRST_FIELD__`) field pairs. `__SLOT_FN__`, `__REFUSED__` and `__APPLIED__`
-/// are filled in for the plain transition and for `queued` with a slot (`slots`).
+/// KEYS: record, active set, all slots, the per-queue slot key prefix, then the queue and label sets the run
+/// joins (`index::terms`), the index prefix last. ARGV: status, now, run id, TTL seconds, then (from
+/// `__FIRST_FIELD__`) field pairs. `__SLOT_FN__`, `__REFUSED__` and `__APPLIED__` are filled in for the plain
+/// transition and for `queued` with a slot (`slots`).
 const TRANSITION: &str = r#"
 local rank = { __RANKS__ }
 __SLOT_FN__
+__INDEX_FN__
 local new_rank = rank[ARGV[1]]
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur and rank[cur] ~= nil and rank[cur] >= new_rank then
@@ -105,7 +107,7 @@ if new_rank >= 2 then redis.call('HDEL', KEYS[1], 'reason') end
 for i = __FIRST_FIELD__, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-__INDEX__
+index_run(cur, 5)
 if new_rank >= 3 then
   redis.call('SREM', KEYS[2], ARGV[3])
   -- An ended run gives back its dispatcher slot, whoever ends it: one still queued (its launch being
@@ -214,7 +216,7 @@ impl Store {
             .join(", ");
         let transition = TRANSITION
             .replace("__RANKS__", &ranks)
-            .replace("__INDEX__", index::SCRIPT);
+            .replace("__INDEX_FN__", index::SCRIPT);
         Self {
             conn,
             prefix: prefix.to_string(),
@@ -272,9 +274,12 @@ impl Store {
         let mut inv = self.transition.key(self.key(run_id));
         inv.key(schema::active_key(&self.prefix))
             .key(schema::slots_all_key(&self.prefix))
-            .key(schema::slots_queue_key(&self.prefix, ""))
-            // The index prefix is always the last key (see `index::SCRIPT`).
-            .key(index::prefix(&self.prefix))
+            .key(schema::slots_queue_key(&self.prefix, ""));
+        for set in index::terms(&self.prefix, update) {
+            inv.key(set);
+        }
+        // The index prefix is always the last key (see `index::SCRIPT`).
+        inv.key(index::prefix(&self.prefix))
             .arg(status.as_str())
             .arg(schema::now())
             .arg(run_id)

@@ -10,18 +10,20 @@ use redis::Script;
 use super::{RecordUpdate, Store};
 use crate::Error;
 
-/// KEYS: record, active set, index prefix. ARGV: status, now, run id, TTL seconds, terminal (`1`/`0`), then
-/// field pairs. The record joins the listing indexes as the transition script's records do.
+/// KEYS: record, active set, then the queue and label sets the run joins (`index::terms`: only what passes
+/// the contract's checks, whatever the refused request said), the index prefix last. ARGV: status, now, run
+/// id, TTL seconds, terminal (`1`/`0`), then field pairs. The record joins the listing indexes as the
+/// transition script's records do.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"
+{}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
 for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-local cur = false
-{}
+index_run(false, 3)
 if ARGV[5] == '1' then
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 else
@@ -53,8 +55,11 @@ impl Store {
         update: &RecordUpdate,
     ) -> Result<bool, Error> {
         let mut inv = CREATE.key(self.key(run_id));
-        inv.key(schema::active_key(&self.prefix))
-            .key(super::index::prefix(&self.prefix))
+        inv.key(schema::active_key(&self.prefix));
+        for set in super::index::terms(&self.prefix, update) {
+            inv.key(set);
+        }
+        inv.key(super::index::prefix(&self.prefix))
             .arg(status.as_str())
             .arg(schema::now())
             .arg(run_id)

@@ -123,9 +123,12 @@ impl Store {
         let mut inv = self.queue_with_slot.key(self.key(run_id));
         inv.key(schema::active_key(&self.prefix))
             .key(schema::slots_all_key(&self.prefix))
-            .key(schema::slots_queue_key(&self.prefix, ""))
-            // The index prefix is always the last key (see `index::SCRIPT`).
-            .key(super::index::prefix(&self.prefix))
+            .key(schema::slots_queue_key(&self.prefix, ""));
+        for set in super::index::terms(&self.prefix, update) {
+            inv.key(set);
+        }
+        // The index prefix is always the last key (see `index::SCRIPT`).
+        inv.key(super::index::prefix(&self.prefix))
             .arg(RunStatus::Queued.as_str())
             .arg(schema::now())
             .arg(run_id)
