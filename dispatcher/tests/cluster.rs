@@ -15,7 +15,7 @@ use airlock_backend::kube::{KubeBackend, KubeConfig};
 use airlock_backend::{Phase, Removed};
 use airlock_test_support::cluster::{Sandbox, TestCluster};
 use airlock_test_support::oci::{self, ImageSpec, Pusher};
-use common::{Env, request};
+use common::{Env, policy_file, request};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, EvictParams, ListParams};
@@ -95,8 +95,14 @@ impl Cluster {
 }
 
 fn config(env: &Env, cluster: &Cluster) -> airlock_dispatcher::Config {
+    config_with(env, cluster, &[])
+}
+
+fn config_with(env: &Env, cluster: &Cluster, extra: &[&str]) -> airlock_dispatcher::Config {
     let args = cluster.args();
-    env.config(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(extra);
+    env.config(&args)
 }
 
 fn pod_phase(phase: &'static str) -> impl Fn(Option<&Pod>) -> bool {
@@ -107,21 +113,32 @@ fn pod_phase(phase: &'static str) -> impl Fn(Option<&Pod>) -> bool {
     }
 }
 
+/// A request with every part that reaches the objects (named egress destinations of both kinds, resources,
+/// env, labels, a deadline): the real API server validates the policy and the pod it becomes, which is how
+/// the objects the dispatcher makes are known to be valid Kubernetes (the emulator's tests check their
+/// shape, not their validity).
 #[tokio::test]
 async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_completion()
 -> anyhow::Result<()> {
     let env = Env::start().await?;
     let cluster = Cluster::new("run").await?;
-    let (task, stop) = env.spawn(config(&env, &cluster));
-    env.publish(
-        "default",
-        &cluster.request(
-            "e2e-1",
-            &["sh", "-c", "echo hello from $AIRLOCK_RUN_ID as $(id -u)"],
-        ),
-        Some("e2e-1"),
-    )
-    .await?;
+    let dir = tempfile::tempdir()?;
+    let policy = policy_file(&dir);
+    let (task, stop) = env.spawn(config_with(&env, &cluster, &["--policy-file", &policy]));
+    let mut req = cluster.request(
+        "e2e-1",
+        &[
+            "sh",
+            "-c",
+            "echo hello from $AIRLOCK_RUN_ID as $(id -u), $GREETING",
+        ],
+    );
+    req["egress"] = json!(["pypi", "cache"]);
+    req["deadline_seconds"] = json!(120);
+    req["env"] = json!({ "GREETING": "hi" });
+    req["resources"] = json!({ "limits": { "cpu": "500m", "memory": "256Mi" } });
+    req["labels"] = json!({ "team": "ml" });
+    env.publish("default", &req, Some("e2e-1")).await?;
     let name = "airlock-run-e2e-1";
     tokio::time::timeout(
         T,
@@ -130,6 +147,20 @@ async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_comple
     .await??;
     let np = cluster.policies().get(name).await?;
     let pod = cluster.pods().get(name).await?;
+    let egress = np
+        .spec
+        .as_ref()
+        .and_then(|s| s.egress.as_ref())
+        .map_or(0, Vec::len);
+    assert_eq!(egress, 4, "nats, dns, pypi, cache: {np:?}");
+    assert_eq!(
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("team"))
+            .map(String::as_str),
+        Some("ml")
+    );
     let owner = &np.metadata.owner_references.clone().unwrap_or_default()[0];
     assert_eq!(
         (owner.kind.as_str(), Some(&owner.uid)),
@@ -150,6 +181,7 @@ async fn on_the_cluster_a_request_becomes_a_policy_and_a_pod_that_runs_to_comple
     assert!(seen.finished_at.is_some() && !seen.lost);
     let logs = backend.logs_tail("e2e-1", 1024).await?;
     assert!(logs.contains("hello from e2e-1 as "), "logs: {logs:?}");
+    assert!(logs.contains(", hi"), "the request's env: {logs:?}");
     assert!(
         logs.contains("as 65532"),
         "runs as the non-root uid: {logs:?}"

@@ -8,8 +8,8 @@ use std::time::Duration;
 /// Where the cache lives and how big it may grow.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// State directory of the cache (created if missing). Processes that share it (the local runtime, the
-    /// emulator's kubelet) share the images, pull each one once, and respect each other's leases. Its
+    /// State directory of the cache (created if missing). Processes that share it (the services' local
+    /// runtime, `airlock image`) share the images, pull each one once, and respect each other's leases. Its
     /// parents must be traversable by the users that will read the rootfs (sandbox uids).
     pub dir: PathBuf,
     /// Bound of the cache in bytes (approximate disk usage of the unpacked images). After each pull or

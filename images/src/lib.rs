@@ -1,4 +1,4 @@
-//! The image store: makes container images real for the local sandbox and the emulator's kubelet.
+//! The image store: makes container images real for the local sandbox.
 //!
 //! [`ImageStore::ensure`] makes an image present under a [`PullPolicy`] and returns a [`LeasedImage`]:
 //! the unpacked rootfs path, the parsed [`ImageConfig`] (Entrypoint, Cmd, Env, WorkingDir, User), and a

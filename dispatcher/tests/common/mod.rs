@@ -197,6 +197,20 @@ impl Env {
     }
 }
 
+/// An operator policy file in `dir` naming two egress destinations: `pypi` (a CIDR and a port) and `cache`
+/// (pods by label in namespaces by label).
+pub fn policy_file(dir: &tempfile::TempDir) -> String {
+    let p = dir.path().join("policy.json");
+    let policy = serde_json::json!({
+        "egress": {
+            "pypi": { "cidrs": ["151.101.0.0/16"], "ports": [{ "port": 443 }] },
+            "cache": { "pod_labels": { "app": "cache" }, "namespace_labels": { "team": "data" } }
+        }
+    });
+    std::fs::write(&p, policy.to_string()).expect("write policy");
+    p.display().to_string()
+}
+
 /// A minimal valid request.
 pub fn request(id: &str, command: &[&str]) -> serde_json::Value {
     serde_json::json!({

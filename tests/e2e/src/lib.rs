@@ -1,8 +1,8 @@
 //! End-to-end tests live in `tests/`: our binaries as real processes, real `nats-server` and `redis-server`
-//! on 127.0.0.1, and the Kubernetes emulator (or a real cluster, see `tests/kube_mode.rs`).
+//! on 127.0.0.1, and the real test cluster for Kubernetes (see `tests/kube_mode.rs`).
 //!
 //! - `tests/local_mode.rs`: the three services with the local bubblewrap sandbox runtime.
-//! - `tests/kube_mode.rs`: the three services against the emulator (or `AIRLOCK_TEST_KUBECONFIG`).
+//! - `tests/kube_mode.rs`: the services on the real test cluster (`AIRLOCK_TEST_CLUSTER`).
 //! - `tests/dev_demo.rs`: `airlock dev --demo`, and stopping `airlock dev`.
 //! - `tests/common/mod.rs`: the shared set-up (`System`: servers, services, submit and wait).
 //!

@@ -87,8 +87,8 @@ async fn on_kubernetes_a_cancelled_run_ends_cancelled_and_its_pod_is_deleted() -
     Ok(())
 }
 
-/// Emulator only (the job waits for the test on loopback): `airlock logs -f` relays the pod's log as it
-/// is written and ends when the run ends; the job delivers its result with `airlock-emit`.
+/// `airlock logs -f` relays the pod's log as it is written (the job waits for the test on the address pods
+/// reach the host on) and ends when the run ends; the job delivers its result with `airlock-emit`.
 #[tokio::test]
 async fn on_kubernetes_logs_follow_streams_a_running_pods_lines_and_airlock_emit_delivers_its_result()
 -> anyhow::Result<()> {

@@ -11,8 +11,7 @@ use tokio::sync::watch;
 use crate::api::App;
 use crate::faults::{FaultAction, FaultRule, RequestRecord};
 use crate::kinds::Kind;
-use crate::kubelet::{ForcedState, ImageMode, Kubelet, KubeletConfig};
-use crate::schema::{SchemaError, ValidationReport};
+use crate::kubelet::{ForcedState, Kubelet, KubeletConfig};
 use crate::selector::LabelSelector;
 use crate::store::Store;
 
@@ -31,9 +30,6 @@ pub enum EmulatorError {
     /// The store rejected an object.
     #[error("API error: {0}")]
     Api(String),
-    /// The kubelet's image store could not be opened.
-    #[error("image store: {0}")]
-    Images(#[from] airlock_images::ImageError),
 }
 
 /// How to start the emulator.
@@ -55,13 +51,6 @@ pub struct EmulatorConfig {
     pub bookmark_interval: Duration,
     /// Upper bound on the honoured grace period when deleting a running pod.
     pub max_grace_period: Duration,
-    /// Directory of Kubernetes 1.33 JSON schemas (`None`: auto-discover, see [`crate::schema::find_schema_dir`]).
-    pub schema_dir: Option<PathBuf>,
-    /// Image mode: the kubelet pulls pods' images into this store and runs them in their rootfs.
-    /// `None`: host mode, the kubelet runs `command` + `args` on the host and ignores images.
-    pub images: Option<airlock_images::StoreConfig>,
-    /// First image pull back-off (doubling up to ten times this).
-    pub image_pull_backoff: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -75,9 +64,6 @@ impl Default for EmulatorConfig {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(5),
             max_grace_period: Duration::from_secs(5),
-            schema_dir: None,
-            images: None,
-            image_pull_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -112,11 +98,6 @@ impl EmulatorConfig {
         self.history_limit = n;
         self
     }
-    /// Image mode with the store at `store` (see [`EmulatorConfig::images`]).
-    pub fn images(mut self, store: airlock_images::StoreConfig) -> Self {
-        self.images = Some(store);
-        self
-    }
     /// Set the bookmark interval.
     pub fn bookmark_interval(mut self, d: Duration) -> Self {
         self.bookmark_interval = d;
@@ -143,7 +124,7 @@ impl Emulator {
                 continue;
             }
             store
-                .create(Kind::Namespace, "", namespace_object(&ns), false)
+                .create(Kind::Namespace, "", namespace_object(&ns))
                 .map_err(|e| EmulatorError::Api(e.to_string()))?;
         }
         let kubelet = Kubelet::new(
@@ -152,14 +133,6 @@ impl Emulator {
                 schedule_delay: cfg.schedule_delay,
                 node_name: "airlock-emulator-node".into(),
                 max_grace: cfg.max_grace_period,
-                images: match &cfg.images {
-                    Some(store) => Some(ImageMode {
-                        store: airlock_images::ImageStore::open(store.clone())?,
-                        backoff: cfg.image_pull_backoff,
-                        max_backoff: cfg.image_pull_backoff * 10,
-                    }),
-                    None => None,
-                },
             },
         );
         let (_, _, events) = store.snapshot_and_subscribe(Kind::Pod);
@@ -170,7 +143,6 @@ impl Emulator {
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             bookmark_interval: cfg.bookmark_interval,
-            schema_dir: cfg.schema_dir.clone(),
         });
         let router = axum::Router::new()
             .fallback(crate::api::entry)
@@ -276,23 +248,6 @@ impl EmulatorHandle {
     pub fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
         let ns = if kind.namespaced() { namespace } else { "" };
         self.app.store.get(kind, ns, name)
-    }
-
-    /// Every pod/networkpolicy version the API accepted from clients.
-    pub fn accepted_objects(&self) -> Vec<Value> {
-        self.app.store.accepted()
-    }
-
-    /// Create a namespace (idempotent).
-    pub fn create_namespace(&self, name: &str) -> Result<(), EmulatorError> {
-        if self.app.store.get(Kind::Namespace, "", name).is_some() {
-            return Ok(());
-        }
-        self.app
-            .store
-            .create(Kind::Namespace, "", namespace_object(name), false)
-            .map(|_| ())
-            .map_err(|e| EmulatorError::Api(e.to_string()))
     }
 
     /// Add a fault rule.
@@ -443,11 +398,6 @@ impl EmulatorHandle {
             |h| h.object(kind, namespace, name).is_none(),
         )
         .await
-    }
-
-    /// Validate every pod/networkpolicy the API accepted against the Kubernetes 1.33 schemas.
-    pub fn validate_stored_objects(&self) -> Result<ValidationReport, SchemaError> {
-        crate::schema::validate_objects(self.app.schema_dir.as_deref(), &self.app.store.accepted())
     }
 
     /// Stop serving and kill every pod process.

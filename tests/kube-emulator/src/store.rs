@@ -27,7 +27,6 @@ struct Inner {
     compacted: u64,
     deletes: HashMap<Kind, u64>,
     creates: HashMap<Kind, u64>,
-    accepted: Vec<Arc<Value>>,
     seq: u64,
 }
 
@@ -61,7 +60,6 @@ impl Store {
                 compacted: 1000,
                 deletes: HashMap::new(),
                 creates: HashMap::new(),
-                accepted: Vec::new(),
                 seq: 0,
             }),
             events,
@@ -166,13 +164,7 @@ impl Store {
     }
 
     /// Create a new object; fills uid, resourceVersion, creationTimestamp, generation.
-    pub fn create(
-        &self,
-        kind: Kind,
-        ns: &str,
-        mut obj: Value,
-        from_client: bool,
-    ) -> Result<Arc<Value>, ApiError> {
+    pub fn create(&self, kind: Kind, ns: &str, mut obj: Value) -> Result<Arc<Value>, ApiError> {
         let name = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -216,7 +208,7 @@ impl Store {
             meta.insert("uid".into(), json!(uid));
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-            if kind != Kind::Namespace && kind != Kind::Event {
+            if kind != Kind::Namespace {
                 meta.insert("generation".into(), json!(1));
             }
             if kind.namespaced() {
@@ -230,9 +222,6 @@ impl Store {
         let obj = Arc::new(obj);
         g.objects.insert(key, obj.clone());
         *g.creates.entry(kind).or_default() += 1;
-        if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
-            g.accepted.push(obj.clone());
-        }
         self.record(&mut g, kind, ns, EventType::Added, obj.clone());
         Ok(obj)
     }
@@ -248,7 +237,6 @@ impl Store {
         ns: &str,
         name: &str,
         expected_rv: Option<&str>,
-        from_client: bool,
         f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
     ) -> Result<Arc<Value>, ApiError> {
         let mut g = self.lock();
@@ -311,9 +299,6 @@ impl Store {
         }
         let next = Arc::new(next);
         g.objects.insert(key, next.clone());
-        if from_client && matches!(kind, Kind::Pod | Kind::NetworkPolicy) {
-            g.accepted.push(next.clone());
-        }
         self.record(&mut g, kind, ns, EventType::Modified, next.clone());
         Ok(next)
     }
@@ -441,24 +426,6 @@ impl Store {
     /// How many objects of a kind were created.
     pub fn create_count(&self, kind: Kind) -> u64 {
         self.lock().creates.get(&kind).copied().unwrap_or(0)
-    }
-
-    /// Every pod/networkpolicy version accepted from a client (create, update, patch).
-    pub fn accepted(&self) -> Vec<Value> {
-        self.lock()
-            .accepted
-            .iter()
-            .map(|v| Value::clone(v))
-            .collect()
-    }
-
-    /// Every stored object of every kind.
-    pub fn all_objects(&self) -> Vec<Value> {
-        self.lock()
-            .objects
-            .values()
-            .map(|v| Value::clone(v))
-            .collect()
     }
 }
 

@@ -393,3 +393,47 @@ async fn a_lease_update_with_a_stale_resource_version_is_refused_with_409() {
     let now = leases.get("watch").await.unwrap();
     assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("b"));
 }
+
+#[tokio::test]
+async fn the_standalone_binary_writes_a_kubeconfig_that_the_kube_client_uses() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    let mut emu = tokio::process::Command::new(env!("CARGO_BIN_EXE_airlock-kube-emulator"))
+        .args(["--port", "0", "--kubeconfig"])
+        .arg(&kc)
+        .args(["--namespace", "airlock-sandbox"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let text = std::fs::read_to_string(&kc).unwrap();
+    assert!(text.contains(&format!("server: {url}")), "{text}");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kc).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.default_namespace, "airlock-sandbox");
+    let namespaces: Api<Namespace> = Api::all(kube::Client::try_from(config).unwrap());
+    let names: Vec<_> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(names.iter().any(|n| n == "airlock-sandbox"), "{names:?}");
+    emu.kill().await.unwrap();
+}

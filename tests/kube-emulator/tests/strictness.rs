@@ -1,4 +1,4 @@
-//! Strict API-server behaviour: Status bodies and codes, faults, schema validation.
+//! Strict API-server behaviour: Status bodies and codes, faults, quantities, media types.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -251,45 +251,6 @@ async fn the_admin_api_injects_faults_and_exposes_objects_and_counters() {
     assert_eq!(counters["creates"]["Pod"], 1);
 }
 
-#[tokio::test]
-async fn every_accepted_pod_and_network_policy_validates_against_the_kubernetes_1_33_schemas() {
-    let emu = start().await;
-    let c = client(&emu).await;
-    let pods: Api<Pod> = Api::namespaced(c.clone(), "airlock-sandbox");
-    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
-        Api::namespaced(c, "airlock-sandbox");
-    let pod = pods
-        .create(&PostParams::default(), &shell_pod("v1", "echo ok"))
-        .await
-        .unwrap();
-    nps.create(&PostParams::default(), &owned_policy("v1-egress", &pod))
-        .await
-        .unwrap();
-    emu.wait_for_pod_phase("airlock-sandbox", "v1", "Succeeded", WAIT)
-        .await
-        .unwrap();
-    let report = match emu.validate_stored_objects() {
-        Ok(r) => r,
-        Err(airlock_kube_emulator::SchemaError::NotFound(why)) => {
-            eprintln!(
-                "\n\n!!!!!! SKIPPING SCHEMA VALIDATION: Kubernetes 1.33 schemas not found ({why}).\n!!!!!! Run: python3 -m venv .venv && .venv/bin/pip install kubernetes-validate\n"
-            );
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
-    assert_eq!(report.checked, 2);
-    assert!(report.is_ok(), "{report:#?}");
-    // The stored pods (with kubelet-written status) validate too.
-    let stored =
-        airlock_kube_emulator::schema::validate_objects(None, &emu.objects(Kind::Pod)).unwrap();
-    assert!(stored.is_ok(), "{stored:#?}");
-    // And the validator does catch a bad object.
-    let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "bogus": 1}]}});
-    let r = airlock_kube_emulator::schema::validate_objects(None, &[bad]).unwrap();
-    assert!(!r.is_ok());
-}
-
 fn pod_with_resources(name: &str, resources: serde_json::Value) -> serde_json::Value {
     let mut body = pod_json(name);
     body["spec"]["containers"][0]["resources"] = resources;
@@ -368,12 +329,12 @@ async fn a_request_above_its_limit_is_refused_with_422_invalid() {
 }
 
 #[tokio::test]
-async fn a_protobuf_body_of_a_kind_the_emulator_does_not_decode_is_refused_with_415() {
+async fn a_body_that_is_not_json_is_refused_with_415() {
     let emu = start().await;
     let (code, status) = raw(
         &emu,
         "POST",
-        "/api/v1/namespaces/airlock-sandbox/pods",
+        PODS,
         "application/vnd.kubernetes.protobuf",
         "k8s\u{0}\n\t\n\u{2}v1\u{12}\u{3}Pod\u{12}\u{5}\n\u{3}\n\u{1}x",
     )
@@ -381,12 +342,6 @@ async fn a_protobuf_body_of_a_kind_the_emulator_does_not_decode_is_refused_with_
     assert_eq!(
         (code, status["reason"].as_str()),
         (415, Some("UnsupportedMediaType"))
-    );
-    assert!(
-        status["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("Pod is not decoded from protobuf")),
-        "{status}"
     );
     assert!(emu.object(Kind::Pod, "airlock-sandbox", "x").is_none());
     let (code, _) = raw(

@@ -52,8 +52,7 @@ fn uid_base() -> u32 {
 pub enum Runtime {
     /// Local bubblewrap sandboxes; the dispatcher and the janitor share `dir`.
     Local { dir: PathBuf },
-    /// Kubernetes (the real test cluster, or the emulator where a fault must be made on demand), pods in
-    /// `namespace`.
+    /// Kubernetes (the real test cluster), pods in `namespace`.
     Kube {
         /// Each service's kubeconfig (on the real cluster, its own ServiceAccount's token).
         kubeconfigs: Kubeconfigs,
@@ -75,15 +74,6 @@ pub struct Kubeconfigs {
 }
 
 impl Kubeconfigs {
-    /// One kubeconfig for all (the emulator's).
-    pub fn one(path: &Path) -> Self {
-        Self {
-            dispatcher: path.to_path_buf(),
-            janitor: path.to_path_buf(),
-            api: path.to_path_buf(),
-        }
-    }
-
     fn of(&self, service: usize) -> &Path {
         match service {
             JANITOR => &self.janitor,

@@ -41,7 +41,6 @@ pub(super) async fn admin(app: &Arc<App>, req: Request) -> Result<Response, ApiE
                 .list(kind_param()?, q.get("namespace").map(String::as_str));
             Ok(json_response(200, &Value::Array(items)))
         }
-        (Method::GET, "accepted") => Ok(json_response(200, &Value::Array(app.store.accepted()))),
         (Method::GET, "requests") => {
             let r = app.requests.lock().map(|r| r.clone()).unwrap_or_default();
             Ok(json_response(
@@ -118,15 +117,6 @@ pub(super) async fn admin(app: &Arc<App>, req: Request) -> Result<Response, ApiE
             Ok(json_response(
                 200,
                 &json!({"resourceVersion": app.store.current_rv().to_string()}),
-            ))
-        }
-        (Method::GET, "validate") => {
-            let report =
-                crate::schema::validate_objects(app.schema_dir.as_deref(), &app.store.accepted())
-                    .map_err(|e| ApiError::new(503, "ServiceUnavailable", e.to_string()))?;
-            Ok(json_response(
-                200,
-                &serde_json::to_value(report).unwrap_or_default(),
             ))
         }
         _ => Err(ApiError::path_not_found()),

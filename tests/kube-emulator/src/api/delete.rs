@@ -130,7 +130,7 @@ pub(super) fn delete(
                     ),
                 ));
             }
-            let marked = app.store.modify(kind, "", name, None, false, |n| {
+            let marked = app.store.modify(kind, "", name, None, |n| {
                 n["status"]["phase"] = json!("Terminating");
                 Ok(())
             })?;

@@ -1,23 +1,18 @@
-//! The HTTP front: routing, discovery, CRUD, watch, logs, fault injection and the admin API.
+//! The HTTP front: routing, CRUD, watch, logs, fault injection and the admin API.
 //!
 //! # Layout
 //!
 //! - this file: [`App`] (shared state), [`entry`] (faults, request log) and top-level routing.
-//! - `discovery`: `/api`, `/apis` and resource lists. `request`: path → target, verb dispatch.
-//! - `read` and `table`: get/list. `write`: create/update and admission. `patch`, `delete`.
+//! - `request`: path → target, verb dispatch.
+//! - `read`: get/list. `write`: create/update and admission. `patch`, `delete`.
 //! - `watch`, `logs`, `admin` (`/__emulator/`).
 
 mod admin;
-mod apply;
 mod delete;
-mod discovery;
 mod logs;
-mod openapi;
 mod patch;
-mod protobuf;
 mod read;
 mod request;
-mod table;
 mod watch;
 mod write;
 
@@ -27,17 +22,14 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::{Method, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use crate::faults::{FaultAction, FaultRule, RequestRecord};
 use crate::kinds::Kind;
 use crate::kubelet::Kubelet;
-use crate::status::{ApiError, json_response};
+use crate::status::ApiError;
 use crate::store::Store;
-
-/// The Kubernetes version the emulator claims to be.
-pub const GIT_VERSION: &str = "v1.33.0";
 
 /// Shared server state.
 #[derive(Debug)]
@@ -52,8 +44,6 @@ pub struct App {
     pub requests: Mutex<Vec<RequestRecord>>,
     /// Interval between watch bookmarks.
     pub bookmark_interval: Duration,
-    /// Schema directory for validation, if known.
-    pub schema_dir: Option<std::path::PathBuf>,
 }
 
 type Q = HashMap<String, String>;
@@ -143,10 +133,10 @@ fn dropped_connection() -> Response {
     Response::new(Body::from_stream(stream))
 }
 
+/// The resource paths of the served kinds, and health checks; nothing else (no discovery, no OpenAPI).
 async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method().clone();
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response())
@@ -155,14 +145,6 @@ async fn route(app: &Arc<App>, req: Request) -> Result<Response, ApiError> {
         ["apis", group, "v1", rest @ ..] if !rest.is_empty() && Kind::GROUPS.contains(group) => {
             request::resource(app, group, rest, req).await
         }
-        ["openapi", ..] => openapi::serve(&segs[1..]),
-        _ => {
-            let doc = discovery::document(&segs).ok_or_else(ApiError::path_not_found)?;
-            if method == Method::GET {
-                Ok(json_response(200, &doc))
-            } else {
-                Err(ApiError::method_not_allowed(method.as_str()))
-            }
-        }
+        _ => Err(ApiError::path_not_found()),
     }
 }

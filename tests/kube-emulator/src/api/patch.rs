@@ -1,5 +1,5 @@
-//! PATCH: JSON merge, JSON patch and strategic merge (applied as a merge patch); server-side
-//! apply is in `apply`.
+//! PATCH: JSON merge, JSON patch and strategic merge (applied as a merge patch). Server-side apply
+//! is not served (415).
 
 use std::sync::Arc;
 
@@ -23,9 +23,6 @@ pub(super) fn patch(
     raw: &[u8],
 ) -> Result<Response, ApiError> {
     let ct = ct.split(';').next().unwrap_or("").trim().to_string();
-    if ct == "application/apply-patch+yaml" && !status_only {
-        return super::apply::apply(app, kind, ns, name, q, raw);
-    }
     let patch_body: Value = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let Some(current) = app.store.get_shared(kind, ns, name) else {

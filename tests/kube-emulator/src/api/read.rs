@@ -1,30 +1,20 @@
-//! GET and LIST of objects (JSON or, for `kubectl get`, a Table).
+//! GET and LIST of objects (JSON only: no Table).
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::request::selectors;
-use super::table::table;
 use super::{App, Q};
 use crate::kinds::Kind;
 use crate::status::{ApiError, json_response};
-
-pub(super) fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
-}
 
 pub(super) fn list(
     app: &Arc<App>,
     kind: Kind,
     ns: Option<&str>,
     q: &Q,
-    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(q)?;
     if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
@@ -60,9 +50,6 @@ pub(super) fn list(
             meta["remainingItemCount"] = json!(remaining);
         }
     }
-    if wants_table(headers) {
-        return Ok(json_response(200, &table(kind, &items, meta)));
-    }
     Ok(json_response(
         200,
         &json!({
@@ -84,26 +71,10 @@ pub(super) fn object_key(o: &Value) -> String {
     format!("{}/{}", s("/metadata/namespace"), s("/metadata/name"))
 }
 
-pub(super) fn get(
-    app: &Arc<App>,
-    kind: Kind,
-    ns: &str,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+pub(super) fn get(app: &Arc<App>, kind: Kind, ns: &str, name: &str) -> Result<Response, ApiError> {
     let obj = app
         .store
         .get(kind, ns, name)
         .ok_or_else(|| ApiError::not_found(kind, name))?;
-    if wants_table(headers) {
-        let rv = obj
-            .pointer("/metadata/resourceVersion")
-            .cloned()
-            .unwrap_or(json!(""));
-        return Ok(json_response(
-            200,
-            &table(kind, &[obj], json!({"resourceVersion": rv})),
-        ));
-    }
     Ok(json_response(200, &obj))
 }

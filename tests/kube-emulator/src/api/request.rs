@@ -101,7 +101,7 @@ pub(super) async fn resource(
         .await
         .map_err(|e| ApiError::bad_request(format!("unable to read request body: {e}")))?;
     let raw = if matches!(method, Method::POST | Method::PUT) {
-        json_body(t.kind, &headers, raw)?
+        json_body(&headers, raw)?
     } else {
         raw
     };
@@ -111,7 +111,7 @@ pub(super) async fn resource(
             if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
                 watch(app, t.kind, t.ns, &q)
             } else {
-                list(app, t.kind, t.ns, &q, &headers)
+                list(app, t.kind, t.ns, &q)
             }
         }
         (None, None, Method::POST) => {
@@ -121,8 +121,7 @@ pub(super) async fn resource(
             create(app, t.kind, ns, &q, &raw)
         }
         (None, None, Method::DELETE) => delete_collection(app, t.kind, t.ns, &q),
-        (Some(name), None, Method::GET) => get(app, t.kind, ns, name, &headers),
-        (Some(name), Some("status"), Method::GET) => get(app, t.kind, ns, name, &headers),
+        (Some(name), None | Some("status"), Method::GET) => get(app, t.kind, ns, name),
         (Some(name), sub @ (None | Some("status")), Method::PUT) => {
             replace(app, t.kind, ns, name, sub.is_some(), &q, &raw)
         }
@@ -140,10 +139,8 @@ pub(super) async fn resource(
     }
 }
 
-/// Bodies of create and update as JSON: JSON as is, protobuf (what kubectl sends for built-in kinds,
-/// without falling back to JSON on a 415) decoded for the kinds [`super::protobuf`] knows; anything
-/// else gets 415.
-fn json_body(kind: Kind, headers: &HeaderMap, raw: Bytes) -> Result<Bytes, ApiError> {
+/// Bodies of create and update: JSON only; anything else gets 415.
+fn json_body(headers: &HeaderMap, raw: Bytes) -> Result<Bytes, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -151,14 +148,11 @@ fn json_body(kind: Kind, headers: &HeaderMap, raw: Bytes) -> Result<Bytes, ApiEr
     let media = ct.split(';').next().unwrap_or("").trim();
     if media.is_empty() || media.eq_ignore_ascii_case("application/json") {
         Ok(raw)
-    } else if media.eq_ignore_ascii_case(super::protobuf::MEDIA_TYPE) {
-        let obj = super::protobuf::decode(kind, &raw)?;
-        Ok(Bytes::from(crate::status::json_bytes(&obj)))
     } else {
         Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf",
+            "the body of the request was in an unknown format - accepted media types include: application/json",
         ))
     }
 }

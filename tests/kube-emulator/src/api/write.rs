@@ -100,7 +100,7 @@ pub(super) fn create(
     let created = if is_dry_run(q) {
         Arc::new(obj)
     } else {
-        app.store.create(kind, ns, obj, true)?
+        app.store.create(kind, ns, obj)?
     };
     let mut resp = json_response(201, &created);
     warn_header(&mut resp, &warnings);
@@ -154,7 +154,7 @@ pub(super) fn update_object(
     validation::apply_defaults(kind, &mut next);
     let dry = is_dry_run(q);
     let mut result_holder = None;
-    let updated = app.store.modify(kind, ns, name, expected_rv.as_deref(), !dry, |cur| {
+    let updated = app.store.modify(kind, ns, name, expected_rv.as_deref(), |cur| {
         let mut candidate = next;
         if status_only {
             let mut c = cur.clone();
@@ -177,7 +177,6 @@ pub(super) fn update_object(
         if let Some(m) = candidate.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        track_managers(q, cur, &mut candidate);
         let causes = validation::semantic_causes(kind, &candidate);
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, name, causes));
@@ -196,24 +195,6 @@ pub(super) fn update_object(
     let mut resp = json_response(200, &updated);
     warn_header(&mut resp, &warnings);
     Ok(resp)
-}
-
-/// Keep `managedFields` a writer left out; record a non-apply writer's changes (see `apply`).
-fn track_managers(q: &Q, cur: &Value, candidate: &mut Value) {
-    if q.contains_key(super::apply::APPLYING) {
-        return;
-    }
-    let mf = |v: &Value| v.pointer("/metadata/managedFields").cloned();
-    match (mf(cur), mf(candidate)) {
-        (Some(old), None) => {
-            if let Some(m) = candidate.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.insert("managedFields".into(), old);
-            }
-        }
-        (Some(old), Some(new)) if old != new => return,
-        _ => {}
-    }
-    super::apply::record_update(q.get("fieldManager").map(String::as_str), cur, candidate);
 }
 
 pub(super) fn replace(

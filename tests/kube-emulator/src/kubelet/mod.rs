@@ -1,23 +1,17 @@
-//! The process kubelet: schedules pods onto one fake node and runs each pod's first container as a
-//! local process group: in image mode ([`KubeletConfig::images`]) inside its image's rootfs (pulled through
-//! the shared image store, with `runAsUser`/`runAsNonRoot`, pull errors and back-off as a node shows them);
-//! in host mode its `command` + `args` on the host.
+//! The process kubelet: schedules pods onto one fake node and runs each pod's first container's
+//! `command` + `args` as a local process group on the host (images are not pulled or run).
 //!
 //! # Layout
 //!
 //! - this file: [`Kubelet`] (pod tasks, holds, forced states, logs) and its public API.
 //! - `pod`: one pod's life: scheduling, start, supervision, final status.
-//! - `image`: image mode's pull, back-off, checks and command resolution. `user`: who the container runs as.
-//! - `start`: starting the container and its Running status. `process`: host and bwrap commands.
-//! - `events`: the pod's events. `log`: [`PodLog`].
+//! - `start`: starting the container and its Running status. `process`: the host command.
+//! - `log`: [`PodLog`].
 
-mod events;
-mod image;
 mod log;
 mod pod;
 mod process;
 mod start;
-mod user;
 
 pub use log::PodLog;
 
@@ -63,19 +57,6 @@ pub struct KubeletConfig {
     pub node_name: String,
     /// Upper bound on the grace period honoured when deleting a running pod.
     pub max_grace: Duration,
-    /// Image mode: pull and run pods' images. `None`: host mode (images are not run).
-    pub images: Option<ImageMode>,
-}
-
-/// How the kubelet runs images.
-#[derive(Debug, Clone)]
-pub struct ImageMode {
-    /// The image store shared with other processes using the same directory.
-    pub store: airlock_images::ImageStore,
-    /// First image pull back-off (a node uses 10 s); it doubles after each failed pull.
-    pub backoff: Duration,
-    /// Longest image pull back-off (a node uses 300 s).
-    pub max_backoff: Duration,
 }
 
 /// The kubelet and scheduler.
@@ -262,7 +243,7 @@ impl Kubelet {
     /// Update the pod's status (only if it is still the same pod).
     fn set_status(&self, ns: &str, name: &str, uid: &str, f: impl FnOnce(&mut Value)) -> bool {
         self.store
-            .modify(Kind::Pod, ns, name, None, false, |pod| {
+            .modify(Kind::Pod, ns, name, None, |pod| {
                 if pod.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
                     return Err(crate::status::ApiError::conflict(Kind::Pod, name));
                 }

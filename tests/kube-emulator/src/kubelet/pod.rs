@@ -46,17 +46,7 @@ impl Kubelet {
         let Some(pod) = self.store.get_shared(Kind::Pod, ns, name) else {
             return;
         };
-        let prepared = match self.cfg.images {
-            Some(_) => match self.prepare_image(ns, name, uid, &pod, &mut ctl).await {
-                Some(p) => Some(p),
-                None => {
-                    self.wait_removal(ns, name, ctl).await;
-                    return;
-                }
-            },
-            None => None,
-        };
-        let started = self.start_container(ns, name, uid, &pod, prepared.as_ref());
+        let started = self.start_container(ns, name, uid, &pod);
         let Started {
             child,
             spawn_err,
@@ -88,7 +78,6 @@ impl Kubelet {
             return;
         }
         drop(workdir);
-        drop(prepared);
         self.wait_removal(ns, name, ctl).await;
     }
 
@@ -248,12 +237,7 @@ impl Kubelet {
         true
     }
 
-    pub(super) async fn wait_removal(
-        &self,
-        ns: &str,
-        name: &str,
-        mut ctl: watch::Receiver<Control>,
-    ) {
+    async fn wait_removal(&self, ns: &str, name: &str, mut ctl: watch::Receiver<Control>) {
         loop {
             match ctl.borrow_and_update().clone() {
                 Control::Deleted => return,
@@ -269,7 +253,7 @@ impl Kubelet {
         }
     }
 
-    pub(super) fn finish_forced(
+    fn finish_forced(
         &self,
         ns: &str,
         name: &str,

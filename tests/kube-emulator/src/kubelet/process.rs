@@ -1,5 +1,4 @@
-//! Starting a container's process group whose output feeds its [`PodLog`]: on the host (host mode), or
-//! inside its image's rootfs with bubblewrap (image mode).
+//! Starting a container's process group on the host, its output feeding its [`PodLog`].
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -10,14 +9,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::PodLog;
-use super::user::RunAs;
-
-/// The `PATH` a container gets when neither its image nor its spec sets one (containerd's default).
-pub(super) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The `PATH` the emulator gives `bwrap`/`setpriv` in image mode.
-const SANDBOX_TOOLS_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
 /// `program` as an absolute path found in `path` (the child's own `PATH`), as `execvp` would find it; a
 /// name with a `/` (or one not found, which then fails to spawn as before) unchanged.
@@ -26,7 +17,7 @@ const SANDBOX_TOOLS_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 /// emulator's address space) only when the program is a path or the child's environment keeps the parent's
 /// `PATH`; a bare name with a `PATH` set for the child falls back to `fork`, which copies the whole (large)
 /// emulator for every container. So every program is resolved here first.
-pub(super) fn resolve_program(program: &OsStr, path: &OsStr) -> PathBuf {
+fn resolve_program(program: &OsStr, path: &OsStr) -> PathBuf {
     let p = Path::new(program);
     if program.as_encoded_bytes().contains(&b'/') || program.is_empty() {
         return p.to_path_buf();
@@ -40,7 +31,7 @@ pub(super) fn resolve_program(program: &OsStr, path: &OsStr) -> PathBuf {
         .unwrap_or_else(|| p.to_path_buf())
 }
 
-/// Host mode: `argv` on the host with the container's env, `HOME` and cwd in `workdir`.
+/// `argv` on the host with the container's env, `HOME` and cwd in `workdir`.
 pub(super) fn host_command(
     argv: &[String],
     container: &Value,
@@ -76,7 +67,7 @@ pub(super) fn host_command(
 }
 
 /// `env[].value` entries of the container (`valueFrom` is not resolved).
-pub(super) fn container_env(container: &Value) -> Vec<(String, String)> {
+fn container_env(container: &Value) -> Vec<(String, String)> {
     container
         .get("env")
         .and_then(Value::as_array)
@@ -94,111 +85,6 @@ pub(super) fn container_env(container: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// What a container in image mode runs.
-#[derive(Debug, Clone)]
-pub(super) struct Sandboxed<'a> {
-    /// The image's unpacked rootfs (never written: mounted read-only).
-    pub rootfs: &'a Path,
-    /// The resolved command line.
-    pub argv: &'a [String],
-    /// The final environment, in order (later entries win).
-    pub env: &'a [(String, String)],
-    /// The working directory inside the container.
-    pub workdir: &'a str,
-    /// Who runs it.
-    pub user: RunAs,
-    /// The pod's name, as the hostname.
-    pub hostname: &'a str,
-}
-
-/// Image mode: `bwrap` with a read-only tmpfs root holding the image's top-level entries bind-mounted
-/// read-only, a fresh `/proc`, a minimal `/dev`, a private `/tmp`, new user/pid/ipc/uts namespaces and
-/// the host's network (pods reach services on 127.0.0.1, as `hostNetwork` pods do). As root, the process
-/// gets its uid and gid for real (`setpriv`), otherwise only inside its user namespace.
-pub(super) fn image_command(s: &Sandboxed<'_>) -> std::io::Result<tokio::process::Command> {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut push = |a: &[&str]| args.extend(a.iter().map(OsString::from));
-    let root = rustix::process::geteuid().is_root();
-    let program = if root && s.user.uid != 0 {
-        push(&[
-            &format!("--reuid={}", s.user.uid),
-            &format!("--regid={}", s.user.gid),
-            "--clear-groups",
-            "--",
-            "bwrap",
-            "--unshare-user",
-        ]);
-        "setpriv"
-    } else {
-        push(&[
-            "--unshare-user",
-            "--uid",
-            &s.user.uid.to_string(),
-            "--gid",
-            &s.user.gid.to_string(),
-        ]);
-        "bwrap"
-    };
-    push(&[
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--hostname",
-        s.hostname,
-        "--die-with-parent",
-        "--tmpfs",
-        "/",
-    ]);
-    const OWN: [&str; 3] = ["proc", "dev", "tmp"];
-    let mut entries: Vec<_> = std::fs::read_dir(s.rootfs)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let Some(n) = name.to_str() else { continue };
-        if OWN.contains(&n) {
-            continue;
-        }
-        let dest = format!("/{n}");
-        let ft = e.file_type()?;
-        if ft.is_symlink() {
-            let target = std::fs::read_link(e.path())?;
-            args.push("--symlink".into());
-            args.push(target.into_os_string());
-            args.push(dest.into());
-        } else if ft.is_dir() || ft.is_file() {
-            args.push("--ro-bind".into());
-            args.push(e.path().into_os_string());
-            args.push(dest.into());
-        }
-    }
-    let mut push = |a: &[&str]| args.extend(a.iter().map(OsString::from));
-    push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
-    let top = s
-        .workdir
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("");
-    if !top.is_empty() && !s.rootfs.join(top).exists() {
-        push(&["--dir", s.workdir]);
-    }
-    push(&["--remount-ro", "/", "--chdir", s.workdir, "--clearenv"]);
-    for (k, v) in s.env {
-        push(&["--setenv", k, v]);
-    }
-    push(&["--"]);
-    args.extend(s.argv.iter().map(OsString::from));
-    let mut cmd = tokio::process::Command::new(resolve_program(
-        program.as_ref(),
-        SANDBOX_TOOLS_PATH.as_ref(),
-    ));
-    cmd.args(args);
-    cmd.env_clear();
-    cmd.env("PATH", SANDBOX_TOOLS_PATH);
-    Ok(cmd)
 }
 
 /// Spawns `cmd` in its own process group, logging stdout and stderr into `log`.

@@ -1,13 +1,10 @@
-//! Starting a pod's first container: on the host (host mode: `command` + `args` as they are) or in its
-//! image's rootfs (image mode, after [`Kubelet::prepare_image`]), and the Running status.
+//! Starting a pod's first container on the host (`command` + `args` as they are) and the Running status.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::events::Severity;
-use super::image::Prepared;
-use super::process::{Sandboxed, host_command, image_command, spawn};
+use super::process::{host_command, spawn};
 use super::{Kubelet, PodLog};
 use crate::store::now_rfc3339;
 
@@ -24,14 +21,7 @@ pub(super) struct Started {
 impl Kubelet {
     /// Bind the pod to the node, spawn its first container and record it Running (or Pending
     /// with a start error).
-    pub(super) fn start_container(
-        &self,
-        ns: &str,
-        name: &str,
-        uid: &str,
-        pod: &Value,
-        prepared: Option<&Prepared>,
-    ) -> Started {
+    pub(super) fn start_container(&self, ns: &str, name: &str, uid: &str, pod: &Value) -> Started {
         let container = super::first_container(pod);
         let cname = container
             .get("name")
@@ -43,37 +33,17 @@ impl Kubelet {
         if let Ok(mut logs) = self.logs.lock() {
             logs.insert((ns.to_string(), name.to_string()), log.clone());
         }
-        let (workdir, (child, spawn_err)) = match prepared {
-            Some(p) => (None, launch_in_image(p, name, &log)),
-            None => {
-                let workdir = tempfile::Builder::new()
-                    .prefix(&format!("airlock-pod-{name}-"))
-                    .tempdir()
-                    .ok();
-                let r = launch(&container, &cname, name, workdir.as_ref(), &log);
-                (workdir, r)
-            }
-        };
+        let workdir = tempfile::Builder::new()
+            .prefix(&format!("airlock-pod-{name}-"))
+            .tempdir()
+            .ok();
+        let (child, spawn_err) = launch(&container, &cname, name, workdir.as_ref(), &log);
         let container_id = format!(
             "emulator://{}",
             child.as_ref().and_then(|c| c.id()).unwrap_or(0)
         );
         let running = spawn_err.is_none();
-        let image_id = prepared.map(|p| {
-            format!(
-                "{}@{}",
-                p.image.reference().split('@').next().unwrap_or_default(),
-                p.image.digest()
-            )
-        });
-        let status = running_status(
-            &container,
-            &cname,
-            &start_time,
-            &container_id,
-            running,
-            image_id,
-        );
+        let status = running_status(&container, &cname, &start_time, &container_id, running);
         let node = self.cfg.node_name.clone();
         self.set_status(ns, name, uid, |p| {
             if let Some(spec) = p.get_mut("spec").and_then(Value::as_object_mut) {
@@ -91,20 +61,6 @@ impl Kubelet {
             p["status"] = status;
             p["status"]["qosClass"] = qos;
         });
-        if running && prepared.is_some() {
-            self.event(
-                pod,
-                Severity::Normal,
-                "Created",
-                &format!("Created container {cname}"),
-            );
-            self.event(
-                pod,
-                Severity::Normal,
-                "Started",
-                &format!("Started container {cname}"),
-            );
-        }
         Started {
             child,
             spawn_err,
@@ -113,32 +69,6 @@ impl Kubelet {
             log,
             workdir,
         }
-    }
-}
-
-/// Spawn the prepared container inside its image.
-fn launch_in_image(
-    p: &Prepared,
-    pod_name: &str,
-    log: &Arc<PodLog>,
-) -> (Option<tokio::process::Child>, Option<String>) {
-    let sandbox = Sandboxed {
-        rootfs: p.image.rootfs(),
-        argv: &p.argv,
-        env: &p.env,
-        workdir: &p.workdir,
-        user: p.user,
-        hostname: pod_name,
-    };
-    match image_command(&sandbox).and_then(|cmd| spawn(cmd, log)) {
-        Ok(c) => (Some(c), None),
-        Err(e) => (
-            None,
-            Some(format!(
-                "failed to create containerd task: failed to start {:?}: {e}",
-                p.argv[0]
-            )),
-        ),
     }
 }
 
@@ -188,7 +118,6 @@ fn running_status(
     start_time: &str,
     container_id: &str,
     running: bool,
-    image_id: Option<String>,
 ) -> Value {
     let image = container.get("image").and_then(Value::as_str).unwrap_or("");
     let scheduled_at = now_rfc3339();
@@ -210,7 +139,7 @@ fn running_status(
         "containerStatuses": [{
             "name": cname,
             "image": image,
-            "imageID": image_id.unwrap_or_else(|| format!("{image}@sha256:emulated")),
+            "imageID": format!("{image}@sha256:emulated"),
             "containerID": container_id,
             "ready": running,
             "restartCount": 0,

@@ -43,12 +43,6 @@ pub fn name_causes(kind: Kind, name: &str) -> Vec<(String, &'static str, String)
     let mut causes = Vec::new();
     let (ok, msg, max) = match kind {
         Kind::Namespace => (is_dns1123_label(name), DNS1123_LABEL_MSG, 63),
-        // Events accept any path-segment name upstream; treat them as subdomains loosely.
-        Kind::Event => (
-            !name.is_empty() && !name.contains('/') && name != "." && name != "..",
-            "may not contain '/'",
-            253,
-        ),
         _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG, 253),
     };
     if name.len() > max {
@@ -208,32 +202,14 @@ pub fn parse_body(raw: &[u8]) -> Result<Value, ApiError> {
 /// otherwise), then strictly into the typed k8s-openapi struct for `kind`.
 pub fn decode_kind(kind: Kind, obj: &mut Value, strict: bool) -> Result<Vec<String>, ApiError> {
     normalize_quantities(kind, obj)?;
-    use k8s_openapi::api::apps::v1 as apps;
+    use k8s_openapi::api::coordination::v1 as coordination;
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::networking::v1 as net;
-    use k8s_openapi::api::policy::v1 as policy;
-    use k8s_openapi::api::rbac::v1 as rbac;
     let obj = &*obj;
     match kind {
         Kind::Pod => strict_decode::<core::Pod>(kind, obj, strict),
         Kind::NetworkPolicy => strict_decode::<net::NetworkPolicy>(kind, obj, strict),
         Kind::Namespace => strict_decode::<core::Namespace>(kind, obj, strict),
-        Kind::Event => strict_decode::<core::Event>(kind, obj, strict),
-        Kind::ConfigMap => strict_decode::<core::ConfigMap>(kind, obj, strict),
-        Kind::Secret => strict_decode::<core::Secret>(kind, obj, strict),
-        Kind::ServiceAccount => strict_decode::<core::ServiceAccount>(kind, obj, strict),
-        Kind::Service => strict_decode::<core::Service>(kind, obj, strict),
-        Kind::LimitRange => strict_decode::<core::LimitRange>(kind, obj, strict),
-        Kind::ResourceQuota => strict_decode::<core::ResourceQuota>(kind, obj, strict),
-        Kind::Deployment => strict_decode::<apps::Deployment>(kind, obj, strict),
-        Kind::StatefulSet => strict_decode::<apps::StatefulSet>(kind, obj, strict),
-        Kind::Role => strict_decode::<rbac::Role>(kind, obj, strict),
-        Kind::RoleBinding => strict_decode::<rbac::RoleBinding>(kind, obj, strict),
-        Kind::PodDisruptionBudget => {
-            strict_decode::<policy::PodDisruptionBudget>(kind, obj, strict)
-        }
-        Kind::Lease => {
-            strict_decode::<k8s_openapi::api::coordination::v1::Lease>(kind, obj, strict)
-        }
+        Kind::Lease => strict_decode::<coordination::Lease>(kind, obj, strict),
     }
 }

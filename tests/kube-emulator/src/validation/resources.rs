@@ -26,29 +26,10 @@ const POD_SPEC: [&str; 11] = [
     "volumes[].ephemeral.volumeClaimTemplate.spec.resources.requests.*",
 ];
 
-/// Quantity field patterns of `kind`, from the object root.
+/// Quantity field patterns of `kind`, from the object root (only pods have any).
 fn patterns(kind: Kind) -> Vec<String> {
-    let pod = |prefix: &'static str| POD_SPEC.iter().map(move |p| format!("{prefix}.{p}"));
     match kind {
-        Kind::Pod => pod("spec").collect(),
-        Kind::Deployment => pod("spec.template.spec").collect(),
-        Kind::StatefulSet => pod("spec.template.spec")
-            .chain([
-                "spec.volumeClaimTemplates[].spec.resources.requests.*".into(),
-                "spec.volumeClaimTemplates[].spec.resources.limits.*".into(),
-            ])
-            .collect(),
-        Kind::LimitRange => [
-            "max",
-            "min",
-            "default",
-            "defaultRequest",
-            "maxLimitRequestRatio",
-        ]
-        .iter()
-        .map(|f| format!("spec.limits[].{f}.*"))
-        .collect(),
-        Kind::ResourceQuota => vec!["spec.hard.*".into()],
+        Kind::Pod => POD_SPEC.iter().map(|p| format!("spec.{p}")).collect(),
         _ => Vec::new(),
     }
 }
@@ -125,20 +106,15 @@ fn parsed(v: &Value) -> Option<(String, Quantity)> {
 
 /// 422 causes for container resources: negative amounts, requests above limits.
 pub fn resource_causes(kind: Kind, obj: &Value) -> Vec<(String, &'static str, String)> {
-    let prefix = match kind {
-        Kind::Pod => "spec",
-        Kind::Deployment | Kind::StatefulSet => "spec.template.spec",
-        _ => return Vec::new(),
-    };
+    if kind != Kind::Pod {
+        return Vec::new();
+    }
     let mut causes = Vec::new();
-    let spec = prefix
-        .split('.')
-        .try_fold(obj, |v, k| v.get(k))
-        .unwrap_or(&Value::Null);
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
     for list in ["initContainers", "containers"] {
         let containers = spec.get(list).and_then(Value::as_array);
         for (i, c) in containers.into_iter().flatten().enumerate() {
-            let path = format!("{prefix}.{list}[{i}].resources");
+            let path = format!("spec.{list}[{i}].resources");
             container_causes(&path, c.get("resources"), &mut causes);
         }
     }
