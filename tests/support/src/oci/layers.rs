@@ -49,15 +49,15 @@ pub fn users_layer() -> Tar {
     )
 }
 
-/// `binary` at `dest` (absolute) plus the shared libraries `ldd` lists for it, each at the path `ldd`
-/// names (their contents read through the host's symlinks), with the directories they need.
-pub fn binary_layer(binary: &Path, dest: &str) -> Result<Tar> {
+/// The absolute paths `ldd` lists for `binary` (its shared libraries and the dynamic loader; none for a
+/// static binary).
+pub fn ldd(binary: &Path) -> Result<Vec<String>> {
     let out = std::process::Command::new("ldd")
         .arg(binary)
         .output()
         .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut files: Vec<(String, PathBuf)> = vec![(dest.to_string(), binary.to_path_buf())];
+    let mut paths = Vec::new();
     for line in text.lines() {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
         let path = match line.split_once("=>") {
@@ -65,8 +65,18 @@ pub fn binary_layer(binary: &Path, dest: &str) -> Result<Tar> {
             None => line.split_whitespace().next(),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((p.to_string(), PathBuf::from(p)));
+            paths.push(p.to_string());
         }
+    }
+    Ok(paths)
+}
+
+/// `binary` at `dest` (absolute) plus the shared libraries `ldd` lists for it, each at the path `ldd`
+/// names (their contents read through the host's symlinks), with the directories they need.
+pub fn binary_layer(binary: &Path, dest: &str) -> Result<Tar> {
+    let mut files: Vec<(String, PathBuf)> = vec![(dest.to_string(), binary.to_path_buf())];
+    for p in ldd(binary)? {
+        files.push((p.clone(), PathBuf::from(p)));
     }
     let mut dirs: Vec<String> = Vec::new();
     let mut t = Tar::default();

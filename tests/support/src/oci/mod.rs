@@ -5,10 +5,14 @@
 //! - this file: [`Tar`], [`ImageSpec`], [`build`] into a [`Built`] image, [`write_layout`], [`digest_of`].
 //! - [`layers`]: busybox-static ([`busybox_layer`]), an `/etc/passwd` ([`users_layer`]), a host binary with its libraries ([`binary_layer`]),
 //!   the job image with our `airlock` and `airlock-emit` ([`job_image`]).
-//! - [`push`]: [`Pusher`] to a registry, a TLS registry with htpasswd auth ([`tls_registry`]), [`auth_file`].
+//! - [`push`]: [`Pusher`] to a registry (and reading back what it serves), a TLS registry with htpasswd auth
+//!   ([`tls_registry`]), [`auth_file`].
+//! - [`read`]: images read back from an OCI layout or archive ([`Layout`]), a layer's entries
+//!   ([`read_layer`]), unpacked or not.
 
 pub mod layers;
 pub mod push;
+pub mod read;
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +21,9 @@ use serde_json::json;
 use sha2::Digest as _;
 pub use tar::EntryType;
 
-pub use layers::{binary_layer, busybox_layer, job_image, users_layer};
+pub use layers::{binary_layer, busybox_layer, job_image, ldd, users_layer};
 pub use push::{PASSWORD, Pusher, TlsRegistry, USER, auth_file, tls_registry};
+pub use read::{LayerEntry, Layout, read_layer};
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest_of(bytes: &[u8]) -> String {

@@ -1,4 +1,4 @@
-//! Getting built images to a registry: [`Pusher`] (plain HTTP, or TLS with basic auth), a TLS
+//! Getting built images to a registry and reading them back: [`Pusher`] (plain HTTP, or TLS with basic auth), a TLS
 //! [`Registry`] with htpasswd auth and a CA of its own, and a Docker auth file.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -119,6 +119,40 @@ impl Pusher {
             .push_manifest_raw(&r, built.manifest.clone(), built.manifest_type.parse()?)
             .await?;
         Ok(())
+    }
+
+    /// What the registry serves for `HOST/name` (`repository:tag` or `repository@digest`): the manifest's
+    /// bytes and the digest the registry gives them.
+    pub async fn pull_manifest(&self, name: &str) -> Result<(Vec<u8>, String)> {
+        let r: Reference = self.reference(name).parse()?;
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(
+                &r,
+                &self.auth,
+                &[
+                    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+                    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+                ],
+            )
+            .await?;
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// The blob `digest` of `HOST/repository`, checked against its digest.
+    pub async fn pull_blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+        let r: Reference = self.reference(repository).parse()?;
+        self.client
+            .auth(&r, &self.auth, RegistryOperation::Pull)
+            .await?;
+        let mut out = Vec::new();
+        self.client.pull_blob(&r, digest, &mut out).await?;
+        anyhow::ensure!(
+            digest_of(&out) == digest,
+            "{repository}: blob {digest} came back as {}",
+            digest_of(&out)
+        );
+        Ok(out)
     }
 
     /// Pushes an image index over `images` (one per architecture) as `HOST/name`; returns its digest.
