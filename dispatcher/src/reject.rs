@@ -1,10 +1,12 @@
 //! Recording an invalid request `rejected`: from the queue handler and from the unknown-queue scan.
 
-use airlock_runtime::store::RecordUpdate;
-use airlock_schemas::{LifecycleEvent, RequestRejected, RunStatus, is_valid_name, json};
+use airlock_runtime::store::{Delivery, RecordUpdate, Refusal};
+use airlock_schemas::{
+    FieldError, LifecycleEvent, RequestRejected, RunStatus, is_valid_name, json,
+};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
@@ -44,22 +46,62 @@ fn rejected_id(msg: &jetstream::Message) -> Option<String> {
         .find(|id| is_valid_name(id))
 }
 
-/// Records the request in `msg` `rejected` with `reason` under its id (see [`rejected_id`]) and publishes the
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RejectReason {
+    /// It is not a valid request: every problem found ([`airlock_schemas::decode_request`]).
+    Invalid(Vec<FieldError>),
+    /// It was sent to a queue this dispatcher does not serve.
+    UnknownQueue {
+        /// The queue part of its subject (whatever it is).
+        queue: String,
+        /// The queues this dispatcher serves.
+        configured: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for RejectReason {
+    /// The text recorded as the run's `reason` and announced in events: the problems joined by `; `, or
+    /// `queue: unknown queue "<name>" (configured: a, b)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(errors) => {
+                let mut sep = "";
+                for e in errors {
+                    write!(f, "{sep}{e}")?;
+                    sep = "; ";
+                }
+                Ok(())
+            }
+            Self::UnknownQueue { queue, configured } => write!(
+                f,
+                "queue: unknown queue {queue:?} (configured: {})",
+                configured.join(", ")
+            ),
+        }
+    }
+}
+
+/// Records the request in `msg` `rejected` for `reason` under its id (see [`rejected_id`]) and publishes the
 /// event. `queue` is the queue the request was sent to.
 ///
 /// A rejection never overwrites a record: the record is created only where there is none, atomically. When
 /// the id is taken by another run (a malformed request naming someone else's queued run, say), that run is
 /// left exactly as it is; the refusal is only counted on it and announced as a [`RequestRejected`] event.
+/// Whether an existing rejected record is this request's own (an earlier delivery recorded it and did not
+/// get to acknowledge) is decided by what was delivered ([`Delivery`]: the subject and body), not by the
+/// reason, whose text differs between replicas (their `--queues`, their policy).
 pub(crate) async fn record_rejection(
     ctx: &Ctx,
     msg: &jetstream::Message,
     queue: &str,
     submitted_at: DateTime<Utc>,
-    reason: String,
+    reason: &RejectReason,
 ) -> Result<RejectionRecord, Error> {
     let Some(id) = rejected_id(msg) else {
         return Ok(RejectionRecord::NoId);
     };
+    let reason = reason.to_string();
     let request = (msg.payload.len() <= MAX_RAW_REQUEST)
         .then(|| std::str::from_utf8(&msg.payload).ok().map(str::to_string))
         .flatten();
@@ -68,19 +110,17 @@ pub(crate) async fn record_rejection(
         queue: Some(queue.to_string()),
         submitted_at: Some(submitted_at),
         finished_at: Some(Utc::now()),
-        request: request.clone(),
+        request,
         ..RecordUpdate::default()
     };
-    if !ctx.store.create(&id, RunStatus::Rejected, &update).await? {
-        let existing = ctx.store.run(&id).await?;
-        let ours = existing.as_ref().is_some_and(|r| {
-            r.record.status == Some(RunStatus::Rejected)
-                && r.record.reason.as_deref() == Some(reason.as_str())
-        });
-        if !ours {
-            return id_in_use(ctx, msg, &id, queue, reason).await;
-        }
+    let delivery = Delivery::of(&msg.subject, &msg.payload);
+    match ctx.store.reject(&id, &delivery, &update).await? {
+        Refusal::Recorded => {}
         // Recorded by an earlier delivery of this very request: finish by publishing the event.
+        Refusal::AlreadyRecorded => {
+            debug!(run_id = %id, "Rejection already recorded by an earlier delivery of this request")
+        }
+        Refusal::IdInUse => return id_in_use(ctx, msg, &id, queue, reason).await,
     }
     info!(run_id = %id, queue = %queue, reason = %reason, "Request rejected");
     let ev = LifecycleEvent::now(&id, RunStatus::Rejected)
@@ -112,4 +152,33 @@ async fn id_in_use(
         ctx.publisher.request_rejected(&ev, seq).await?;
     }
     Ok(RejectionRecord::IdInUse(id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_requests_reason_lists_every_problem() {
+        let invalid = RejectReason::Invalid(vec![
+            FieldError::new("image", "required"),
+            FieldError::new("env.AIRLOCK_X", "reserved prefix"),
+        ]);
+        assert_eq!(
+            invalid.to_string(),
+            "image: required; env.AIRLOCK_X: reserved prefix"
+        );
+    }
+
+    #[test]
+    fn the_reason_names_the_queue_and_the_configured_ones() {
+        let unknown = RejectReason::UnknownQueue {
+            queue: "gpu".into(),
+            configured: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            unknown.to_string(),
+            r#"queue: unknown queue "gpu" (configured: a, b)"#
+        );
+    }
 }

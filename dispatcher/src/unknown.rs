@@ -18,6 +18,9 @@
 //! after the record is written; then it deletes the consumer. A request without a usable run id (neither a
 //! valid `id` in the body nor a valid `Nats-Msg-Id`) cannot be recorded: it is logged, counted and
 //! terminated. If recording fails (Redis down), the pass stops and the message is left for the next one.
+//! The reason names this replica's queues, so replicas configured differently word it differently: a
+//! request delivered again after another replica recorded it is recognised by what was delivered (its
+//! subject and body), not by that text, and is one rejection, not an id collision.
 //!
 //! # Replicas and operators
 //!
@@ -50,7 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
-use crate::reject::{RejectionRecord, record_rejection};
+use crate::reject::{RejectReason, RejectionRecord, record_rejection};
 
 /// Inactivity after which the server deletes a drain consumer whose owner vanished.
 pub const DRAIN_INACTIVE: Duration = Duration::from_secs(15);
@@ -58,15 +61,6 @@ pub const DRAIN_INACTIVE: Duration = Duration::from_secs(15);
 const MAX_PER_PASS: usize = 1000;
 /// Messages asked for per pull.
 const BATCH: usize = 64;
-
-/// The reason recorded on a request sent to `queue`, which is not one of `configured`.
-pub fn unknown_queue_reason<'a>(
-    queue: &str,
-    configured: impl IntoIterator<Item = &'a str>,
-) -> String {
-    let configured = configured.into_iter().collect::<Vec<_>>().join(", ");
-    format!("queue: unknown queue {queue:?} (configured: {configured})")
-}
 
 /// The queue part of a subject under `<prefix>.runs.` (whatever it is, dots included).
 fn queue_part<'a>(ctx: &Ctx, subject: &'a str) -> &'a str {
@@ -201,7 +195,10 @@ async fn drain_with(
     shutdown: &CancellationToken,
 ) -> Result<usize, Error> {
     let queue = queue_part(ctx, subject);
-    let reason = unknown_queue_reason(queue, ctx.config.queues.iter().map(|q| q.name.as_str()));
+    let reason = RejectReason::UnknownQueue {
+        queue: queue.to_string(),
+        configured: ctx.config.queues.iter().map(|q| q.name.clone()).collect(),
+    };
     let mut settled = 0;
     while settled < MAX_PER_PASS && !shutdown.is_cancelled() {
         let mut batch = consumer
@@ -231,10 +228,10 @@ async fn settle_one(
     ctx: &Ctx,
     msg: &jetstream::Message,
     queue: &str,
-    reason: &str,
+    reason: &RejectReason,
 ) -> Result<(), Error> {
     let published_at = consume::published_at(msg).unwrap_or_else(chrono::Utc::now);
-    let recorded = match record_rejection(ctx, msg, queue, published_at, reason.to_string()).await {
+    let recorded = match record_rejection(ctx, msg, queue, published_at, reason).await {
         Ok(r) => r,
         Err(e) => {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -257,17 +254,4 @@ async fn settle_one(
         .double_ack_with(kind)
         .await
         .map_err(airlock_runtime::Error::ack)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_reason_names_the_queue_and_the_configured_ones() {
-        assert_eq!(
-            unknown_queue_reason("gpu", ["a", "b"]),
-            r#"queue: unknown queue "gpu" (configured: a, b)"#
-        );
-    }
 }

@@ -1,6 +1,6 @@
 //! Integrity under hostile timing and hostile requests: a cancel landing during launch retries or during
 //! the launch itself wins, a run given up gives its slot back, a malformed request cannot touch another
-//! client's run.
+//! client's run, and a refused request delivered again is one rejection whichever replica refuses it.
 
 mod common;
 
@@ -215,5 +215,68 @@ async fn a_malformed_request_naming_another_clients_queued_run_leaves_it_untouch
     all_acknowledged(&env).await?;
     stop.cancel();
     task.await?;
+    Ok(())
+}
+
+/// How many messages `subject` holds in `stream`.
+async fn stored_on(env: &Env, stream: &str, subject: &str) -> anyhow::Result<u64> {
+    let s = env.js.get_stream(stream).await?;
+    let counts: Vec<(String, usize)> =
+        futures::TryStreamExt::try_collect(s.info_with_subjects(subject).await?).await?;
+    Ok(counts.iter().map(|(_, n)| *n as u64).sum())
+}
+
+/// Waits until the runs stream holds nothing: every request settled and acknowledged.
+async fn runs_stream_empty(env: &Env) -> anyhow::Result<()> {
+    let runs = env.js.get_stream("AIRLOCK_RUNS").await?;
+    wait_until(T, "the runs stream to be empty", || async {
+        let info = runs.get_info().await.ok()?;
+        (info.state.messages == 0).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_refused_request_delivered_again_to_a_replica_with_other_queues_is_one_rejection_not_an_id_collision()
+-> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let body = serde_json::to_vec(&request("stray", &["true"]))?;
+    env.publish_raw("gpu", body.clone(), Some("stray")).await?;
+    // Replica A serves `a`: it records the request `rejected`, naming its own queues in the reason.
+    let scan = ["--unknown-queue-scan-every", "100ms"];
+    let (task_a, stop_a) = env.spawn(env.config(&[&["--queues", "a=5"][..], &scan].concat()));
+    let rec = env.wait_status("stray", "rejected", T).await?;
+    assert_eq!(
+        rec["reason"],
+        r#"queue: unknown queue "gpu" (configured: a)"#
+    );
+    runs_stream_empty(&env).await?;
+    stop_a.cancel();
+    task_a.await?;
+
+    // The same message comes again (as it would had A died before its acknowledgement reached the server:
+    // the same subject and body), now to replica B, which serves `b` and words the reason otherwise.
+    env.publish_raw("gpu", body, None).await?;
+    let (task_b, stop_b) = env.spawn(env.config(&[&["--queues", "b=5"][..], &scan].concat()));
+    runs_stream_empty(&env).await?;
+    stop_b.cancel();
+    task_b.await?;
+
+    // One rejection: the record as A wrote it, no refusal counted on it, one lifecycle event and no
+    // RequestRejected (B acknowledged only after publishing what it publishes).
+    let after = env.record("stray").await;
+    assert_eq!(after["status"], "rejected");
+    assert_eq!(after["reason"], rec["reason"]);
+    assert!(!after.contains_key("request_rejections"), "{after:?}");
+    assert_eq!(
+        stored_on(&env, "AIRLOCK_EVENTS", "airlock.events.stray").await?,
+        1
+    );
+    let mut events = env
+        .messages("AIRLOCK_EVENTS", "airlock.events.stray")
+        .await?;
+    let ev: airlock_schemas::LifecycleEvent = Env::next_json(&mut events, T).await?;
+    assert_eq!(ev.status, RunStatus::Rejected);
+    assert_eq!(ev.reason.as_deref(), Some(rec["reason"].as_str()));
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use airlock_runtime::store::{ListFilter, RecordUpdate, Store};
+use airlock_runtime::store::{Delivery, ListFilter, RecordUpdate, Refusal, Store};
 use airlock_schemas::RunStatus;
 use airlock_test_support::RedisServer;
 
@@ -101,6 +101,10 @@ async fn keyspace(s: &Store) -> anyhow::Result<std::collections::BTreeSet<String
     Ok(keys)
 }
 
+fn delivery(id: &str) -> Delivery {
+    Delivery::of("airlock.runs.q", id.as_bytes())
+}
+
 fn refusal(queue: &str, request: serde_json::Value) -> RecordUpdate {
     RecordUpdate {
         reason: Some("refused".into()),
@@ -159,9 +163,10 @@ async fn a_refused_requests_malformed_queue_and_labels_name_no_key_while_a_well_
         ("not-json", "default", serde_json::json!("{labels")),
     ];
     for (id, queue, request) in &hostile {
-        assert!(
-            s.create(id, RunStatus::Rejected, &refusal(queue, request.clone()))
+        assert_eq!(
+            s.reject(id, &delivery(id), &refusal(queue, request.clone()))
                 .await?,
+            Refusal::Recorded,
             "{id}"
         );
     }
@@ -169,13 +174,14 @@ async fn a_refused_requests_malformed_queue_and_labels_name_no_key_while_a_well_
     let valid = serde_json::json!({
         "id": "valid-refusal", "image": "busybox", "env": {"AIRLOCK_X": "1"}, "labels": {"team": "a"},
     });
-    assert!(
-        s.create(
+    assert_eq!(
+        s.reject(
             "valid-refusal",
-            RunStatus::Rejected,
+            &delivery("valid-refusal"),
             &refusal("default", valid)
         )
-        .await?
+        .await?,
+        Refusal::Recorded
     );
     // The transition script applies the same rule to whatever it is given.
     s.transition(

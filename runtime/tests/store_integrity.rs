@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use airlock_runtime::store::{RecordUpdate, SlotAsk, SlotTake, Store, Transition};
+use airlock_runtime::store::{
+    Delivery, RecordUpdate, Refusal, SlotAsk, SlotTake, Store, Transition,
+};
 use airlock_schemas::RunStatus;
 use airlock_schemas::record::{slots_all_key, slots_queue_key};
 use airlock_test_support::RedisServer;
@@ -147,7 +149,11 @@ async fn a_refusal_creates_a_record_only_where_there_is_none() -> anyhow::Result
         reason: Some("bogus: unknown field".into()),
         ..RecordUpdate::default()
     };
-    assert!(!s.create("genuine", RunStatus::Rejected, &refusal).await?);
+    let delivery = Delivery::of("airlock.runs.q", br#"{"id":"genuine","bogus":1}"#);
+    assert_eq!(
+        s.reject("genuine", &delivery, &refusal).await?,
+        Refusal::IdInUse
+    );
     let rec = s.get("genuine").await?.expect("record");
     assert_eq!(rec.status, Some(RunStatus::Queued));
     assert_eq!(rec.reason, None);
@@ -160,12 +166,69 @@ async fn a_refusal_creates_a_record_only_where_there_is_none() -> anyhow::Result
 
     assert_eq!(s.count_request_rejection("nobody").await?, 0);
     assert!(s.get("nobody").await?.is_none(), "counting created nothing");
-    assert!(s.create("nobody", RunStatus::Rejected, &refusal).await?);
+    assert_eq!(
+        s.reject("nobody", &delivery, &refusal).await?,
+        Refusal::Recorded
+    );
     let rec = s.get("nobody").await?.expect("record");
     assert_eq!(rec.status, Some(RunStatus::Rejected));
     assert!(!s.active_runs().await?.contains(&"nobody".to_string()));
     let ttl: i64 = s.connection().ttl("airlock:run:nobody").await?;
     assert!(ttl > 0, "a terminal record expires");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refusal_delivered_again_is_told_from_another_request_under_its_id_by_what_was_delivered_not_by_its_reason()
+-> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let s = store(&redis).await?;
+    let body = br#"{"id":"r1","image":"busybox","queue_typo":1}"#;
+    let first = Delivery::of("airlock.runs.gpu", body);
+    let by = |reason: &str| RecordUpdate {
+        reason: Some(reason.into()),
+        queue: Some("gpu".into()),
+        ..RecordUpdate::default()
+    };
+    assert_eq!(
+        s.reject("r1", &first, &by("unknown queue (configured: a)"))
+            .await?,
+        Refusal::Recorded
+    );
+    // The same message again, refused by a replica that words it otherwise: the same refusal, nothing
+    // written (the first reason stays).
+    assert_eq!(
+        s.reject(
+            "r1",
+            &Delivery::of("airlock.runs.gpu", body),
+            &by("unknown queue (configured: b)")
+        )
+        .await?,
+        Refusal::AlreadyRecorded
+    );
+    let rec = s.get("r1").await?.expect("record");
+    assert_eq!(rec.reason.as_deref(), Some("unknown queue (configured: a)"));
+    assert_eq!(rec.request_rejections, None);
+    // Another request under the same id (another body, or the same body on another subject), even with the
+    // same reason: the id is in use.
+    for other in [
+        Delivery::of("airlock.runs.gpu", br#"{"id":"r1"}"#),
+        Delivery::of("airlock.runs.cpu", body),
+    ] {
+        assert_eq!(
+            s.reject("r1", &other, &by("unknown queue (configured: a)"))
+                .await?,
+            Refusal::IdInUse
+        );
+    }
+    // A run recorded otherwise is never "this delivery's".
+    s.transition("r2", RunStatus::Queued, &queued_on("q"))
+        .await?;
+    assert_eq!(
+        s.reject("r2", &Delivery::of("airlock.runs.q", b"{}"), &by("x"))
+            .await?,
+        Refusal::IdInUse
+    );
     Ok(())
 }
 

@@ -67,6 +67,9 @@ pub mod field {
     pub const RESULT_REJECTIONS_TOTAL: &str = "result_rejections_total";
     /// How many invalid requests named this run's id (each refused without touching the run).
     pub const REQUEST_REJECTIONS: &str = "request_rejections";
+    /// What a `rejected` run's request was when it was delivered (a digest of its subject and body), so a
+    /// redelivery of that request is told from another request reusing its id by what was delivered.
+    pub const REJECTED_DELIVERY: &str = "rejected_delivery";
     /// Queue the run came from.
     pub const QUEUE: &str = "queue";
     /// Image of the run.

@@ -28,7 +28,7 @@ use airlock_runtime::metrics::RejectClass;
 use airlock_runtime::store::{RecordUpdate, SlotTake, StoredRun, Transition};
 use airlock_runtime::telemetry;
 use airlock_schemas::{
-    FieldError, LifecycleEvent, RunStatus, TraceParent, ValidatedRun, decode_request, trace,
+    LifecycleEvent, RunStatus, TraceParent, ValidatedRun, decode_request, trace,
 };
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
@@ -36,7 +36,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::Error;
 use crate::context::Ctx;
-use crate::reject::{RejectionRecord, record_rejection};
+use crate::reject::{RejectReason, RejectionRecord, record_rejection};
 use crate::slots::Reservation;
 
 use self::launch::{Launch, acquire_slot, ended_meanwhile, launch, not_launchable};
@@ -61,7 +61,7 @@ pub async fn handle(
     let result = match decode_request(&msg.payload, &queue, &ctx.policy) {
         Err(errors) => {
             reservation.give_up();
-            reject(&ctx, &req, &queue, &errors).await
+            reject(&ctx, &req, &queue, RejectReason::Invalid(errors)).await
         }
         Ok(run) => match record_first(&ctx, &req, &run).await {
             Err(e) => Err(e),
@@ -129,14 +129,9 @@ async fn reject(
     ctx: &Ctx,
     req: &Request<'_>,
     queue: &str,
-    errors: &[FieldError],
+    reason: RejectReason,
 ) -> Result<Outcome, Error> {
-    let reason = errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let recorded = record_rejection(ctx, req.msg, queue, req.published_at, reason.clone()).await?;
+    let recorded = record_rejection(ctx, req.msg, queue, req.published_at, &reason).await?;
     ctx.metrics.run_rejected(queue, RejectClass::Invalid);
     if recorded == RejectionRecord::NoId {
         warn!(subject = %req.msg.subject, reason = %reason, "Invalid request without a usable id; dropped");

@@ -12,7 +12,8 @@
 //! - this module: the connection, the Lua scripts and the methods.
 //! - `record`: the typed views of the record and the update of its fields.
 //! - `index`: the listing indexes the record scripts keep, and [`Store::list`] over them.
-//! - `rejections`: writes for refused requests, which never overwrite an existing record.
+//! - `rejections`: writes for refused requests, which never overwrite an existing record (a redelivery is
+//!   told from another request under the same id by what was delivered, [`Delivery`]).
 //! - `slots`: taking a dispatcher slot, alone or with a new run's `queued` record in one script.
 
 mod index;
@@ -30,6 +31,7 @@ use redis::{AsyncCommands, Script};
 
 pub use self::index::{ListCursor, ListFilter, ListPage};
 pub use self::record::{RecordUpdate, RunHead, StoredRun};
+pub use self::rejections::{Delivery, Refusal};
 pub use self::slots::{SlotAsk, SlotTake};
 use crate::Error;
 
