@@ -1,20 +1,7 @@
 //! Exit codes and one-line errors: every failure the CLI expects names its cause and what to do.
 //!
-//! | Code | Meaning |
-//! | --- | --- |
-//! | 0 | success (for `submit --wait` / `wait`: the run succeeded) |
-//! | 1 | the run failed |
-//! | 2 | usage error (bad flags) |
-//! | 3 | the run timed out |
-//! | 4 | the run was rejected (invalid request or refused by policy) |
-//! | 5 | the run was cancelled |
-//! | 6 | `--wait-timeout` passed before the run ended |
-//! | 7 | no such run |
-//! | 8 | the request is invalid (each field at fault is printed) |
-//! | 9 | the run has no result (yet) |
-//! | 10 | the run already ended (cancel) |
-//! | 69 | could not reach Airlock (NATS unreachable, no API answering, or a dependency unavailable) |
-//! | 70 | any other error |
+//! The codes and what they mean are [`TABLE`]: `--help` lists it ([`help`]) and README's exit-code table
+//! states exactly it (a test reads README against it).
 
 use std::process::ExitCode;
 
@@ -27,6 +14,8 @@ pub mod code {
     pub const OK: u8 = 0;
     /// The run failed.
     pub const FAILED: u8 = 1;
+    /// Usage error: clap's own code for bad flags or arguments (it exits before any command runs).
+    pub const USAGE: u8 = 2;
     /// The run timed out.
     pub const TIMED_OUT: u8 = 3;
     /// The run was rejected.
@@ -49,10 +38,40 @@ pub mod code {
     pub const OTHER: u8 = 70;
 }
 
-/// The text `--help` shows about exit codes.
-pub const HELP: &str = "Exit codes: 0 success (run succeeded), 1 run failed, 2 usage error, 3 run timed out, \
-4 run rejected, 5 run cancelled, 6 --wait-timeout passed, 7 no such run, 8 invalid request, 9 no result yet, \
-10 run already ended, 69 could not reach Airlock, 70 other error.";
+/// Every exit code and what it means, in order: the table README shows.
+pub const TABLE: [(u8, &str); 13] = [
+    (
+        code::OK,
+        "success (`submit --wait` / `wait`: the run succeeded)",
+    ),
+    (code::FAILED, "the run failed"),
+    (code::USAGE, "usage error"),
+    (code::TIMED_OUT, "the run timed out"),
+    (code::REJECTED, "the run was rejected"),
+    (code::CANCELLED, "the run was cancelled"),
+    (
+        code::WAIT_TIMEOUT,
+        "`--wait-timeout` passed before the run ended",
+    ),
+    (code::NOT_FOUND, "no such run"),
+    (
+        code::INVALID,
+        "invalid request (each field at fault is printed)",
+    ),
+    (code::NOT_READY, "the run has no result (yet)"),
+    (code::CONFLICT, "the run already ended (cancel)"),
+    (
+        code::UNREACHABLE,
+        "could not reach Airlock (NATS unreachable, no API answering, a dependency unavailable)",
+    ),
+    (code::OTHER, "any other error"),
+];
+
+/// The text `--help` shows about exit codes: [`TABLE`] on one line.
+pub fn help() -> String {
+    let rows: Vec<String> = TABLE.iter().map(|(c, m)| format!("{c} {m}")).collect();
+    format!("Exit codes: {}.", rows.join(", "))
+}
 
 /// A failure of a command, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -135,20 +154,100 @@ pub fn status_code(status: RunStatus) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    #[test]
-    fn every_outcome_has_its_own_exit_code() {
-        let codes: std::collections::BTreeSet<u8> = [
-            status_code(RunStatus::Succeeded),
-            status_code(RunStatus::Failed),
-            status_code(RunStatus::TimedOut),
-            status_code(RunStatus::Rejected),
-            status_code(RunStatus::Cancelled),
-            code::WAIT_TIMEOUT,
-            code::UNREACHABLE,
+    fn api(code: ErrorCode) -> CliError {
+        CliError::Api(ApiError {
+            code,
+            message: "m".into(),
+            details: Vec::new(),
+        })
+    }
+
+    fn run(status: RunStatus) -> CliError {
+        CliError::Run {
+            id: "r".into(),
+            status,
+            reason: None,
+        }
+    }
+
+    /// The code each outcome exits with, found by the code paths the commands take.
+    fn outcomes() -> Vec<(&'static str, u8)> {
+        let usage = crate::Cli::try_parse_from(["airlock", "--no-such-flag"])
+            .expect_err("a bad flag is a usage error")
+            .exit_code();
+        vec![
+            ("succeeded", status_code(RunStatus::Succeeded)),
+            ("failed", run(RunStatus::Failed).code()),
+            ("usage", u8::try_from(usage).expect("small")),
+            ("timed out", run(RunStatus::TimedOut).code()),
+            ("rejected", run(RunStatus::Rejected).code()),
+            ("cancelled", run(RunStatus::Cancelled).code()),
+            ("wait timeout", CliError::WaitTimeout("r".into()).code()),
+            ("not found", api(ErrorCode::NotFound).code()),
+            ("invalid", api(ErrorCode::Invalid).code()),
+            ("not ready", api(ErrorCode::NotReady).code()),
+            ("conflict", api(ErrorCode::Conflict).code()),
+            ("unreachable", CliError::Unreachable("x".into()).code()),
+            ("unavailable", api(ErrorCode::Unavailable).code()),
+            ("internal", api(ErrorCode::Internal).code()),
+            ("other", CliError::Other("x".into()).code()),
         ]
-        .into();
-        assert_eq!(codes.len(), 7);
+    }
+
+    #[test]
+    fn every_outcome_exits_with_the_code_the_table_states() {
+        let want = [
+            ("succeeded", 0),
+            ("failed", 1),
+            ("usage", 2),
+            ("timed out", 3),
+            ("rejected", 4),
+            ("cancelled", 5),
+            ("wait timeout", 6),
+            ("not found", 7),
+            ("invalid", 8),
+            ("not ready", 9),
+            ("conflict", 10),
+            ("unreachable", 69),
+            ("unavailable", 69),
+            ("internal", 70),
+            ("other", 70),
+        ];
+        assert_eq!(outcomes(), want);
+        let table: Vec<u8> = TABLE.iter().map(|(c, _)| *c).collect();
+        assert_eq!(table, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 69, 70]);
+    }
+
+    /// The rows of README's table under the `| Exit code | Meaning |` header.
+    fn readme_rows() -> Vec<(u8, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md is readable");
+        let lines = readme
+            .lines()
+            .skip_while(|l| l.trim() != "| Exit code | Meaning |")
+            .skip(2);
+        let mut rows = Vec::new();
+        for line in lines.take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [code, meaning] = cells[..] else {
+                panic!("not a two-cell row: {line:?}");
+            };
+            rows.push((
+                code.parse()
+                    .unwrap_or_else(|_| panic!("not a code: {line:?}")),
+                meaning.to_string(),
+            ));
+        }
+        rows
+    }
+
+    #[test]
+    fn the_readmes_exit_code_table_is_the_clis() {
+        let want: Vec<(u8, String)> = TABLE.iter().map(|(c, m)| (*c, m.to_string())).collect();
+        assert_eq!(readme_rows(), want);
     }
 }

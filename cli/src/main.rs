@@ -30,7 +30,7 @@ use crate::output::Output;
 
 /// Airlock: run untrusted containers from a queue, isolated, and keep their results safe.
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, about, after_help = exit::HELP)]
+#[command(name = "airlock", version, about, after_help = exit::help())]
 struct Cli {
     #[command(flatten)]
     conn: conn::ConnArgs,
@@ -46,7 +46,7 @@ enum Command {
     /// Run NATS, Redis and the services locally with the sandbox runtime.
     Dev(dev::DevArgs),
     /// Submit a run; prints its id (with --wait, waits and exits with the run's outcome).
-    #[command(after_help = exit::HELP)]
+    #[command(after_help = exit::help())]
     Submit(submit::SubmitArgs),
     /// Show a run.
     Status(read::IdArgs),
@@ -59,7 +59,7 @@ enum Command {
     /// List runs, newest first.
     List(read::ListArgs),
     /// Wait for a run to end; exits with its outcome.
-    #[command(after_help = exit::HELP)]
+    #[command(after_help = exit::help())]
     Wait(submit::WaitArgs),
     /// Inside a job: publish its result (the same as the `airlock-emit` binary).
     Emit {
