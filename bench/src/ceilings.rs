@@ -205,7 +205,7 @@ pub async fn emulator_creates(
 }
 
 /// `obj` as a new object named `name`: metadata the server sets and the status removed.
-fn renamed(obj: &Value, name: &str) -> Value {
+pub(crate) fn renamed(obj: &Value, name: &str) -> Value {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         for k in [

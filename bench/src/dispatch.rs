@@ -159,7 +159,13 @@ pub(crate) async fn burst(
     let emu_cpu0 = own_cpu()?;
     let published = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let publisher = tokio::spawn(publish(w.js.clone(), tag.to_string(), n, published.clone()));
+    let publisher = tokio::spawn(publish(
+        w.js.clone(),
+        tag.to_string(),
+        n,
+        published.clone(),
+        request,
+    ));
     let took = progress(&format!("dispatch {tag}"), n, start, LIMIT, || {
         let published = published.clone();
         async move { done(w, emu, pods0, published.load(Ordering::Acquire)).await }
@@ -176,22 +182,29 @@ pub(crate) async fn burst(
 /// Runs done: pods created since `pods0`, but no more than the requests acked (published and gone from the
 /// work-queue stream).
 async fn done(w: &World, emu: &EmulatorHandle, pods0: usize, published: usize) -> Result<usize> {
-    let name = stream_name(&Subjects::default(), STREAM_RUNS);
-    let left = w.js.get_stream(&name).await?.info().await?.state.messages as usize;
     let pods = emu.create_count(Kind::Pod) as usize - pods0;
-    Ok(pods.min(published.saturating_sub(left)))
+    Ok(pods.min(published.saturating_sub(queued(w).await?)))
 }
 
-/// Publishes `n` requests `<tag>-<i>`, pipelined, counting into `published` as JetStream confirms.
-async fn publish(
+/// Requests still in the work-queue stream (not yet acked).
+pub(crate) async fn queued(w: &World) -> Result<usize> {
+    let name = stream_name(&Subjects::default(), STREAM_RUNS);
+    Ok(w.js.get_stream(&name).await?.info().await?.state.messages as usize)
+}
+
+/// Publishes `n` requests `<tag>-<i>` made by `body`, pipelined, counting into `published` as JetStream
+/// confirms.
+pub(crate) async fn publish(
     js: jetstream::Context,
     tag: String,
     n: usize,
     published: Arc<AtomicUsize>,
+    body: fn(&str) -> serde_json::Value,
 ) -> Result<()> {
     let mut acks = Vec::with_capacity(1024);
     for i in 0..n {
-        acks.push(send(&js, &format!("{tag}-{i}")).await?);
+        let id = format!("{tag}-{i}");
+        acks.push(send_body(&js, &id, &body(&id)).await?);
         if acks.len() == 1024 {
             for a in acks.drain(..) {
                 a.await?;
@@ -206,22 +219,35 @@ async fn publish(
     Ok(())
 }
 
+/// The request of run `id`: `true` in busybox.
+fn request(id: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "image": "docker.io/library/busybox:1.36",
+        "command": ["true"],
+        "deadline_seconds": 3600,
+    })
+}
+
 /// Publishes one request the way a client does (`Nats-Msg-Id` = run id).
 pub(crate) async fn send(
     js: &jetstream::Context,
     id: &str,
 ) -> Result<jetstream::context::PublishAckFuture> {
-    let body = json!({
-        "id": id,
-        "image": "docker.io/library/busybox:1.36",
-        "command": ["true"],
-        "deadline_seconds": 3600,
-    });
+    send_body(js, id, &request(id)).await
+}
+
+/// Publishes request `body` of run `id` the way a client does (`Nats-Msg-Id` = run id).
+pub(crate) async fn send_body(
+    js: &jetstream::Context,
+    id: &str,
+    body: &serde_json::Value,
+) -> Result<jetstream::context::PublishAckFuture> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(async_nats::header::NATS_MESSAGE_ID, id);
     let subject = Subjects::default().runs(QUEUE);
     Ok(js
-        .publish_with_headers(subject, h, serde_json::to_vec(&body)?.into())
+        .publish_with_headers(subject, h, serde_json::to_vec(body)?.into())
         .await?)
 }
 

@@ -74,7 +74,7 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     let cpu0 = cpu()?;
     let reaped0 = d.reaped_cpu()?;
     let start = Instant::now();
-    let mut burst = submit(&w, &subjects, "burst", n, None, &mut events).await?;
+    let mut burst = submit(&w, "local-burst", n, None, &mut events, &body).await?;
     let took = start.elapsed();
     let burst_cpu = cpu()?.since(&cpu0);
     let burst_reaped = d.reaped_cpu()? - reaped0;
@@ -82,17 +82,17 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     // Paced: a fixed offered load, well below the burst rate.
     let cpu0 = cpu()?;
     let reaped0 = d.reaped_cpu()?;
-    let mut paced = submit(&w, &subjects, "paced", n, Some(OFFERED), &mut events).await?;
+    let mut paced = submit(&w, "local-paced", n, Some(OFFERED), &mut events, &body).await?;
     let paced_cpu = cpu()?.since(&cpu0);
     let paced_reaped = d.reaped_cpu()? - reaped0;
     // And at half that load: the latency of a run when the machine is not near its capacity.
     let mut light = submit(
         &w,
-        &subjects,
-        "light",
+        "local-light",
         n / 2,
         Some(OFFERED / 2.0),
         &mut events,
+        &body,
     )
     .await?;
     light.sort();
@@ -156,17 +156,17 @@ fn latency_row(phase: &str, sorted: &[Duration], cpu: String) -> Row {
 }
 
 /// CPU time of the dispatcher, the ingester and the janitor.
-struct Cpu([Duration; 3]);
+pub(crate) struct Cpu(pub [Duration; 3]);
 
 impl Cpu {
-    fn since(&self, before: &Cpu) -> Cpu {
+    pub fn since(&self, before: &Cpu) -> Cpu {
         Cpu(std::array::from_fn(|k| {
             self.0[k].saturating_sub(before.0[k])
         }))
     }
 
     /// `x ms (three services: dispatcher a, ingester b, janitor c)` per run.
-    fn describe(&self, n: usize) -> String {
+    pub fn describe(&self, n: usize) -> String {
         let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
         let [d, i, j] = self.0;
         format!(
@@ -195,16 +195,27 @@ const IMAGE: &str = "docker.io/library/busybox:1.36";
 /// The fixed offered load of the paced phase (runs/s).
 const OFFERED: f64 = 100.0;
 
-/// Submits `n` trivial runs (all at once, or `per_second`), waits until every one succeeded; their latencies,
-/// submit → terminal event.
-async fn submit(
+/// A trivial run `id` that writes its result file.
+fn body(id: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "image": IMAGE,
+        "command": ["/bin/sh", "-c", "printf '{\"ok\":1}' > \"$AIRLOCK_RESULT_FILE\""],
+        "deadline_seconds": 600,
+    })
+}
+
+/// Submits `n` runs `<tag>-<k>` whose requests `body` makes (all at once, or `per_second`), waits until every
+/// one succeeded; their latencies, submit → terminal event (whose subscription `events` is).
+pub(crate) async fn submit(
     w: &World,
-    subjects: &Subjects,
-    phase: &str,
+    tag: &str,
     n: usize,
     per_second: Option<f64>,
     events: &mut async_nats::Subscriber,
+    body: &dyn Fn(&str) -> serde_json::Value,
 ) -> Result<Vec<Duration>> {
+    let subjects = Subjects::default();
     let start = Instant::now();
     let mut sent = HashMap::new();
     let mut latencies = Vec::with_capacity(n);
@@ -215,13 +226,8 @@ async fn submit(
             let due = per_second.map(|r| start + Duration::from_secs_f64(k as f64 / r));
             let ready = due.is_none_or(|t| Instant::now() >= t);
             if ready {
-                let id = format!("local-{phase}-{k}");
-                let body = json!({
-                    "id": id,
-                    "image": IMAGE,
-                    "command": ["/bin/sh", "-c", "printf '{\"ok\":1}' > \"$AIRLOCK_RESULT_FILE\""],
-                    "deadline_seconds": 600,
-                });
+                let id = format!("{tag}-{k}");
+                let body = body(&id);
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
                 let ack =
@@ -246,12 +252,12 @@ async fn submit(
         } else {
             let m = tokio::time::timeout_at((start + LIMIT).into(), events.next())
                 .await
-                .with_context(|| format!("[local] only {}/{n} runs ended", latencies.len()))?
+                .with_context(|| format!("[{tag}] only {}/{n} runs ended", latencies.len()))?
                 .context("events ended")?;
             take(&m, &mut sent, &mut latencies)?;
         }
         if last.elapsed() >= Duration::from_secs(1) {
-            eprintln!("[local] {phase}: {}/{n} runs ended", latencies.len());
+            eprintln!("[{tag}] {}/{n} runs ended", latencies.len());
             last = Instant::now();
         }
     }
@@ -271,12 +277,7 @@ fn take(
         && let Some(t) = sent.remove(&ev.run_id)
     {
         if ev.status != airlock_schemas::RunStatus::Succeeded {
-            bail!(
-                "[local] run {} ended {}: {:?}",
-                ev.run_id,
-                ev.status,
-                ev.reason
-            );
+            bail!("run {} ended {}: {:?}", ev.run_id, ev.status, ev.reason);
         }
         latencies.push(t.elapsed());
     }
@@ -284,13 +285,13 @@ fn take(
 }
 
 /// The `p` quantile of sorted `v`.
-fn q(v: &[Duration], p: f64) -> Duration {
+pub(crate) fn q(v: &[Duration], p: f64) -> Duration {
     v.get(((v.len().saturating_sub(1)) as f64 * p) as usize)
         .copied()
         .unwrap_or_default()
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

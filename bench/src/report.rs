@@ -17,6 +17,8 @@ pub struct Row {
 pub fn rate(per_s: f64, unit: &str) -> String {
     if per_s >= 10_000.0 {
         format!("{:.1}k {unit}/s", per_s / 1000.0)
+    } else if per_s < 10.0 {
+        format!("{per_s:.1} {unit}/s")
     } else {
         format!("{per_s:.0} {unit}/s")
     }

@@ -56,7 +56,14 @@ pub struct World {
 impl World {
     /// Starts NATS and Redis on free ports.
     pub async fn start() -> Result<Self> {
-        let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Starts NATS on `nats_addr` (the test cluster's host address, where its pods reach it) and Redis on
+    /// loopback.
+    pub async fn start_on(nats_addr: std::net::Ipv4Addr) -> Result<Self> {
+        let (nats, redis) =
+            tokio::try_join!(NatsServer::start_on(nats_addr), RedisServer::start())?;
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());
         Ok(Self {
