@@ -20,11 +20,14 @@
 //! - `reap`: runs that really run (kubelet live) reaped by the janitor: throughput and reap lag.
 //! - `local`: trivial runs end to end in local sandbox mode, beside the bare sandbox.
 //! - `memory`: peak RSS of each service with many live runs.
+//! - `kube_real`: Kubernetes mode on a real API server (the test cluster of `AIRLOCK_TEST_CLUSTER`): dispatch
+//!   with pods held unschedulable beside client-go's pair rate, and runs end to end with the kubelet live.
 //! - `report`: the table.
 
 mod ceilings;
 mod dispatch;
 mod ingest;
+mod kube_real;
 mod local;
 mod memory;
 mod reap;
@@ -50,6 +53,8 @@ enum Stage {
     Local,
     /// Peak RSS per service with many live runs.
     Memory,
+    /// Kubernetes mode on a real API server (the test cluster of `AIRLOCK_TEST_CLUSTER`), beside client-go.
+    KubeReal,
 }
 
 /// The benchmark's command line.
@@ -90,6 +95,10 @@ pub struct Scale {
     pub live: usize,
     /// Trivial runs in local mode.
     pub local: usize,
+    /// Runs dispatched with their pods held unschedulable on the real API server (and client-go pairs).
+    pub kube_held: usize,
+    /// Small runs end to end on the real cluster.
+    pub kube_e2e: usize,
 }
 
 impl Scale {
@@ -106,6 +115,8 @@ impl Scale {
                 reap_rate: 30,
                 live: 300,
                 local: 20,
+                kube_held: 50,
+                kube_e2e: 10,
             }
         } else {
             Self {
@@ -119,6 +130,8 @@ impl Scale {
                 reap_rate: 100,
                 live: 10_000,
                 local: 300,
+                kube_held: 1_000,
+                kube_e2e: 100,
             }
         }
     }
@@ -161,6 +174,11 @@ async fn run(stage: Stage, scale: Scale) -> anyhow::Result<()> {
     }
     if has(Stage::Local) {
         rows.extend(local::run(&scale).await?);
+    }
+    if stage == Stage::KubeReal || (stage == Stage::All && kube_real::configured()) {
+        rows.extend(kube_real::run(&scale).await?);
+    } else if stage == Stage::All {
+        rows.push(kube_real::not_run());
     }
     report::print(&rows);
     Ok(())

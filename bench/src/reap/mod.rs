@@ -14,7 +14,7 @@
 //! - this module: the stage.
 //! - [`seen`]: the bench's own pod watch and the exact lags.
 
-mod seen;
+pub(crate) mod seen;
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
     let flags = dispatcher_flags(&emu);
     let _d = w.service("dispatcher", &flags).await?;
     let j = w.service("janitor", &kube_flags(&emu)).await?;
-    let (seen, watch) = seen::Seen::watch(&emu, NS).await?;
+    let (seen, watch) = seen::Seen::watch(emu.kubeconfig_path(), NS).await?;
     let before = j.metrics().await?;
     let (n, per_s) = (scale.reap, scale.reap_rate);
     let emu_cpu0 = own_cpu()?;

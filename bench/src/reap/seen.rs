@@ -4,9 +4,9 @@
 //! deleted and the lifecycle event published). Kubernetes' `finishedAt` (whole seconds) is not used.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use airlock_kube_emulator::EmulatorHandle;
 use airlock_schemas::labels;
 use airlock_schemas::record::{self, field};
 use anyhow::{Context, Result};
@@ -18,17 +18,18 @@ use kube::runtime::watcher;
 
 use crate::world::World;
 
-/// When the bench saw each run's pod finished, by run id.
+/// When the bench saw each run's pod finished, by run id (and the last such pod, whole).
 #[derive(Clone, Default)]
-pub struct Seen(Arc<Mutex<HashMap<String, DateTime<Utc>>>>);
+pub struct Seen(
+    Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    Arc<Mutex<Option<Pod>>>,
+);
 
 impl Seen {
-    /// Watches the pods of `ns` until dropped (the task ends with the bench's runtime).
-    pub async fn watch(
-        emu: &EmulatorHandle,
-        ns: &str,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
-        let kc = kube::config::Kubeconfig::read_from(emu.kubeconfig_path())?;
+    /// Watches the pods of `ns` with the client of `kubeconfig` until dropped (the task ends with the bench's
+    /// runtime).
+    pub async fn watch(kubeconfig: &Path, ns: &str) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
         let config =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await?;
@@ -43,7 +44,7 @@ impl Seen {
                     Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
                     Ok(_) => continue,
                     Err(e) => {
-                        eprintln!("[reap] pod watch: {e}");
+                        eprintln!("[pod watch] {e}");
                         continue;
                     }
                 };
@@ -59,9 +60,17 @@ impl Seen {
                 if let (Some(run), Ok(mut seen)) = (run, into.0.lock()) {
                     seen.entry(run.clone()).or_insert(now);
                 }
+                if let Ok(mut last) = into.1.lock() {
+                    *last = Some(pod);
+                }
             }
         });
         Ok((seen, task))
+    }
+
+    /// The last pod seen finished, as the API server had it.
+    pub fn last_pod(&self) -> Option<Pod> {
+        self.1.lock().ok()?.clone()
     }
 
     /// How many runs were seen finished.
