@@ -119,15 +119,7 @@ async fn measure(cluster: &TestCluster, sb: &Sandbox, scale: &Scale) -> Result<V
     eprintln!("[kube-real] {n} runs end to end in {took:.2?}");
 
     let ids: Vec<String> = (0..n).map(|k| format!("kube-e2e-{k}")).collect();
-    // The last `reaped_at` lands just after the last terminal event.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let own = loop {
-        let own = seen.lags(&w, &ids).await?;
-        if own.len() >= n || Instant::now() > deadline {
-            break own;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let own = seen.lags_of_all(&w, &ids).await?;
     let sample = seen.last_pod().context("no finished pod seen")?;
     watch.abort();
     // Nothing of Airlock may see the copies: they keep its labels.

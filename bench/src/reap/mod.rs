@@ -99,15 +99,7 @@ pub async fn run(scale: &Scale) -> Result<Vec<Row>> {
             .map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0))
     };
     let ids: Vec<String> = (0..n).map(|i| format!("reap-{i}")).collect();
-    // The last `reaped_at` lands just after the last terminal status is counted.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let own = loop {
-        let own = seen.lags(&w, &ids).await?;
-        if own.len() >= n || Instant::now() > deadline {
-            break own;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let own = seen.lags_of_all(&w, &ids).await?;
     watch.abort();
     let exact =
         |q| seen::exact_quantile(&own, q).map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0));

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use airlock_schemas::labels;
 use airlock_schemas::record::{self, field};
@@ -103,6 +104,19 @@ impl Seen {
             .collect();
         lags.sort_by(|a, b| a.0.total_cmp(&b.0));
         Ok(lags)
+    }
+
+    /// [`Seen::lags`] once every one of `ids` has one, or as they are 10 s on (the last `reaped_at` lands
+    /// just after the last terminal status is counted).
+    pub async fn lags_of_all(&self, w: &World, ids: &[String]) -> Result<Vec<(f64, String)>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let own = self.lags(w, ids).await?;
+            if own.len() >= ids.len() || Instant::now() > deadline {
+                return Ok(own);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
